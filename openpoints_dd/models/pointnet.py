@@ -1,0 +1,149 @@
+"""The distillation PointNet of DD3D (spec §6.1) and its part-segmentation sibling (spec §6.2).
+
+Both run their per-point layers as matrix multiplies on a points-last (B, N, C) layout: on CPU this is
+markedly faster than the equivalent 1×1 Conv1d on (B, C, N) (see benchmarks/bm_models.py, which times
+both). `pointnet_conv1d_forward` is the Conv1d twin with the same parameters, kept for tests and timing.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openpoints.loss import build_criterion_from_cfg
+from openpoints.models.build import MODELS
+
+
+def instance_norm_points_last(h: Tensor, eps: float = 1e-5) -> Tensor:
+    """InstanceNorm1d without affine on a (B, N, C) map: normalise every channel over the points."""
+    var, mean = torch.var_mean(h, dim=1, keepdim=True, unbiased=False)
+    return (h - mean) * torch.rsqrt(var + eps)
+
+
+def _input_points(data: Tensor | Mapping[str, Tensor], in_channels: int) -> Tensor:
+    """(B, N, C) per-point input from a tensor or an openpoints batch dict (`pos` (B,N,3), `x` (B,C,N))."""
+    if torch.is_tensor(data):
+        points = data
+    elif in_channels == 3 and 'pos' in data:
+        points = data['pos']
+    else:
+        points = data['x'].transpose(1, 2)
+    if points.dim() != 3 or points.shape[-1] < in_channels:
+        raise ValueError(f'expected points (B, N, >={in_channels}), got {tuple(points.shape)}. '
+                         f'Did you pass features in (B, C, N)?')
+    return points[..., :in_channels]
+
+
+def _build_criterion(criterion_args: Mapping[str, Any] | None) -> nn.Module:
+    if criterion_args is None:
+        return nn.CrossEntropyLoss()
+    return build_criterion_from_cfg(dict(criterion_args))
+
+
+@MODELS.register_module()
+class DistillPointNet(nn.Module):
+    """Per-point linear 64/128/1024 with InstanceNorm (no affine), ReLU on the first two, max-pool, linear head.
+
+    DD3D's distillation and evaluation network (`networks.PointNet` of the reference code). It has no
+    T-Nets, no dropout and no multi-layer head; InstanceNorm right after the first linear layer makes it
+    invariant to translation and positive isotropic scaling of its input.
+
+    Args:
+        num_classes: K, the head's output size. Default 40.
+        in_channels: input channels per point (3 = xyz). Default 3.
+        widths: per-point layer widths. Default (64, 128, 1024).
+        eps: InstanceNorm epsilon. Default 1e-5 (torch's).
+        criterion_args: openpoints criterion cfg for `get_logits_loss`; default plain cross-entropy.
+    """
+
+    def __init__(self, *, num_classes: int = 40, in_channels: int = 3, widths: Sequence[int] = (64, 128, 1024),
+                 eps: float = 1e-5, criterion_args: Mapping[str, Any] | None = None):
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.in_channels, self.eps = in_channels, eps
+        self.layers = nn.ModuleList(nn.Linear(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.head = nn.Linear(channels[-1], num_classes)
+        self.criterion = _build_criterion(criterion_args)
+
+    def point_features(self, points: Tensor) -> Tensor:
+        """(B, N, C_in) -> (B, N, 1024): the last per-point map, normalised, before the max-pool (no ReLU)."""
+        h = points
+        for i, layer in enumerate(self.layers):
+            h = instance_norm_points_last(layer(h), self.eps)
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+        return h
+
+    def embed(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """(B, 1024) max-pooled global feature."""
+        return self.point_features(_input_points(data, self.in_channels)).amax(dim=1)
+
+    def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Logits (B, K) from points (B, N, 3) or an openpoints batch dict."""
+        return self.head(self.embed(data))
+
+    def get_logits_loss(self, data: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.forward(data)
+        return logits, self.criterion(logits, target.long())
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, widths={[l.out_features for l in self.layers]}, eps={self.eps}'
+
+
+def pointnet_conv1d_forward(model: DistillPointNet, points: Tensor) -> Tensor:
+    """The same network run as Conv1d(kernel 1) + InstanceNorm1d on (B, C, N): the reference layout."""
+    h = points.transpose(1, 2)
+    for i, layer in enumerate(model.layers):
+        h = F.instance_norm(F.conv1d(h, layer.weight.unsqueeze(-1), layer.bias), eps=model.eps)
+        if i < len(model.layers) - 1:
+            h = F.relu(h)
+    return model.head(h.amax(dim=2))
+
+
+@MODELS.register_module()
+class DistillPointNetSeg(nn.Module):
+    """DD3D's part-segmentation PointNet (spec §6.2).
+
+    Per-point linear 64/128/1024 with BatchNorm (ReLU on the first two); the 1024-d max-pooled global
+    feature is concatenated with a one-hot shape category and with the 64- and 128-d per-point features,
+    and one linear layer maps the 1024 + num_shape_classes + 192 channels to part logits.
+
+    Args:
+        num_classes: number of part labels over all categories. Default 50 (ShapeNet-part).
+        num_shape_classes: number of object categories (one-hot input). Default 16.
+        in_channels: input channels per point. Default 3.
+        widths: per-point widths. Default (64, 128, 1024).
+        criterion_args: openpoints criterion cfg; default plain cross-entropy.
+
+    Input: a dict with `pos` (B, N, 3) (or `x` (B, C, N)) and `cls` (B,) or (B, 1) category ids.
+    Output: part logits (B, num_classes, N), openpoints' segmentation convention.
+    """
+
+    def __init__(self, *, num_classes: int = 50, num_shape_classes: int = 16, in_channels: int = 3,
+                 widths: Sequence[int] = (64, 128, 1024), criterion_args: Mapping[str, Any] | None = None):
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.in_channels, self.num_shape_classes = in_channels, num_shape_classes
+        self.layers = nn.ModuleList(nn.Linear(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(c) for c in widths)
+        self.head = nn.Linear(widths[-1] + num_shape_classes + sum(widths[:-1]), num_classes)
+        self.criterion = _build_criterion(criterion_args)
+
+    def forward(self, data: Mapping[str, Tensor]) -> Tensor:
+        points = _input_points(data, self.in_channels)
+        B, N, _ = points.shape
+        h, skips = points, []
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
+            h = norm(layer(h).reshape(B * N, -1)).reshape(B, N, -1)
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+                skips.append(h)
+        category = F.one_hot(data['cls'].reshape(B).long(), self.num_shape_classes).to(h.dtype)
+        global_feature = torch.cat([h.amax(dim=1), category], dim=-1).unsqueeze(1).expand(B, N, -1)
+        return self.head(torch.cat([global_feature, *skips], dim=-1)).transpose(1, 2)
+
+    def get_logits_loss(self, data: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.forward(data)
+        return logits, self.criterion(logits, target.long())
