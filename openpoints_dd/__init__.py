@@ -9,6 +9,8 @@ from .compat import apply_host_fixes
 apply_host_fixes()
 
 from . import models  # noqa: E402,F401  (registers into openpoints' MODELS)
+from . import rotators, synthesizers, objectives  # noqa: E402,F401  (our registries)
+from . import data  # noqa: E402,F401  (registers datasets into openpoints' DATASETS)
 from .registry import OBJECTIVES, ROTATORS, SYNTHESIZERS  # noqa: E402,F401
 
 __version__ = '0.1.0'

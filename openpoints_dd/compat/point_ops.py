@@ -116,6 +116,7 @@ def group_points(features: Tensor, idx: Tensor) -> Tensor:
 
 
 def group_points_naive(features: Tensor, idx: Tensor) -> Tensor:
+    """`group_points` by advanced indexing, one cloud at a time (reference for tests)."""
     B = features.shape[0]
     return torch.stack([features[b][:, idx[b].long()] for b in range(B)])
 
@@ -132,6 +133,16 @@ def gather_points(features: Tensor, idx: Tensor) -> Tensor:
     return features.gather(2, idx.long().unsqueeze(1).expand(-1, features.shape[1], -1))
 
 
+def gather_points_naive(features: Tensor, idx: Tensor) -> Tensor:
+    """`gather_points` with explicit loops over clouds and samples (reference for tests)."""
+    B, C, _ = features.shape
+    out = features.new_zeros(B, C, idx.shape[1])
+    for b in range(B):
+        for m in range(idx.shape[1]):
+            out[b, :, m] = features[b, :, int(idx[b, m])]
+    return out
+
+
 def knn(k: int, query: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
     """The k nearest support points of every query, ascending by distance.
 
@@ -146,18 +157,58 @@ def knn(k: int, query: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
     return d2.clamp_min_(0).sqrt_(), idx
 
 
+def knn_naive(k: int, query: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
+    """`knn` by a full sort of explicit per-pair distances (reference for tests; ties break by index)."""
+    dists, indices = [], []
+    for q_cloud, s_cloud in zip(query.detach(), support.detach()):
+        d = ((q_cloud[:, None, :] - s_cloud[None, :, :]) ** 2).sum(-1).sqrt()  # (M, N)
+        values, order = d.sort(dim=-1, stable=True)
+        dists.append(values[:, :k])
+        indices.append(order[:, :k])
+    return torch.stack(dists), torch.stack(indices)
+
+
 def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
     """The 3 nearest known points of every unknown point: sqrt distances (B, n, 3), int32 idx (B, n, 3).
 
-    With fewer than 3 known points the missing slots hold distance sqrt(1e40) and index 0.
+    With fewer than 3 known points the missing slots hold index 0 and the kernel's 1e40 squared
+    distance, which is inf in float32.
     """
     d2 = torch.cdist(unknown.detach(), known.detach()).square_()
     k = min(3, known.shape[1])
     values, idx = d2.topk(k, dim=-1, largest=False, sorted=True)
     if k < 3:
-        values = torch.cat([values, values.new_full(values.shape[:-1] + (3 - k,), 1e40)], -1)
+        # built in float64 and cast: new_full(1e40) on a float32 tensor raises an overflow error
+        missing = torch.full(values.shape[:-1] + (3 - k,), 1e40, dtype=torch.float64, device=values.device)
+        values = torch.cat([values, missing.to(values.dtype)], -1)
         idx = torch.cat([idx, idx.new_zeros(idx.shape[:-1] + (3 - k,))], -1)
     return values.clamp_min_(0).sqrt_(), idx.int()
+
+
+def three_nn_naive(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
+    """A literal port of the CUDA kernel's running top-3 (reference for tests).
+
+    Like the kernel, it keeps the running best squared distances as doubles starting at 1e40, replaces
+    on a strict `<` (so ties keep the lower index) and returns float32 sqrt distances; the distances
+    themselves are computed in float64 here (float32 in the kernel).
+    """
+    B, n, _ = unknown.shape
+    dist = torch.empty(B, n, 3, dtype=torch.float32)
+    idx = torch.zeros(B, n, 3, dtype=torch.int32)
+    for b in range(B):
+        for i in range(n):
+            best, best_i = [1e40, 1e40, 1e40], [0, 0, 0]
+            for k in range(known.shape[1]):
+                d = float(((unknown[b, i].double() - known[b, k].double()) ** 2).sum())
+                if d < best[0]:
+                    best, best_i = [d, best[0], best[1]], [k, best_i[0], best_i[1]]
+                elif d < best[1]:
+                    best, best_i = [best[0], d, best[1]], [best_i[0], k, best_i[1]]
+                elif d < best[2]:
+                    best[2], best_i[2] = d, k
+            dist[b, i] = torch.tensor(best, dtype=torch.float64).float()
+            idx[b, i] = torch.tensor(best_i, dtype=torch.int32)
+    return dist.sqrt(), idx
 
 
 def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
@@ -169,6 +220,7 @@ def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
 
 
 def three_interpolate_naive(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
+    """`three_interpolate` with explicit loops over clouds, points and neighbours (reference for tests)."""
     B, C, _ = features.shape
     n = idx.shape[1]
     out = features.new_zeros(B, C, n)

@@ -77,8 +77,19 @@ class DistillPointNet(nn.Module):
         return h
 
     def embed(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """(B, 1024) max-pooled global feature."""
-        return self.point_features(_input_points(data, self.in_channels)).amax(dim=1)
+        """(B, 1024) max-pooled global feature.
+
+        Equal to `point_features(points).amax(1)`, but the last per-point map is never kept for autograd:
+        InstanceNorm is increasing per channel, so max_n IN(h3) = (max_n h3 - mean h3) / sqrt(var h3 + eps),
+        where mean and variance of h3 = W3 h2 follow from the mean and covariance of h2, and max_n h3 needs
+        h2 only at the argmax point of each channel (found without gradient). Forward, backward and
+        double backward then cost O(N·C2²) instead of O(N·C2·C3) memory-bound work.
+        """
+        h = _input_points(data, self.in_channels)
+        *hidden, last = self.layers
+        for layer in hidden:
+            h = F.relu(instance_norm_points_last(layer(h), self.eps))
+        return pooled_instance_norm_linear(h, last.weight, self.eps)
 
     def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """Logits (B, K) from points (B, N, 3) or an openpoints batch dict."""
@@ -90,6 +101,29 @@ class DistillPointNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, widths={[l.out_features for l in self.layers]}, eps={self.eps}'
+
+
+def pooled_instance_norm_linear(h: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """max over points of InstanceNorm(h @ weight.T + bias), without the (B, N, C_out) map in the graph.
+
+    The bias cancels under InstanceNorm, so it is not an argument.
+
+    Args:
+        h: (B, N, C_in) per-point features.
+        weight: (C_out, C_in) linear weight.
+
+    Returns:
+        (B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h` and `weight`.
+    """
+    B, N, C_in = h.shape
+    with torch.no_grad():
+        argmax = torch.matmul(h.detach(), weight.detach().t()).argmax(dim=1)         # (B, C_out)
+    mean = h.mean(dim=1, keepdim=True)
+    centred = h - mean                                                               # (B, N, C_in)
+    covariance = torch.matmul(centred.transpose(1, 2), centred) / N                  # (B, C_in, C_in)
+    variance = (torch.matmul(weight, covariance) * weight).sum(-1)                   # (B, C_out)
+    at_max = centred.gather(1, argmax.unsqueeze(-1).expand(B, -1, C_in))             # (B, C_out, C_in)
+    return (at_max * weight).sum(-1) * torch.rsqrt(variance + eps)
 
 
 def pointnet_conv1d_forward(model: DistillPointNet, points: Tensor) -> Tensor:

@@ -1,0 +1,9 @@
+"""Datasets and data helpers of openpoints_dd; importing this registers them in openpoints' DATASETS."""
+from .artifact import ArtifactError, load_artifact, save_artifact
+from .distilled_dataset import DistilledDataset
+from .embedded_shapes import EmbeddedShapes, EmbeddedShapesPart, generate_embedded_shapes
+from .real_pool import RealPool
+from .synthetic_set import SyntheticSet
+
+__all__ = ['ArtifactError', 'DistilledDataset', 'EmbeddedShapes', 'EmbeddedShapesPart', 'RealPool', 'SyntheticSet',
+           'generate_embedded_shapes', 'load_artifact', 'save_artifact']

@@ -1,0 +1,254 @@
+"""The distilled-set file format: a safetensors file plus one versioned JSON metadata string.
+
+No pickle anywhere: tensors go through safetensors, everything else through JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as _safetensors_bytes
+from torch import Tensor
+
+__all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'KINDS', 'REQUIRED_KEYS', 'ArtifactError', 'save_artifact',
+           'load_artifact']
+
+FORMAT_VERSION = 1
+METADATA_KEY = 'openpoints_dd'  # the one safetensors header-metadata entry we write
+KINDS = ('points', 'generator')
+REQUIRED_KEYS = ('kind', 'synthesizer', 'objective', 'rotator', 'dataset', 'cpc', 'num_points')
+
+
+class ArtifactError(ValueError):
+    """An artifact cannot be written or read: bad metadata, a missing, corrupt or foreign file, an
+    unsupported format version, or a file made for another dataset."""
+
+
+def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+    """Write a distilled set (or its generator) atomically as safetensors with JSON metadata.
+
+    The file's safetensors header holds one metadata entry, `'openpoints_dd'`: the JSON of `metadata`
+    plus `format_version` (= `FORMAT_VERSION`, set here; a `format_version` in `metadata` is replaced).
+    The bytes go to a temporary file in the destination folder, are fsync'ed, and replace `path` in one
+    `os.replace`, so a reader never sees a half-written artifact. Parent folders are created.
+
+    Args:
+        path: destination file, conventionally `<run dir>/artifact.safetensors`.
+        tensors: name → tensor (any device and dtype; copied to CPU). Names are the caller's; the
+            convention is `pos` (S, N, 3) and `y` (S,) for kind 'points', and the synthesizer's
+            `state_dict` for kind 'generator'.
+        metadata: JSON-serialisable mapping with at least
+            `kind` ('points' | 'generator'),
+            `synthesizer`, `objective`, `rotator` (mappings with a string `NAME`),
+            `dataset` (mapping with `name` str, `num_classes` int, `class_names` list of str),
+            `cpc` (int >= 1) and `num_points` (int >= 1).
+            Tuples are stored as lists; mapping keys must be strings.
+
+    Returns:
+        The path written, as a `Path`.
+
+    Raises:
+        ArtifactError: if a required key is missing or malformed, a value is not JSON-serialisable
+            (the message names it), or `tensors` is not a mapping of str to Tensor.
+    """
+    path = Path(path)
+    _check_metadata(metadata, f'metadata for {path}')
+    header = dict(metadata)
+    header['format_version'] = FORMAT_VERSION
+    text = _to_json(header, path)
+    payload = _safetensors_bytes(_cpu_copies(tensors, path), metadata={METADATA_KEY: text})
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
+    # os.open with 0o666 lets the umask decide the permissions, like an ordinary new file.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
+    try:
+        with os.fdopen(descriptor, 'wb') as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def load_artifact(path: str | os.PathLike, *, expect_dataset: str | None = None,
+                  expect_num_classes: int | None = None) -> tuple[dict[str, Tensor], dict]:
+    """Read an artifact written by `save_artifact`, checking its format and, optionally, its dataset.
+
+    Args:
+        path: the `.safetensors` file.
+        expect_dataset: if given, the dataset name the caller will use; it must equal
+            `metadata['dataset']['name']`. Default None (not checked).
+        expect_num_classes: if given, it must equal `metadata['dataset']['num_classes']`. Default None.
+
+    Returns:
+        tensors: name → CPU tensor, exactly as saved.
+        metadata: the caller's metadata as saved (JSON round trip: tuples come back as lists), without
+            `format_version`.
+
+    Raises:
+        ArtifactError: the file is missing; is not a readable safetensors file (truncated, corrupt, not
+            safetensors); was not written by openpoints_dd (no `'openpoints_dd'` header entry); has an
+            unknown or newer format version; has malformed metadata; or was made for another dataset.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f'no artifact at {path}: the file does not exist. Check the path, or create it '
+                            f'with tools/distill.py.')
+    if not path.is_file():
+        raise ArtifactError(f'artifact path {path} is not a file (a directory?). Pass the .safetensors file '
+                            f'itself, e.g. {path / "artifact.safetensors"}.')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except SafetensorError as e:
+        raise ArtifactError(f'{path} is not a readable safetensors file (truncated, corrupt, or another '
+                            f'format): {e}. Re-create it with tools/distill.py.') from e
+
+    if METADATA_KEY not in header:
+        found = ', '.join(sorted(header)) or 'none'
+        raise ArtifactError(f'{path} is a safetensors file but was not written by openpoints_dd: its header '
+                            f'has no {METADATA_KEY!r} metadata entry (entries found: {found}). Only '
+                            f'artifacts saved by tools/distill.py (save_artifact) can be loaded here.')
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata is not valid JSON ({e}); the file is '
+                            f'corrupt. Re-create it with tools/distill.py.') from e
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata must be a JSON object, got '
+                            f'{type(metadata).__name__}; the file is corrupt. Re-create it with tools/distill.py.')
+
+    version = metadata.pop('format_version', None)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f'{path}: unknown artifact format version {version!r} (this openpoints_dd reads '
+                            f'version {FORMAT_VERSION}). Re-run tools/distill.py to re-create the artifact.')
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f'{path}: artifact format version {version} is newer than this openpoints_dd '
+                            f'supports (version {FORMAT_VERSION}). Upgrade openpoints_dd to read it.')
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f'{path}: artifact format version {version} is not supported by this version of '
+                            f'openpoints_dd (expects {FORMAT_VERSION}). Re-run tools/distill.py.')
+
+    _check_metadata(metadata, str(path))
+    dataset = metadata['dataset']
+    name_differs = expect_dataset is not None and dataset['name'] != expect_dataset
+    count_differs = expect_num_classes is not None and dataset['num_classes'] != expect_num_classes
+    if name_differs or count_differs:
+        wanted = expect_dataset if expect_dataset is not None else 'a dataset'
+        if expect_num_classes is not None:
+            wanted += f' ({expect_num_classes} classes)'
+        raise ArtifactError(f'artifact {path} was written for {dataset["name"]} ({dataset["num_classes"]} '
+                            f'classes) but the config asks for {wanted}. Point the config at an artifact '
+                            f'distilled from that dataset, or change its dataset section.')
+    return tensors, metadata
+
+
+def _check_metadata(metadata: Any, where: str) -> None:
+    """Raise an ArtifactError unless `metadata` has every required key in the expected form."""
+    if not isinstance(metadata, Mapping):
+        raise ArtifactError(f'{where}: metadata must be a mapping, got {type(metadata).__name__}.')
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ArtifactError(f'{where}: metadata lacks the required keys {missing} (required: '
+                            f'{list(REQUIRED_KEYS)}).')
+    if metadata['kind'] not in KINDS:
+        raise ArtifactError(f"{where}: metadata['kind'] must be one of {list(KINDS)}, got {metadata['kind']!r}.")
+    for role in ('synthesizer', 'objective', 'rotator'):
+        section = metadata[role]
+        if not isinstance(section, Mapping) or not isinstance(section.get('NAME'), str):
+            raise ArtifactError(f"{where}: metadata['{role}'] must be the {role} config, a mapping with a "
+                                f"string NAME, got {section!r}.")
+    dataset = metadata['dataset']
+    if not isinstance(dataset, Mapping):
+        raise ArtifactError(f"{where}: metadata['dataset'] must be a mapping with name, num_classes and "
+                            f"class_names, got {type(dataset).__name__}.")
+    missing = [key for key in ('name', 'num_classes', 'class_names') if key not in dataset]
+    if missing:
+        raise ArtifactError(f"{where}: metadata['dataset'] lacks {missing} (required: name, num_classes, "
+                            f"class_names).")
+    if not isinstance(dataset['name'], str):
+        raise ArtifactError(f"{where}: metadata['dataset']['name'] must be a string, got {dataset['name']!r}.")
+    if not _is_count(dataset['num_classes']):
+        raise ArtifactError(f"{where}: metadata['dataset']['num_classes'] must be an int >= 1, got "
+                            f"{dataset['num_classes']!r}.")
+    names = dataset['class_names']
+    if (not isinstance(names, (list, tuple)) or len(names) != dataset['num_classes']
+            or not all(isinstance(n, str) for n in names)):
+        raise ArtifactError(f"{where}: metadata['dataset']['class_names'] must be a list of "
+                            f"{dataset['num_classes']} strings (one per class), got {names!r}.")
+    for key in ('cpc', 'num_points'):
+        if not _is_count(metadata[key]):
+            raise ArtifactError(f"{where}: metadata['{key}'] must be an int >= 1, got {metadata[key]!r}.")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _to_json(header: dict, path: Path) -> str:
+    problem = _first_unserialisable(header, 'metadata')
+    if problem is not None:
+        raise ArtifactError(f'cannot save {path}: {problem}. Metadata must be plain JSON (dict with str keys, '
+                            f'list, tuple, str, int, float, bool, None); convert tensors and numpy values '
+                            f'with .tolist() or .item().')
+    return json.dumps(header, sort_keys=True, allow_nan=False)
+
+
+def _first_unserialisable(value: Any, where: str) -> str | None:
+    """Describe the first value under `value` that JSON cannot round-trip, or None if there is none."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f'{where} is {value} (JSON has no NaN or infinity)'
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f'{where} has a non-string key {key!r} ({type(key).__name__})'
+            problem = _first_unserialisable(item, f'{where}[{key!r}]')
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            problem = _first_unserialisable(item, f'{where}[{index}]')
+            if problem is not None:
+                return problem
+        return None
+    return f'{where} is a {type(value).__module__}.{type(value).__qualname__}, which JSON cannot store'
+
+
+def _cpu_copies(tensors: Mapping[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """Contiguous CPU copies: safetensors refuses tensors that share storage, and copies never do."""
+    if not isinstance(tensors, Mapping):
+        raise ArtifactError(f'cannot save {path}: tensors must be a mapping of name to Tensor, got '
+                            f'{type(tensors).__name__}.')
+    copies = {}
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not torch.is_tensor(tensor):
+            raise ArtifactError(f'cannot save {path}: tensors must map str to Tensor, got {name!r}: '
+                                f'{type(tensor).__name__}.')
+        copies[name] = tensor.detach().to('cpu', copy=True).contiguous()
+    return copies
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX only; Windows cannot open a directory)."""
+    if os.name != 'posix':
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

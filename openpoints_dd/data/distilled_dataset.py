@@ -1,0 +1,114 @@
+"""`DistilledDataset`: a distilled set as a regular openpoints dataset (registered in openpoints' DATASETS).
+
+The train split comes from an artifact; val/test come from the real dataset named by `real_dataset`,
+built with the remaining `dataset.common` keys. So any openpoints classification YAML trains on a
+distilled set by changing `dataset.common.NAME` and adding `real_dataset` and `distilled_path`:
+
+    dataset:
+      common: {NAME: DistilledDataset, real_dataset: ModelNet40Ply2048, data_dir: ../shared/data/ModelNet40Ply2048}
+      train: {distilled_path: runs/.../artifact.safetensors, repeat: 10}
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from openpoints.dataset.build import DATASETS
+
+from .synthetic_set import SyntheticSet
+
+logger = logging.getLogger(__name__)
+
+
+@DATASETS.register_module()
+class DistilledDataset(Dataset):
+    """A distilled train split with the real dataset's val/test splits.
+
+    Args:
+        split: 'train' reads the artifact; anything else is delegated to `real_dataset`.
+        transform: openpoints transform applied to `{'pos', 'y'}` items, as real datasets do.
+        distilled_path: the artifact (`.safetensors`) for the train split.
+        real_dataset: NAME of the real openpoints dataset for val/test (e.g. ModelNet40Ply2048).
+        num_points: points per cloud. A generator artifact draws any number; a point set must hold at least
+            as many. Default 1024.
+        repeat: the train split lists the set `repeat` times per epoch, so 40 clouds can fill batches
+            (openpoints' train loader drops the last incomplete batch). Default 1.
+        resample: for a generator artifact, fresh noise every epoch (True) or one fixed draw (False).
+        seed: seed of the generator draws (epoch e uses seed + e). Default 0.
+        **kwargs: the real dataset's keys (data_dir, ...); passed to it for val/test, ignored for train.
+    """
+
+    def __init__(self, split: str = 'train', transform=None, distilled_path: str | None = None,
+                 real_dataset: str | None = None, num_points: int = 1024, repeat: int = 1, resample: bool = True,
+                 seed: int = 0, **kwargs: Any):
+        self.split, self.transform, self.num_points = split, transform, int(num_points)
+        self.real = None
+        if split != 'train':
+            if real_dataset is None:
+                raise ValueError('DistilledDataset: val/test splits need `real_dataset` (e.g. ModelNet40Ply2048) in '
+                                 'dataset.common')
+            kwargs.pop('distilled_path', None)
+            self.real = DATASETS.build({'NAME': real_dataset, **kwargs},
+                                       default_args={'split': split, 'transform': transform, 'num_points': num_points})
+            self.classes = list(self.real.classes)
+            return
+        if distilled_path is None:
+            raise ValueError('DistilledDataset: the train split needs `distilled_path` (dataset.train.distilled_path='
+                             'runs/<run>/artifact.safetensors)')
+        if kwargs:
+            logger.info('DistilledDataset(train) ignores the real dataset keys %s', sorted(kwargs))
+        if int(repeat) < 1:
+            raise ValueError(f'DistilledDataset: repeat must be >= 1, got {repeat}')
+        self.synthetic = SyntheticSet(distilled_path)
+        if not self.synthetic.is_generator and self.synthetic.num_points < self.num_points:
+            raise ValueError(f'{distilled_path} stores {self.synthetic.num_points} points per cloud but num_points='
+                             f'{self.num_points}; lower num_points or materialize the set at more points')
+        self.repeat, self.resample, self.seed = int(repeat), bool(resample), int(seed)
+        self.classes = self.synthetic.class_names
+        self._epoch, self._served = 0, 0
+        self._draw()
+
+    def _draw(self) -> None:
+        draw = self.seed + (self._epoch if self.resample else 0)
+        pos, labels = self.synthetic.sample(self.num_points, torch.Generator().manual_seed(draw))
+        self.pos, self.labels = pos.numpy().astype(np.float32), labels.numpy().astype(np.int64)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        """Set by trainers at each epoch: a generator set draws fresh clouds."""
+        if int(value) != self._epoch:
+            self._epoch, self._served = int(value), 0
+            if self.synthetic.is_generator and self.resample:
+                self._draw()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.real) if self.real is not None else len(self.labels) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        if self.real is not None:
+            return self.real[index]
+        # a trainer that never sets `epoch` still gets fresh clouds once per pass (single-process loading)
+        self._served += 1
+        if self._served > len(self):
+            self.epoch = self._epoch + 1
+            self._served = 1
+        i = index % len(self.labels)
+        data = {'pos': self.pos[i].copy(), 'y': self.labels[i]}
+        if self.transform is not None:
+            data = self.transform(data)
+        if not torch.is_tensor(data['pos']):
+            data['pos'] = torch.from_numpy(data['pos'])
+        data['x'] = torch.cat((data['pos'], data['heights']), 1) if 'heights' in data else data['pos']
+        return data

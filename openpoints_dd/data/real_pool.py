@@ -1,0 +1,101 @@
+"""The real training set of any openpoints classification dataset as class-sorted tensors, built once."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..utils.geometry import normalize_to_unit_sphere, subsample_points
+
+logger = logging.getLogger(__name__)
+
+
+class RealPool:
+    """Real clouds sorted by class, in memory, with per-class random batches.
+
+    Args:
+        pos: (M, N, 3) float32 clouds.
+        labels: (M,) int64 class ids in [0, K).
+        class_names: K names.
+        name: dataset name recorded in artifacts.
+    """
+
+    def __init__(self, pos: Tensor, labels: Tensor, class_names: list[str], name: str):
+        order = torch.argsort(labels, stable=True)
+        self.pos, self.labels = pos[order].float().contiguous(), labels[order].long()
+        self.class_names, self.name = list(class_names), name
+        self.num_classes = len(self.class_names)
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        if (counts == 0).any():
+            missing = [self.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+            raise ValueError(f'real dataset {name} has no training clouds for classes {missing}')
+        self.counts = counts
+        self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+
+    @classmethod
+    def from_dataset_cfg(cls, dataset_cfg: Mapping[str, Any], split: str = 'train',
+                         num_points: int | None = None) -> 'RealPool':
+        """Build from an openpoints dataset cfg (`common` + `<split>` sections), without transforms."""
+        from openpoints.dataset.build import DATASETS
+        common = dict(dataset_cfg['common'])
+        split_cfg = dict(dataset_cfg.get(split) or {})
+        split_cfg.update(split=split_cfg.get('split', split), transform=None)
+        if num_points is not None:
+            split_cfg['num_points'] = num_points
+        name = common.get('NAME')
+        data_dir = common.get('data_dir')
+        if data_dir is not None and not os.path.isdir(os.path.expanduser(str(data_dir))):
+            raise FileNotFoundError(f'dataset {name}: data_dir {data_dir!r} does not exist. Point '
+                                    f'dataset.common.data_dir at the dataset folder (e.g. ../shared/data/ModelNet40Ply2048).')
+        dataset = DATASETS.build(common, default_args=split_cfg)
+        pos, labels = _dataset_arrays(dataset)
+        if num_points is not None:
+            pos = pos[:, :num_points]
+        class_names = list(getattr(dataset, 'classes', None) or [str(i) for i in range(int(labels.max()) + 1)])
+        logger.info('real pool %s/%s: %d clouds x %d points, %d classes', name, split, len(labels),
+                    pos.shape[1], len(class_names))
+        return cls(torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float32)), torch.from_numpy(labels),
+                   class_names, name)
+
+    def indices_of_class(self, label: int) -> Tensor:
+        start = int(self.offsets[label])
+        return torch.arange(start, start + int(self.counts[label]))
+
+    def sample(self, label: int, batch_size: int, num_points: int,
+               generator: torch.Generator | None = None) -> Tensor:
+        """`batch_size` clouds of one class without replacement (all if fewer), subsampled and renormalised.
+
+        Returns:
+            (B, num_points, 3) float32.
+        """
+        count = int(self.counts[label])
+        pick = torch.randperm(count, generator=generator)[:batch_size] + int(self.offsets[label])
+        return subsample_points(self.pos[pick], num_points, generator=generator)
+
+    def random_per_class(self, per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """`per_class` random clouds of every class, class-major: ((K·per_class, N, 3), their pool indices)."""
+        picks = []
+        for label in range(self.num_classes):
+            count = int(self.counts[label])
+            if count < per_class:
+                raise ValueError(f'class {self.class_names[label]} has {count} clouds, fewer than {per_class}')
+            picks.append(torch.randperm(count, generator=generator)[:per_class] + int(self.offsets[label]))
+        index = torch.cat(picks)
+        return normalize_to_unit_sphere(self.pos[index]), index
+
+
+def _dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(M, N, 3) float32 points and (M,) int64 labels of an openpoints dataset, fast path when possible."""
+    if hasattr(dataset, 'points') and hasattr(dataset, 'labels'):       # our EmbeddedShapes
+        return np.asarray(dataset.points)[..., :3], np.asarray(dataset.labels).reshape(-1).astype(np.int64)
+    if hasattr(dataset, 'data') and hasattr(dataset, 'label'):          # ModelNet40Ply2048
+        num_points = getattr(dataset, 'num_points', None)
+        return np.asarray(dataset.data)[:, :num_points, :3], np.asarray(dataset.label).reshape(-1).astype(np.int64)
+    items = [dataset[i] for i in range(len(dataset))]                    # generic: any openpoints dataset
+    pos = np.stack([np.asarray(item['pos'])[:, :3] for item in items])
+    labels = np.array([int(np.asarray(item['y']).reshape(-1)[0]) for item in items], dtype=np.int64)
+    return pos, labels

@@ -1,0 +1,105 @@
+"""A distilled set in memory: the bridge between the engine, artifacts and DistilledDataset.
+
+Artifacts hold either a fixed point set (kind 'points': `pos` (S, N, 3), `y` (S,)) or a synthesizer's
+weights (kind 'generator': `synthesizer.<param>` tensors), from which any number of points can be drawn.
+Clouds are unit-sphere normalised and stored before any rotator; the rotator is recorded in the
+metadata and applied by whoever trains on the set.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..registry import build_synthesizer
+from ..synthesizers import ExplicitPoints, Synthesizer
+from ..utils.geometry import normalize_to_unit_sphere
+from .artifact import ArtifactError, load_artifact, save_artifact
+
+_PREFIX = 'synthesizer.'
+
+
+def synthesizer_tensors(synthesizer: Synthesizer, num_points: int, seed: int = 0) -> tuple[dict[str, Tensor], str]:
+    """The tensors an artifact stores for a synthesizer, and its kind.
+
+    Explicit point sets are stored as points; every other synthesizer as its weights.
+    """
+    if isinstance(synthesizer, ExplicitPoints):
+        with torch.no_grad():
+            slots = torch.arange(synthesizer.num_slots, device=synthesizer.points.device)
+            generator = torch.Generator().manual_seed(seed)
+            pos = normalize_to_unit_sphere(synthesizer.synthesize(slots, min(num_points, synthesizer.num_points), generator))
+        return {'pos': pos.cpu().contiguous(), 'y': synthesizer.labels.cpu().clone()}, 'points'
+    return {_PREFIX + k: v.detach().cpu().contiguous() for k, v in synthesizer.state_dict().items()}, 'generator'
+
+
+class SyntheticSet:
+    """A distilled set read from an artifact.
+
+    Args:
+        path: the `.safetensors` artifact.
+        expect_dataset, expect_num_classes: checked against the metadata when given.
+
+    Raises:
+        ArtifactError: the file is missing, corrupt, foreign, of another version or for another dataset.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, expect_dataset: str | None = None,
+                 expect_num_classes: int | None = None):
+        self.path = Path(path)
+        tensors, self.metadata = load_artifact(path, expect_dataset=expect_dataset, expect_num_classes=expect_num_classes)
+        self.kind = self.metadata.get('kind')
+        self.num_classes = int(self.metadata['dataset']['num_classes'])
+        self.class_names = list(self.metadata['dataset']['class_names'])
+        self.cpc = int(self.metadata['cpc'])
+        self.num_points = int(self.metadata['num_points'])
+        self.synthesizer: Synthesizer | None = None
+        if self.kind == 'points':
+            if 'pos' not in tensors or 'y' not in tensors:
+                raise ArtifactError(f'{path}: a points artifact needs `pos` and `y` tensors, found {sorted(tensors)}')
+            self.pos, self.labels = tensors['pos'].float(), tensors['y'].long()
+        elif self.kind == 'generator':
+            self.synthesizer = build_synthesizer(self.metadata['synthesizer'], num_classes=self.num_classes, cpc=self.cpc)
+            state = {k[len(_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PREFIX)}
+            try:
+                self.synthesizer.load_state_dict(state)
+            except RuntimeError as e:
+                raise ArtifactError(f'{path}: its weights do not fit its own synthesizer config: {e}') from e
+            self.synthesizer.eval()
+            self.labels = self.synthesizer.labels.clone()
+        else:
+            raise ArtifactError(f"{path}: unknown artifact kind {self.kind!r} (expected 'points' or 'generator')")
+
+    @property
+    def is_generator(self) -> bool:
+        return self.synthesizer is not None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sample(self, num_points: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """All clouds, unit-sphere normalised: ((S, num_points, 3), (S,)).
+
+        A generator draws fresh noise (seeded by `generator`); a point set returns its clouds, cut to
+        `num_points` by a random subset when fewer are asked for.
+        """
+        num_points = num_points or self.num_points
+        if self.synthesizer is not None:
+            with torch.no_grad():
+                slots = torch.arange(len(self.labels))
+                return normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator)), self.labels
+        if num_points > self.pos.shape[1]:
+            raise ValueError(f'{self.path} stores {self.pos.shape[1]} points per cloud; {num_points} were requested')
+        if num_points == self.pos.shape[1]:
+            return self.pos, self.labels
+        keep = torch.randperm(self.pos.shape[1], generator=generator)[:num_points]
+        return normalize_to_unit_sphere(self.pos[:, keep]), self.labels
+
+    def materialize(self, out_path: str | os.PathLike, num_points: int | None = None, seed: int = 0) -> Path:
+        """Write a fixed point-set artifact drawn from this set (e.g. a generator's clouds at 1024 points)."""
+        pos, labels = self.sample(num_points, torch.Generator().manual_seed(seed))
+        metadata = {**self.metadata, 'kind': 'points', 'num_points': int(pos.shape[1]),
+                    'materialized_from': str(self.path), 'materialize_seed': seed}
+        return save_artifact(out_path, {'pos': pos.contiguous(), 'y': labels.contiguous()}, metadata)

@@ -1,0 +1,1 @@
+"""The distillation loop, evaluation protocol and end-to-end pipeline."""

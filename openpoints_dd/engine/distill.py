@@ -1,0 +1,282 @@
+"""The one distillation loop: any synthesizer × objective × rotator, chosen in YAML.
+
+Per iteration (DD3D spec §3.4; DC's loop): a fresh backbone; `outer_loop` times: for every class a
+real batch and the class's synthetic clouds are compared by the objective and back-propagated at once
+(graphs are freed class by class, so memory does not grow with the number of classes), then one
+synthesizer step; between outer steps the backbone is trained `inner_loop` epochs on the detached
+synthetic set (objectives that train it). Every source of randomness is re-seeded from (seed,
+iteration), so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from openpoints.models import build_model_from_cfg
+from openpoints.utils import EasyConfig
+
+from ..data.artifact import save_artifact
+from ..data.real_pool import RealPool
+from ..data.synthetic_set import synthesizer_tensors
+from ..registry import build_objective, build_rotator, build_synthesizer
+from ..utils.geometry import normalize_to_unit_sphere
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = 'checkpoint.pt'
+ARTIFACT_NAME = 'artifact.safetensors'
+
+_OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
+
+
+@dataclass
+class DistillResult:
+    artifact_path: Path
+    iterations_done: int
+    seconds: float
+    stopped_by_budget: bool
+    loss_history: list[float] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
+
+
+class Distiller:
+    """Builds the three parts and the backbone from a cfg and runs the loop.
+
+    Args:
+        cfg: the resolved experiment config (`distill`, `dataset`, `seed`, `device` sections).
+        pool: the real training pool.
+        run_dir: where checkpoints and the artifact go.
+        evaluate_fn: optional callback(distiller, iteration) -> dict, run every `distill.eval_every`.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], pool: RealPool, run_dir: str | os.PathLike,
+                 evaluate_fn: Callable[['Distiller', int], dict] | None = None):
+        self.cfg, self.pool, self.run_dir = cfg, pool, Path(run_dir)
+        d = cfg['distill']
+        self.d = d
+        self.seed = int(cfg.get('seed') or 0)
+        self.device = torch.device(resolve_device(cfg.get('device', 'cpu')))
+        self.num_classes = pool.num_classes
+        torch.manual_seed(self.seed)   # the synthesizer's initial weights depend on the seed only
+        self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=int(d['cpc'])).to(self.device)
+        self.objective = build_objective(d['objective'])
+        self.rotator = build_rotator(d.get('rotator')).to(self.device)
+        params = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
+        self.optimizer = build_optimizer(d['syn_optimizer'], params)
+        iterations = int(d['iterations'])
+        sched = d.get('syn_scheduler') or {}
+        step = max(1, int(iterations * float(sched.get('step_fraction', 0.5))))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=float(sched.get('gamma', 0.1)))
+        self.evaluate_fn = evaluate_fn
+        self.pool_pos = pool.pos.to(self.device)
+        self.loss_history: list[float] = []
+        self.evaluations: list[dict] = []
+        self.iteration = 0
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _generator(self, iteration: int, stream: int) -> torch.Generator:
+        """A CPU generator seeded from (seed, iteration, stream): resumable without saving RNG state."""
+        return torch.Generator().manual_seed(hash((self.seed, iteration, stream)) & 0x7FFF_FFFF_FFFF)
+
+    def build_backbone(self) -> nn.Module:
+        backbone_cfg = EasyConfig(dict(self.d['backbone']))
+        backbone_cfg.setdefault('num_classes', self.num_classes)
+        return build_model_from_cfg(backbone_cfg).to(self.device)
+
+    def synthetic_clouds(self, slots: Tensor, num_points: int, generator: torch.Generator | None) -> Tensor:
+        """Synthesize, normalise to the unit sphere, canonicalise: the same path in matching, inner loop, export."""
+        return self.rotator(normalize_to_unit_sphere(self.synthesizer.synthesize(slots.to(self.device), num_points, generator)))
+
+    def initialize(self) -> dict:
+        """Start the synthesizer from real clouds when its `init` asks for it."""
+        if self.synthesizer.init != 'real':
+            return {}
+        generator = torch.Generator().manual_seed(self.seed)
+        clouds, index = self.pool.random_per_class(self.synthesizer.cpc, generator)
+        report = self.synthesizer.initialize_from_real(clouds.to(self.device))
+        report['real_indices'] = index.tolist()
+        logger.info('synthesizer initialised from real clouds: %s', {k: v for k, v in report.items() if k != 'real_indices'})
+        return report
+
+    # --------------------------------------------------------------------------------------- loop
+    def run(self, resume: bool = True) -> DistillResult:
+        d = self.d
+        iterations, outer, inner = int(d['iterations']), int(d['outer_loop']), int(d['inner_loop'])
+        budget = d.get('budget_minutes')
+        budget_s = float(budget) * 60 if budget else math.inf
+        checkpoint_every, eval_every = int(d.get('checkpoint_every') or 0), int(d.get('eval_every') or 0)
+        log_every = int(d.get('log_every') or 10)
+        self.init_report: dict = {}
+        if not (resume and self.load_checkpoint()):
+            start_init = time.perf_counter()
+            self.init_report = self.initialize()
+            self.elapsed = time.perf_counter() - start_init
+        stopped_by_budget = False
+        bar = tqdm(total=iterations, initial=self.iteration, disable=not d.get('progress', True),
+                   desc='distill', dynamic_ncols=True)
+        while self.iteration < iterations:
+            if self.elapsed >= budget_s:
+                stopped_by_budget = True
+                break
+            started = time.perf_counter()
+            loss = self.run_iteration(self.iteration, outer, inner)
+            self.loss_history.append(loss)
+            self.scheduler.step()
+            self.iteration += 1
+            self.elapsed += time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss:.4f}')
+            if self.iteration % log_every == 0 or self.iteration == iterations:
+                rate = self.iteration / max(self.elapsed, 1e-9)
+                eta = min((iterations - self.iteration) / max(rate, 1e-9), max(budget_s - self.elapsed, 0))
+                logger.info('step %d/%d | loss %.4f | syn_lr %.1e | %.2f it/s | elapsed %s | eta %s', self.iteration,
+                            iterations, loss, self.optimizer.param_groups[0]['lr'], rate,
+                            _clock(self.elapsed), _clock(eta))
+            if eval_every and self.evaluate_fn is not None and self.iteration % eval_every == 0:
+                result = self.evaluate_fn(self, self.iteration)
+                result.update(iteration=self.iteration, minutes=self.elapsed / 60)
+                self.evaluations.append(result)
+                logger.info('evaluation at step %d (%.1f min): %s', self.iteration, self.elapsed / 60, result)
+            if checkpoint_every and self.iteration % checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if stopped_by_budget:
+            logger.info('wall-clock budget of %.1f min reached after %d iterations; exporting', budget_s / 60, self.iteration)
+        self.save_checkpoint()
+        artifact = self.export()
+        return DistillResult(artifact, self.iteration, self.elapsed, stopped_by_budget, self.loss_history, self.evaluations)
+
+    def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
+        """One iteration: a fresh backbone, `outer` synthesizer steps, inner training in between."""
+        torch.manual_seed(hash((self.seed, iteration, 0)) & 0x7FFF_FFFF_FFFF)   # backbone init and any op RNG
+        real_generator, syn_generator = self._generator(iteration, 1), self._generator(iteration, 2)
+        backbone = self.build_backbone()
+        trains_backbone = self.objective.trains_backbone and outer > 1
+        if not self.objective.trains_backbone:
+            backbone.requires_grad_(False)
+        net_optimizer = torch.optim.SGD(backbone.parameters(), lr=float(self.d.get('net_lr', 1e-3)))
+        num_points = int(self.d['num_points'])
+        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))   # equal batches: vmap needs them
+        vectorized = hasattr(self.objective, 'match_classes') and bool(self.d.get('vectorize_classes', True))
+        chunk = int(self.d.get('class_chunk') or self.num_classes) if vectorized else 1
+        total = 0.0
+        for step in range(outer):
+            self.optimizer.zero_grad(set_to_none=True)
+            for start in range(0, self.num_classes, chunk):
+                labels = torch.arange(start, min(start + chunk, self.num_classes))
+                real = torch.stack([self.pool.sample(int(c), batch_real, num_points, real_generator) for c in labels])
+                real = self.rotator(real.flatten(0, 1).to(self.device)).detach().view(len(labels), batch_real, num_points, 3)
+                slots = torch.cat([self.synthesizer.slots_of_class(int(c)) for c in labels])
+                syn = self.synthetic_clouds(slots, num_points, syn_generator).view(len(labels), self.synthesizer.cpc, num_points, 3)
+                if vectorized:
+                    losses = self.objective.match_classes(backbone, syn, real, labels.to(self.device))
+                else:
+                    losses = self.objective(backbone, syn[0], real[0], int(labels[0])).unsqueeze(0)
+                bad = ~torch.isfinite(losses.detach())
+                if bad.any():
+                    label = int(labels[bad.nonzero()[0, 0]])
+                    raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
+                                             f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
+                                             f'(class {label}). Lower the synthesizer learning rate or check the data.')
+                losses.sum().backward()   # frees this chunk's graph: memory does not grow with the classes
+                total += losses.detach().sum().item()
+            self.optimizer.step()
+            if step == outer - 1 or not trains_backbone:
+                continue
+            self.train_backbone(backbone, net_optimizer, inner, num_points, syn_generator)
+        return total / (self.num_classes * outer)
+
+    def train_backbone(self, backbone: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
+                       num_points: int, generator: torch.Generator) -> None:
+        """The inner loop: `epochs` of SGD on freshly synthesized, detached, normalised clouds."""
+        with torch.no_grad():
+            slots = torch.arange(self.synthesizer.num_slots)
+            clouds = self.synthetic_clouds(slots, num_points, generator)
+        labels = self.synthesizer.labels.to(self.device)
+        batch = int(self.d.get('inner_batch', 256))
+        for _ in range(epochs):
+            order = torch.randperm(len(clouds), generator=generator).to(self.device)
+            for start in range(0, len(clouds), batch):
+                pick = order[start:start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(backbone(clouds[pick]), labels[pick]).backward()
+                optimizer.step()
+
+    # --------------------------------------------------------------------------- checkpoint/export
+    def state(self) -> dict:
+        return {'synthesizer': self.synthesizer.state_dict(), 'rotator': self.rotator.state_dict(),
+                'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+                'iteration': self.iteration, 'elapsed': self.elapsed, 'loss_history': list(self.loss_history),
+                'evaluations': [dict(e) for e in self.evaluations]}
+
+    def save_checkpoint(self) -> Path:
+        """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+        path = self.run_dir / CHECKPOINT_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix('.tmp')
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self) -> bool:
+        path = self.run_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.synthesizer.load_state_dict(state['synthesizer'])
+            self.rotator.load_state_dict(state['rotator'])
+            self.optimizer.load_state_dict(state['optimizer'])
+            self.scheduler.load_state_dict(state['scheduler'])
+        except Exception as e:
+            raise RuntimeError(f'cannot resume from {path}: {e}. It was written by another config or is '
+                               f'damaged; use a new run_dir or delete the checkpoint.') from e
+        self.iteration, self.elapsed = int(state['iteration']), float(state['elapsed'])
+        self.loss_history, self.evaluations = list(state['loss_history']), list(state['evaluations'])
+        logger.info('resumed from %s at iteration %d (%.1f min done)', path, self.iteration, self.elapsed / 60)
+        return True
+
+    def metadata(self) -> dict:
+        return {'synthesizer': dict(self.d['synthesizer']), 'objective': dict(self.d['objective']),
+                'rotator': dict(self.d.get('rotator') or {'NAME': 'IdentityRotator'}),
+                'backbone': dict(self.d['backbone']),
+                'dataset': {'name': self.pool.name, 'num_classes': self.num_classes, 'class_names': self.pool.class_names},
+                'cpc': self.synthesizer.cpc, 'num_points': int(self.d.get('export_num_points', 1024)),
+                'iterations_done': self.iteration, 'seconds': round(self.elapsed, 1), 'seed': self.seed}
+
+    def export(self) -> Path:
+        """The artifact: generator weights (kind 'generator') or the point set (kind 'points')."""
+        tensors, kind = synthesizer_tensors(self.synthesizer, int(self.d.get('export_num_points', 1024)), self.seed)
+        return save_artifact(self.run_dir / ARTIFACT_NAME, tensors, {**self.metadata(), 'kind': kind})
+
+
+def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    cfg = dict(cfg)
+    name = str(cfg.pop('NAME', 'adam')).lower()
+    if name not in _OPTIMIZERS:
+        raise KeyError(f'unknown optimizer {name!r} in distill.syn_optimizer; choose one of {sorted(_OPTIMIZERS)}')
+    return _OPTIMIZERS[name](params, **cfg)
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, 'auto'):
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if str(device).startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f'device {device!r} requested but CUDA is not available; set device=cpu')
+    return str(device)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}' if seconds >= 3600 else f'{seconds // 60:02d}:{seconds % 60:02d}'

@@ -1,0 +1,128 @@
+"""Train a fresh classifier on a synthetic (or selected) set and test it on the real test set.
+
+The protocol of `research/cpu_protocol.md`: DD3D's PointNet, Adam (lr 1e-3, wd 5e-4), cosine to 1e-4,
+batch 256, random scale and jitter; the reported figure is the test accuracy at the FINAL epoch. The
+best tested epoch is returned separately, labelled as the papers' (optimistic) protocol.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openpoints.models import build_model_from_cfg
+from openpoints.utils import EasyConfig
+
+from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
+
+logger = logging.getLogger(__name__)
+
+#: (epoch, generator) -> (pos (S, N, 3), y (S,)): a fixed set ignores the epoch, a generator resamples
+TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+
+DEFAULTS = {'model': {'NAME': 'DistillPointNet'}, 'epochs': 200, 'batch_size': 256, 'lr': 1e-3,
+            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0,
+            'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05}}
+
+
+def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
+    """The evaluation section with defaults filled in (unknown keys are errors)."""
+    settings = {**DEFAULTS, **dict(cfg or {})}
+    unknown = set(settings) - set(DEFAULTS) - {'seeds', 'resample', 'random_selections', 'eval_epochs_during_distill'}
+    if unknown:
+        raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + seeds, resample, '
+                       f'random_selections, eval_epochs_during_distill')
+    return settings
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, pos: Tensor, labels: Tensor, num_classes: int, rotator: nn.Module | None = None,
+                  batch_size: int = 256) -> tuple[float, float]:
+    """Overall accuracy and mean class accuracy (both in %) on a labelled set."""
+    model.eval()
+    predictions = []
+    for start in range(0, len(pos), batch_size):
+        batch = pos[start:start + batch_size]
+        if rotator is not None:
+            batch = rotator(batch)
+        predictions.append(model(batch).argmax(-1))
+    predicted = torch.cat(predictions)
+    correct = (predicted == labels).float()
+    per_class = torch.zeros(num_classes).scatter_add_(0, labels.cpu(), correct.cpu())
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp_min(1)
+    model.train()
+    return 100 * float(correct.mean()), 100 * float((per_class / counts).mean())
+
+
+def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor, *, num_classes: int,
+                   settings: Mapping[str, Any], seed: int, rotator: nn.Module | None = None,
+                   device: str | torch.device = 'cpu', epochs: int | None = None) -> dict:
+    """Train a fresh model on `sampler`'s clouds, test on the real test set.
+
+    Returns:
+        {'oa', 'macc'} at the final epoch, {'best_oa', 'best_epoch'} over the tested epochs (papers'
+        protocol), 'epochs', 'seconds'.
+    """
+    start = time.perf_counter()
+    epochs = int(epochs or settings['epochs'])
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model_cfg = EasyConfig(dict(settings['model']))
+    model_cfg.setdefault('num_classes', num_classes)
+    model = build_model_from_cfg(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
+    augment = settings.get('augment') or {}
+    test_every = int(settings.get('test_every') or 0)
+    batch_size = int(settings['batch_size'])
+    test_pos, test_labels = test_pos.to(device), test_labels.to(device)
+    best_oa, best_epoch = -1.0, -1
+    for epoch in range(epochs):
+        pos, labels = sampler(epoch, generator)
+        pos, labels = pos.to(device), labels.to(device)
+        order = torch.randperm(len(pos), generator=generator).to(device)
+        for begin in range(0, len(pos), batch_size):
+            pick = order[begin:begin + batch_size]
+            batch = pos[pick]
+            if augment.get('scale'):
+                batch = random_scale(batch, *augment['scale'], generator=generator)
+            if augment.get('jitter_sigma'):
+                batch = jitter(batch, augment['jitter_sigma'], augment.get('jitter_clip', 0.05), generator=generator)
+            if rotator is not None:
+                batch = rotator(batch)
+            loss = F.cross_entropy(model(batch), labels[pick])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if test_every and (epoch + 1) % test_every == 0 and epoch + 1 < epochs:
+            oa, _ = test_accuracy(model, test_pos, test_labels, num_classes, rotator)
+            if oa > best_oa:
+                best_oa, best_epoch = oa, epoch + 1
+    oa, macc = test_accuracy(model, test_pos, test_labels, num_classes, rotator)
+    if oa > best_oa:
+        best_oa, best_epoch = oa, epochs
+    return {'oa': oa, 'macc': macc, 'best_oa': best_oa, 'best_epoch': best_epoch, 'epochs': epochs,
+            'seconds': time.perf_counter() - start}
+
+
+def fixed_sampler(pos: Tensor, labels: Tensor) -> TrainSampler:
+    """A sampler that always returns the same normalised clouds."""
+    pos = normalize_to_unit_sphere(pos)
+    return lambda epoch, generator: (pos, labels)
+
+
+def summarize(results: list[dict], key: str = 'oa') -> dict:
+    values = np.array([r[key] for r in results], dtype=np.float64)
+    return {'mean': float(values.mean()), 'std': float(values.std(ddof=0)) if len(values) > 1 else 0.0,
+            'n': len(values), 'values': [round(float(v), 2) for v in values]}
+
+
+def format_mean_std(summary: Mapping[str, Any]) -> str:
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f}" if not math.isnan(summary['mean']) else 'n/a'

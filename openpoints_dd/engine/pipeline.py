@@ -1,0 +1,91 @@
+"""distill → artifact → evaluation against Random at the same clouds per class: what tools/distill.py runs."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..data.real_pool import RealPool
+from ..data.synthetic_set import SyntheticSet
+from ..registry import build_rotator
+from ..utils.run import write_json
+from .distill import Distiller, resolve_device
+from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, summarize, train_and_test
+
+logger = logging.getLogger(__name__)
+
+
+def test_pool(dataset_cfg: Mapping[str, Any], num_points: int) -> RealPool:
+    split = 'test' if dataset_cfg.get('test') is not None else 'val'
+    return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
+
+
+def evaluate_set(sampler, test: RealPool, settings: Mapping[str, Any], seeds, rotator, device, epochs=None) -> list[dict]:
+    return [train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
+                           seed=int(seed), rotator=rotator, device=device, epochs=epochs) for seed in seeds]
+
+
+def synthetic_sampler(synthetic: SyntheticSet, num_points: int, resample: bool):
+    """Fresh generator noise every epoch (`resample`), or one fixed draw."""
+    if synthetic.is_generator and resample:
+        return lambda epoch, generator: synthetic.sample(num_points, generator)
+    pos, labels = synthetic.sample(num_points, torch.Generator().manual_seed(0))
+    return fixed_sampler(pos, labels)
+
+
+def random_baseline(train: RealPool, test: RealPool, cpc: int, settings, selections, rotator, device) -> list[dict]:
+    """Random real subsets: one selection per seed, each evaluated once (cpu_protocol)."""
+    results = []
+    for selection in selections:
+        clouds, _ = train.random_per_class(cpc, torch.Generator().manual_seed(10_000 + int(selection)))
+        labels = torch.arange(train.num_classes).repeat_interleave(cpc)
+        results += evaluate_set(fixed_sampler(clouds[:, :settings['num_points']], labels), test, settings,
+                                [selection], rotator, device)
+    return results
+
+
+def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
+    """Distill, export the artifact, evaluate it (and Random at the same cpc), write metrics.json."""
+    settings = evaluation_settings(cfg.get('evaluation'))
+    device = resolve_device(cfg.get('device', 'cpu'))
+    train = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=int(settings['num_points']))
+    test = test_pool(cfg['dataset'], int(settings['num_points'])) if cfg.get('evaluation') is not None else None
+    rotator = build_rotator(cfg['distill'].get('rotator')).to(device)
+    quick_epochs = settings.get('eval_epochs_during_distill')
+
+    def evaluate_during(distiller: Distiller, iteration: int) -> dict:
+        path = distiller.export()
+        result = evaluate_set(synthetic_sampler(SyntheticSet(path), settings['num_points'], True), test, settings,
+                              [0], distiller.rotator, device, epochs=quick_epochs)[0]
+        return {'oa': round(result['oa'], 2)}
+
+    distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
+    result = distiller.run(resume=bool(cfg.get('resume', True)))
+    metrics: dict = {'artifact': str(result.artifact_path), 'iterations_done': result.iterations_done,
+                     'distill_minutes': round(result.seconds / 60, 2), 'stopped_by_budget': result.stopped_by_budget,
+                     'loss_history': result.loss_history, 'evaluations_during_distillation': result.evaluations,
+                     'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
+    if test is not None:
+        seeds = list(settings.get('seeds') or [0])
+        synthetic = SyntheticSet(result.artifact_path)
+        cpc = synthetic.cpc
+        rows = {}
+        modes = [True, False] if synthetic.is_generator else [False]
+        for resample in modes:
+            name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
+            runs = evaluate_set(synthetic_sampler(synthetic, settings['num_points'], resample), test, settings,
+                                seeds, rotator, device)
+            rows[name] = {'final': summarize(runs), 'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
+        selections = list(range(int(settings.get('random_selections') or len(seeds))))
+        runs = random_baseline(train, test, cpc, settings, selections, rotator, device)
+        rows[f'random ({len(selections)} selections)'] = {'final': summarize(runs),
+                                                          'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
+        metrics['evaluation'] = rows
+        lines = [f'{"set":38s} {"final-epoch OA %":>18s}  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds})']
+        lines += [f'{name:38s} {format_mean_std(row["final"]):>18s}' for name, row in rows.items()]
+        logger.info('results\n%s', '\n'.join(lines))
+        metrics['table'] = lines
+    write_json(run_dir / 'metrics.json', metrics)
+    return metrics

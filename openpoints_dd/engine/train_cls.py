@@ -1,0 +1,785 @@
+"""Supervised point-cloud classification on openpoints, driven by PointNeXt's classification YAML keys.
+
+`train_classifier(cfg, run_dir)` is PointNeXt's `examples/classification/train.py` rebuilt for any device
+(CPU included) and for repeated in-process calls: same config keys, same data path
+(`build_dataloader_from_cfg`), same optimiser and scheduler factories, same metrics (`ConfusionMatrix`).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from openpoints.dataset import build_dataloader_from_cfg
+from openpoints.loss import build_criterion_from_cfg
+from openpoints.models import build_model_from_cfg
+from openpoints.models.layers import furthest_point_sample
+from openpoints.optim import build_optimizer_from_cfg
+from openpoints.scheduler import build_scheduler_from_cfg
+from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
+
+from ..utils.config import config_hash, resolve_path, save_config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 'openpoints_dd.train_cls/1'
+MODES = ('train', 'finetune', 'resume', 'val', 'test')
+REQUIRED_KEYS = ('dataset', 'model', 'num_classes', 'num_points', 'epochs', 'batch_size', 'lr', 'optimizer')
+BEST_NOTE = ("best epoch = papers' protocol: the validated epoch with the highest OA on the evaluation split "
+             "(optimistic when that split is the test set, as for ModelNet40); `last_*` is the final epoch")
+
+#: Optional keys and their values when a config leaves them out (cfgs/train/default.yaml lists them all).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    'mode': 'train',            # train | finetune | resume | val | test
+    'pretrained_path': None,    # weights to start from (train/finetune), to resume (resume) or to test
+    'device': 'auto',           # cpu | cuda | auto
+    'seed': None,               # None draws one (logged and saved in cfg.yaml)
+    'deterministic': False,
+    'val_batch_size': None,     # None: batch_size
+    'dataloader': {'num_workers': 0},
+    'datatransforms': None,
+    'criterion_args': None,     # used when model.criterion_args is not set; None: cross-entropy
+    'sched': 'cosine',
+    'warmup_epochs': 0,
+    'min_lr': None,             # None: lr / 1000 (openpoints)
+    't_max': None,              # None: epochs
+    'sched_on_epoch': True,
+    'start_epoch': 1,
+    'step_per_update': 1,
+    'grad_norm_clip': None,
+    'val_freq': 1,
+    'print_freq': 50,
+    'progress': True,
+    'point_resampling': 'fps',  # fps | random | first: how training clouds with > num_points are reduced
+    'max_train_batches': None,  # smoke tests only: cut every epoch (and every evaluation) short
+    'max_val_batches': None,
+    'root_dir': 'runs',
+    'run_dir': None,
+    'tensorboard': False,
+    'wandb': {'use_wandb': False},
+}
+
+Resampling = Literal['fps', 'random', 'first']
+
+
+# ============================================================================================ public API
+def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
+                     overrides: Sequence[str] | None = None) -> dict:
+    """Train (or resume, or test) a classifier as PointNeXt's classification `train.py` does.
+
+    Config keys (PointNeXt's; defaults in `TRAIN_DEFAULTS`): `dataset.{common,train,val,test}`,
+    `dataloader.num_workers`, `datatransforms.{train,val,test,kwargs}`, `model` (`model.criterion_args`,
+    else top-level `criterion_args`; `model.in_channels`, else `model.encoder_args.in_channels`, else 3),
+    `optimizer` + `lr` (`build_optimizer_from_cfg`), `sched`, `epochs`, `warmup_epochs`, `min_lr`, `t_max`,
+    `sched_on_epoch` and the other top-level scheduler keys (`build_scheduler_from_cfg`), `batch_size`,
+    `val_batch_size`, `num_points`, `num_classes`, `classes`, `val_freq`, `grad_norm_clip`, `step_per_update`,
+    `start_epoch`, `seed`, `deterministic`, `print_freq`, `mode`, `pretrained_path`; and ours: `device`,
+    `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `tensorboard`, `wandb.use_wandb`.
+
+    Behaviour that differs from PointNeXt: the last epoch is always validated; training clouds with more
+    than `num_points` points are reduced for any `num_points` (`resample_points`); `num_classes` is checked
+    against the dataset's class list, and the model's output size on the first batch; an epoch without a
+    batch is an error; relative `data_dir`s resolve against the cwd, then the repository root.
+
+    Files written in `run_dir`: `cfg.yaml` (the config with defaults and the seed filled in), `log.txt`,
+    `checkpoint/{last,best}.safetensors` (model weights) + `.json` (epoch, metrics, history),
+    `checkpoint/last_state.pt` (optimizer, scheduler and RNG state; tensors and primitives only, for
+    `torch.load(weights_only=True)`) and `metrics.json`.
+
+    Args:
+        cfg: the experiment config (not modified).
+        run_dir: output folder, created if needed.
+        overrides: the command-line overrides, only to log them. Default None.
+
+    Returns:
+        The content of `metrics.json`. For training: `last_{epoch,oa,macc,acc_per_class}`,
+        `best_{epoch,oa,macc,acc_per_class}` with `best_note` (papers' protocol), `eval_split`, `history`
+        (one entry per epoch), `test_{last,best}_{oa,macc}` when a separate `dataset.test` is configured, and
+        `seed`, `device`, `num_params`, `cfg_hash`, `run_dir`, `seconds`. For `mode: val|test`: `oa`, `macc`,
+        `acc_per_class`, `split`, `checkpoint`.
+
+    Raises:
+        ValueError: missing or inconsistent keys (num_classes, mode, device, an empty train loader, ...).
+        FileNotFoundError: a missing `data_dir` or checkpoint.
+        FloatingPointError: a non-finite training loss.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_log_file(run_dir / 'log.txt'):
+        return _Trainer(cfg, run_dir, overrides).run()
+
+
+def resample_points(points: Tensor, num_points: int, method: Resampling = 'fps',
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Reduce every cloud of a batch to `num_points` points (a no-op when it has no more than that).
+
+    `fps` is PointNeXt's training-time resampling made general: furthest point sampling down to
+    `round(1.171875 * num_points)` points (1200 for 1024, 4800 for 4096, as upstream), then the same random
+    `num_points` of those for the whole batch. `random` takes an independent random subset per cloud;
+    `first` keeps the first `num_points` (PointNeXt's validation rule).
+
+    Args:
+        points: (B, N, C) float, xyz in the first 3 channels.
+        num_points: M, the number of points to keep.
+        method: 'fps' | 'random' | 'first'. Default 'fps'.
+        generator: torch generator for the random choices. Default None (global RNG).
+
+    Returns:
+        (B, min(N, M), C) points, same dtype and device.
+    """
+    if method not in ('fps', 'random', 'first'):
+        raise ValueError(f"point_resampling must be 'fps', 'random' or 'first', got {method!r}")
+    B, N, C = points.shape
+    if N <= num_points:
+        return points
+    if method == 'first':
+        return points[:, :num_points]
+    if method == 'random':
+        keys = torch.rand(B, N, generator=generator, device='cpu').to(points.device)
+        idx = keys.argsort(dim=1)[:, :num_points]
+    else:
+        pool = min(N, round(num_points * 1.171875))
+        fps_idx = furthest_point_sample(points[..., :3].contiguous(), pool).long()         # (B, pool)
+        choice = torch.randperm(pool, generator=generator, device='cpu')[:num_points].to(points.device)
+        idx = fps_idx[:, choice]
+    return torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, C))
+
+
+def find_checkpoint(path: str | os.PathLike, tag: Literal['last', 'best'] = 'last') -> Path:
+    """The model-weights file of a checkpoint: a run dir, its `checkpoint/` dir, a prefix or the file itself.
+
+    Raises:
+        FileNotFoundError: nothing matches; the message lists what was tried.
+    """
+    path = Path(path)
+    tried = [path]
+    if path.is_dir():
+        folder = path / 'checkpoint' if (path / 'checkpoint').is_dir() else path
+        path = folder / f'{tag}.safetensors'
+        tried.append(path)
+    elif not path.exists() and not path.suffix:
+        path = path.with_suffix('.safetensors')
+        tried.append(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'no checkpoint at {" or ".join(map(str, tried))}. Give a run dir, its '
+                                f'checkpoint/ folder or a .safetensors / .pth file as pretrained_path.')
+    return path
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict:
+    """Load weights from our `.safetensors` checkpoints or an openpoints `.pth` (`{'model': state_dict}`).
+
+    `.pth` files are read with `torch.load(weights_only=True)`; a `module.` prefix (DDP) is stripped.
+
+    Returns:
+        The checkpoint's JSON side-car (`{}` when there is none).
+    """
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        state = load_file(str(path), device='cpu')
+    else:
+        blob = torch.load(path, map_location='cpu', weights_only=True)
+        state = blob.get('model', blob.get('state_dict', blob)) if isinstance(blob, dict) else blob
+        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise RuntimeError(f'checkpoint {path} does not fit the model {type(model).__name__}: {e}') from e
+    side_car = path.with_suffix('.json')
+    return json.loads(side_car.read_text()) if side_car.is_file() else {}
+
+
+def resume_run_dir(cfg: Mapping[str, Any]) -> Path | None:
+    """For `mode: resume` without `run_dir`: the run dir that holds the checkpoint (so the run continues there)."""
+    if cfg.get('mode') != 'resume' or cfg.get('run_dir') or not cfg.get('pretrained_path'):
+        return None
+    ckpt = find_checkpoint(cfg['pretrained_path'], 'last')
+    return ckpt.parent.parent if ckpt.parent.name == 'checkpoint' else ckpt.parent
+
+
+def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
+    """A deep copy of `cfg` as `EasyConfig` with `TRAIN_DEFAULTS` filled in where keys are missing."""
+    out = _easy(copy.deepcopy(dict(cfg)))
+    for key, value in TRAIN_DEFAULTS.items():
+        if key not in out:
+            out[key] = _easy(copy.deepcopy(value))
+    return out
+
+
+# ============================================================================================ the trainer
+class _Trainer:
+    """One call of `train_classifier`: holds the built objects; `run()` does the work."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] | None):
+        self.t0 = time.perf_counter()
+        self.given_hash = config_hash(cfg)
+        self.cfg = cfg = with_defaults(cfg)
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / 'checkpoint'
+        self.last_val: dict | None = None   # the latest validation of this call (with per-class accuracies)
+        self._check_keys()
+        if cfg.seed is None:
+            cfg.seed = secrets.randbelow(2 ** 31)
+        self.device = _resolve_device(cfg.device)
+        save_config(cfg, run_dir / 'cfg.yaml')
+        logger.info('train_cls | run dir %s | device %s | seed %d | mode %s | cfg hash %s',
+                    run_dir, self.device, cfg.seed, cfg.mode, self.given_hash)
+        if overrides:
+            logger.info('overrides: %s', ' '.join(overrides))
+        set_random_seed(int(cfg.seed), deterministic=bool(cfg.deterministic))
+        self.num_classes = int(cfg.num_classes)
+        self.num_points = int(cfg.num_points)
+        self.in_channels = int(cfg.model.get('in_channels') or (cfg.model.get('encoder_args') or {}).get('in_channels')
+                               or 3)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _check_keys(self) -> None:
+        cfg = self.cfg
+        missing = [k for k in REQUIRED_KEYS if cfg.get(k) is None]
+        if missing:
+            raise ValueError(f'the training config lacks {", ".join(missing)}. See cfgs/train/*.yaml for a '
+                             f'complete example (openpoints_dd.engine.train_cls.REQUIRED_KEYS).')
+        if cfg.mode not in MODES:
+            raise ValueError(f'mode must be one of {", ".join(MODES)}, got {cfg.mode!r}')
+        if cfg.mode in ('finetune', 'resume', 'val', 'test') and not cfg.pretrained_path:
+            raise ValueError(f'mode {cfg.mode} needs pretrained_path= (a run dir or a checkpoint file)')
+        if not isinstance(cfg.dataset.get('common'), Mapping) or not cfg.dataset.common.get('NAME'):
+            raise ValueError('dataset.common.NAME is missing: it names the dataset class for every split '
+                             '(openpoints builds all splits from dataset.common)')
+        for key in ('epochs', 'batch_size', 'num_points', 'num_classes', 'val_freq', 'step_per_update'):
+            if int(cfg[key]) < 1:
+                raise ValueError(f'{key} must be >= 1, got {cfg[key]!r}')
+
+    def _build_model(self) -> nn.Module:
+        model_cfg = copy.deepcopy(self.cfg.model)  # BaseCls writes cls_args.in_channels into its cfg
+        if not model_cfg.get('criterion_args'):
+            model_cfg.criterion_args = copy.deepcopy(self.cfg.criterion_args)
+        model = build_model_from_cfg(model_cfg)
+        if model is None:
+            raise ValueError(f'model.NAME {self.cfg.model.get("NAME")!r} is not registered in openpoints MODELS. '
+                             f'Did you import openpoints_dd?')
+        criterion = getattr(model, 'criterion', None)
+        if hasattr(model, 'get_logits_loss') and criterion is not None:
+            self.loss_fn = None
+        else:
+            self.loss_fn = build_criterion_from_cfg(_easy(self.cfg.criterion_args or {'NAME': 'CrossEntropy'}))
+        return model.to(self.device)
+
+    @torch.no_grad()
+    def _check_head(self, model: nn.Module) -> None:
+        """Run 2 random clouds through the model (eval mode, own RNG) and check it outputs num_classes logits."""
+        generator = torch.Generator().manual_seed(0)
+        points = torch.randn(2, self.num_points, self.in_channels, generator=generator).to(self.device)
+        model.eval()
+        logits = model({'pos': points[..., :3].contiguous(), 'x': points.transpose(1, 2).contiguous()})
+        model.train()
+        if logits.dim() != 2 or logits.shape[-1] != self.num_classes:
+            raise ValueError(f'the model {self.cfg.model.get("NAME")} outputs logits of shape {tuple(logits.shape)} '
+                             f'for 2 clouds but num_classes is {self.num_classes}: set the head size '
+                             f'(model.num_classes or model.cls_args.num_classes) to {self.num_classes}')
+
+    def _build_optimizer(self, model: nn.Module):
+        opt_cfg = dict(copy.deepcopy(self.cfg.optimizer))
+        # openpoints calls model.module.no_weight_decay() on an unwrapped model that defines no_weight_decay;
+        # give it the `module` it expects for the duration of the call (not registered as a submodule).
+        shim = hasattr(model, 'no_weight_decay') and not hasattr(model, 'module')
+        if shim:
+            object.__setattr__(model, 'module', model)
+        previous_disable = logging.root.manager.disable
+        logging.disable(logging.INFO)  # openpoints dumps every parameter name at INFO here
+        try:
+            optimizer = build_optimizer_from_cfg(model, lr=float(self.cfg.lr), **opt_cfg)
+        except ValueError as e:
+            raise ValueError(f'optimizer {opt_cfg.get("NAME")!r} could not be built (from the optimizer section '
+                             f'{opt_cfg}): {e}. Common names: adamw, adam, sgd (nesterov), momentum.') from e
+        finally:
+            logging.disable(previous_disable)
+            if shim:
+                object.__delattr__(model, 'module')
+        sched_view = copy.deepcopy(self.cfg)
+        if sched_view.get('t_max') is None:
+            sched_view.t_max = int(self.cfg.epochs)
+        scheduler = build_scheduler_from_cfg(sched_view, optimizer) if self.cfg.sched else None
+        if self.cfg.sched and scheduler is None:
+            raise ValueError(f'sched {self.cfg.sched!r} is unknown to openpoints; use cosine, tanh, step, '
+                             f'multistep, plateau, poly or null (constant lr)')
+        return optimizer, scheduler
+
+    def _dataset_cfg(self) -> EasyConfig:
+        dataset_cfg = copy.deepcopy(self.cfg.dataset)  # build_dataloader_from_cfg writes split/transform into it
+        for section in list(dataset_cfg):
+            if dataset_cfg[section] is None:
+                dataset_cfg[section] = EasyConfig()
+            data_dir = dataset_cfg[section].get('data_dir')
+            if isinstance(data_dir, str):
+                resolved = resolve_path(data_dir)
+                if not os.path.exists(resolved):
+                    raise FileNotFoundError(
+                        f'dataset.{section}.data_dir {data_dir!r} not found (looked in the cwd {os.getcwd()} and '
+                        f'the repository root). Fix the path or override it: dataset.{section}.data_dir=/path')
+                dataset_cfg[section].data_dir = resolved
+        return dataset_cfg
+
+    def _loader(self, split: str, batch_size: int):
+        dataloader_cfg = _easy(copy.deepcopy(self.cfg.dataloader or {}))
+        dataloader_cfg.setdefault('num_workers', 0)
+        transforms = copy.deepcopy(self.cfg.datatransforms)
+        loader = build_dataloader_from_cfg(batch_size, self._dataset_cfg(), dataloader_cfg,
+                                           datatransforms_cfg=transforms, split=split, distributed=False)
+        loader.pin_memory = self.device.type == 'cuda'  # openpoints hard-codes True; it only warns on CPU
+        return loader
+
+    def _check_dataset(self, dataset, split: str) -> list[str]:
+        classes = getattr(dataset, 'classes', None)
+        declared = len(classes) if classes is not None else getattr(dataset, 'num_classes', None)
+        if declared is not None and int(declared) != self.num_classes:
+            raise ValueError(f'num_classes is {self.num_classes} but the {split} dataset '
+                             f'{type(dataset).__name__} has {int(declared)} classes. Set num_classes={int(declared)} '
+                             f'and the model head to match (model.num_classes or model.cls_args.num_classes).')
+        from_labels = getattr(dataset, 'num_classes', None)
+        if from_labels is not None and int(from_labels) > self.num_classes:
+            raise ValueError(f'the {split} dataset has labels up to {int(from_labels) - 1} but num_classes is '
+                             f'{self.num_classes}. Set num_classes={int(from_labels)}.')
+        names = self.cfg.get('classes') or classes
+        if names is None:
+            names = [str(i) for i in range(self.num_classes)]
+        return [str(n) for n in names]
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self) -> dict:
+        cfg = self.cfg
+        model = self._build_model()
+        num_params = sum(p.numel() for p in model.parameters())
+        self._check_head(model)
+        logger.info('model %s: %.3fM parameters, in_channels %d', cfg.model.get('NAME'), num_params / 1e6,
+                    self.in_channels)
+        if cfg.mode in ('val', 'test'):
+            return self._evaluate_only(model, num_params)
+
+        val_batch_size = int(cfg.val_batch_size or cfg.batch_size)
+        train_loader = self._loader('train', int(cfg.batch_size))
+        val_loader = self._loader('val', val_batch_size)
+        self.classes = self._check_dataset(train_loader.dataset, 'train')
+        self._check_dataset(val_loader.dataset, 'val')
+        if len(train_loader) == 0:
+            n = len(train_loader.dataset)
+            raise ValueError(f'the train loader has no batch: {n} training clouds, batch_size {cfg.batch_size}, and '
+                             f'the last incomplete batch is dropped. Set batch_size<={max(n, 1)} or repeat the set '
+                             f'(e.g. +dataset.train.repeat=k for a dataset that supports `repeat`).')
+        if len(val_loader.dataset) == 0:
+            raise ValueError('the val split is empty; check dataset.val (ModelNet40Ply2048 reads split test for val)')
+        logger.info('data %s | train %d clouds (%d batches of %d) | val %d clouds (split %r) | %d classes | '
+                    'num_points %d (dataset gives %s)', cfg.dataset.common.NAME, len(train_loader.dataset),
+                    len(train_loader), cfg.batch_size, len(val_loader.dataset), self._split_name('val'),
+                    self.num_classes, self.num_points, getattr(train_loader.dataset, 'num_points', '?'))
+
+        optimizer, scheduler = self._build_optimizer(model)
+        history: list[dict] = []
+        best: dict | None = None
+        start_epoch = int(cfg.start_epoch)
+        if cfg.mode == 'resume':
+            start_epoch, history, best = self._resume(model, optimizer, scheduler)
+        elif cfg.pretrained_path:
+            path = find_checkpoint(cfg.pretrained_path, 'last')
+            load_model_weights(model, path)
+            logger.info('starting from the weights of %s', path)
+
+        trackers = _Trackers(cfg, self.run_dir)
+        epochs = int(cfg.epochs)
+        model.zero_grad(set_to_none=True)
+        try:
+            for epoch in range(start_epoch, epochs + 1):
+                t_epoch = time.perf_counter()
+                if hasattr(train_loader.dataset, 'epoch'):
+                    train_loader.dataset.epoch = epoch - 1
+                train = self._train_one_epoch(model, train_loader, optimizer, scheduler, epoch)
+                entry = {'epoch': epoch, 'train_loss': train['loss'], 'train_oa': train['oa'],
+                         'lr': optimizer.param_groups[0]['lr']}
+                if epoch % int(cfg.val_freq) == 0 or epoch == epochs:
+                    val = self.evaluate(model, val_loader)
+                    entry.update(val_oa=val['oa'], val_macc=val['macc'])
+                    if best is None or val['oa'] > best['oa']:
+                        best = {'epoch': epoch, **val}
+                        self._save(model, 'best', {'epoch': epoch, 'metrics': val})
+                    self.last_val = val
+                if scheduler is not None and cfg.sched_on_epoch:
+                    scheduler.step(epoch)
+                entry['seconds'] = round(time.perf_counter() - t_epoch, 3)
+                history.append(entry)
+                trackers.log(entry, epoch)
+                logger.info('epoch %d/%d | train loss %.4f oa %.2f | %s | lr %.2e | %.1f s', epoch, epochs,
+                            train['loss'], train['oa'],
+                            f"val oa {entry['val_oa']:.2f} macc {entry['val_macc']:.2f} | best oa {best['oa']:.2f} "
+                            f"@{best['epoch']}" if 'val_oa' in entry else 'no val', entry['lr'], entry['seconds'])
+                self._save(model, 'last', {'epoch': epoch, 'history': history, 'best': best},
+                           optimizer=optimizer, scheduler=scheduler)
+        finally:
+            trackers.close()
+
+        if best is None:
+            raise ValueError(f'nothing to report: start epoch {start_epoch} is past epochs {epochs} and the '
+                             f'checkpoint holds no validation. Raise epochs= to train further.')
+        validated = [h for h in history if 'val_oa' in h]
+        last_epoch = validated[-1]['epoch']
+        last = self.last_val or {'oa': validated[-1]['val_oa'], 'macc': validated[-1]['val_macc'],
+                                                   'acc_per_class': None}
+        result = {
+            'mode': cfg.mode,
+            'last_epoch': last_epoch, 'last_oa': last['oa'], 'last_macc': last['macc'],
+            'last_acc_per_class': last.get('acc_per_class'),
+            'best_epoch': best['epoch'], 'best_oa': best['oa'], 'best_macc': best['macc'],
+            'best_acc_per_class': best.get('acc_per_class'),
+            'best_note': BEST_NOTE,
+            'eval_split': self._split_name('val'),
+            'classes': self.classes,
+        }
+        if self._has_separate_test():
+            result.update(self._final_test(model))
+        result.update(self._run_info(num_params, history))
+        self._write_metrics(result)
+        logger.info('final | last epoch %d: oa %.2f macc %.2f | best epoch %d (papers\' protocol): oa %.2f macc %.2f',
+                    last_epoch, last['oa'], last['macc'], best['epoch'], best['oa'], best['macc'])
+        return result
+
+    def _train_one_epoch(self, model: nn.Module, loader, optimizer, scheduler, epoch: int) -> dict:
+        cfg = self.cfg
+        model.train()
+        cm = ConfusionMatrix(num_classes=self.num_classes)
+        total_batches = _limit(len(loader), cfg.max_train_batches)
+        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        step_per_update = int(cfg.step_per_update)
+        clip = cfg.grad_norm_clip
+        bar = tqdm(total=total_batches, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, dynamic_ncols=True,
+                   disable=not cfg.progress)
+        with _tqdm_safe_logging(bool(cfg.progress)):
+            for idx, data in enumerate(itertools.islice(loader, total_batches)):
+                data, target = self._prepare(data, training=True)
+                if self.loss_fn is None:
+                    logits, loss = model.get_logits_loss(data, target)
+                else:
+                    logits = model(data)
+                    loss = self.loss_fn(logits, target)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f'training loss of {cfg.model.get("NAME")} is {loss.item()} at epoch '
+                                             f'{epoch}, batch {idx + 1}. Lower lr or set grad_norm_clip.')
+                loss.backward()
+                if (idx + 1) % step_per_update == 0:
+                    if clip is not None and clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if scheduler is not None and not cfg.sched_on_epoch:
+                        scheduler.step(epoch)
+                cm.update(logits.detach().argmax(dim=1), target)
+                loss_value = loss.item()
+                loss_sum += loss_value * target.shape[0]
+                seen += target.shape[0]
+                bar.update(1)
+                bar.set_postfix(loss=f'{loss_value:.4f}')
+                step = idx + 1
+                if step % int(cfg.print_freq) == 0 and step < total_batches:
+                    rate = step / max(time.perf_counter() - t0, 1e-9)
+                    logger.info('epoch %d step %d/%d | loss %.4f | lr %.2e | %.2f it/s | eta %s', epoch, step,
+                                total_batches, loss_sum / seen, optimizer.param_groups[0]['lr'], rate,
+                                _clock((total_batches - step) / rate))
+        bar.close()
+        macc, oa, _ = cm.all_acc()
+        return {'loss': loss_sum / max(seen, 1), 'oa': oa, 'macc': macc}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader) -> dict:
+        """OA, mAcc (in %) and per-class accuracies of `model` on `loader` (eval mode, PointNeXt's `validate`)."""
+        model.eval()
+        cm = ConfusionMatrix(num_classes=self.num_classes)
+        total_batches = _limit(len(loader), self.cfg.max_val_batches)
+        for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
+                         dynamic_ncols=True, disable=not self.cfg.progress):
+            data, target = self._prepare(data, training=False)
+            cm.update(model(data).argmax(dim=1), target)
+        model.train()
+        macc, oa, accs = cm.all_acc()
+        return {'oa': float(oa), 'macc': float(macc), 'acc_per_class': [round(float(a), 4) for a in accs]}
+
+    def _prepare(self, data: Mapping[str, Any], training: bool) -> tuple[dict, Tensor]:
+        """Move a collated batch to the device and build `pos` (B, N, 3) and `x` (B, C, N) as train.py does."""
+        data = {k: v.to(self.device, non_blocking=True) for k, v in data.items() if torch.is_tensor(v)}
+        target = data['y'].reshape(-1).long()
+        points = data['x'] if 'x' in data else data['pos']
+        if points.dim() != 3 or points.shape[-1] < self.in_channels:
+            raise ValueError(f'batch x must be (B, N, C>={self.in_channels}) channel-last with xyz first, got '
+                             f'{tuple(points.shape)}; in_channels comes from model.in_channels or '
+                             f'model.encoder_args.in_channels')
+        method = self.cfg.point_resampling if training else 'first'
+        points = resample_points(points, self.num_points, method)
+        data['pos'] = points[..., :3].contiguous()
+        data['x'] = points[..., :self.in_channels].transpose(1, 2).contiguous()
+        return data, target
+
+    # ------------------------------------------------------------------------------------- test modes
+    def _evaluate_only(self, model: nn.Module, num_params: int) -> dict:
+        cfg = self.cfg
+        split = cfg.mode
+        path = find_checkpoint(cfg.pretrained_path, 'last')  # the final epoch is this project's protocol
+        info = load_model_weights(model, path)
+        loader = self._loader(split, int(cfg.val_batch_size or cfg.batch_size))
+        self.classes = self._check_dataset(loader.dataset, split)
+        metrics = self.evaluate(model, loader)
+        logger.info('%s | %s (epoch %s) on split %r: oa %.2f macc %.2f', split, path, info.get('epoch', '?'),
+                    self._split_name(split), metrics['oa'], metrics['macc'])
+        result = {'mode': split, **metrics, 'split': self._split_name(split), 'checkpoint': str(path),
+                  'checkpoint_epoch': info.get('epoch'), 'classes': self.classes}
+        result.update(self._run_info(num_params, []))
+        self._write_metrics(result)
+        return result
+
+    def _has_separate_test(self) -> bool:
+        dataset = self.cfg.dataset
+        return isinstance(dataset.get('test'), Mapping) and dataset.get('test') != dataset.get('val')
+
+    def _final_test(self, model: nn.Module) -> dict:
+        loader = self._loader('test', int(self.cfg.val_batch_size or self.cfg.batch_size))
+        last = self.evaluate(model, loader)
+        load_model_weights(model, self.ckpt_dir / 'best.safetensors')
+        best = self.evaluate(model, loader)
+        logger.info('test split %r | last model: oa %.2f macc %.2f | best model: oa %.2f macc %.2f',
+                    self._split_name('test'), last['oa'], last['macc'], best['oa'], best['macc'])
+        return {'test_split': self._split_name('test'), 'test_last_oa': last['oa'], 'test_last_macc': last['macc'],
+                'test_best_oa': best['oa'], 'test_best_macc': best['macc']}
+
+    def _split_name(self, split: str) -> str:
+        """The `split` value the dataset receives, after openpoints' val<->test fallback."""
+        dataset = self.cfg.dataset
+        section = split if split in dataset else {'val': 'test', 'test': 'val'}.get(split, split)
+        return str((dataset.get(section) or {}).get('split') or split)
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def _save(self, model: nn.Module, tag: str, info: dict, optimizer=None, scheduler=None) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()}
+        meta = {'format': CHECKPOINT_FORMAT, 'epoch': str(info['epoch']), 'model': str(self.cfg.model.get('NAME'))}
+        _atomic(self.ckpt_dir / f'{tag}.safetensors', lambda p: save_file(state, str(p), metadata=meta))
+        side_car = {'format': CHECKPOINT_FORMAT, 'model': self.cfg.model.get('NAME'), 'num_classes': self.num_classes,
+                    'cfg_hash': self.given_hash, 'seed': int(self.cfg.seed), **info}
+        _atomic(self.ckpt_dir / f'{tag}.json', lambda p: p.write_text(_dumps(side_car)))
+        if optimizer is not None:
+            blob = {'optimizer': optimizer.state_dict(),
+                    'scheduler': _plain_state(scheduler.state_dict(), 'scheduler') if scheduler is not None else None,
+                    'rng': _rng_state()}
+            _atomic(self.ckpt_dir / f'{tag}_state.pt', lambda p: torch.save(blob, p))
+        logger.debug('saved %s checkpoint (epoch %s)', tag, info['epoch'])
+
+    def _resume(self, model: nn.Module, optimizer, scheduler) -> tuple[int, list, dict | None]:
+        path = find_checkpoint(self.cfg.pretrained_path, 'last')
+        info = load_model_weights(model, path)
+        state_path = path.with_name(path.stem + '_state.pt')
+        if not state_path.is_file() or 'epoch' not in info:
+            raise FileNotFoundError(f'{path} is not a resumable checkpoint: {state_path.name} or the epoch in '
+                                    f'{path.with_suffix(".json").name} is missing. Resume from a last.safetensors '
+                                    f'written by train_classifier, or use mode=finetune to start from its weights.')
+        blob = torch.load(state_path, map_location='cpu', weights_only=True)
+        optimizer.load_state_dict(blob['optimizer'])
+        if scheduler is not None and blob.get('scheduler') is not None:
+            scheduler.load_state_dict(blob['scheduler'])
+        _set_rng_state(blob['rng'])
+        epoch = int(info['epoch'])
+        logger.info('resumed from %s: epoch %d done, continuing at epoch %d', path, epoch, epoch + 1)
+        if (path.parent / 'best.safetensors').is_file() and path.parent.resolve() != self.ckpt_dir.resolve():
+            # a resume into a new run dir: carry the best model over so `best` stays consistent
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            for name in ('best.safetensors', 'best.json'):
+                _atomic(self.ckpt_dir / name, lambda p, n=name: p.write_bytes((path.parent / n).read_bytes()))
+        return epoch + 1, list(info.get('history') or []), info.get('best')
+
+    # ------------------------------------------------------------------------------------- reporting
+    def _run_info(self, num_params: int, history: list) -> dict:
+        return {'history': history, 'seed': int(self.cfg.seed), 'device': str(self.device), 'num_params': num_params,
+                'epochs': int(self.cfg.epochs), 'cfg_hash': self.given_hash, 'run_dir': str(self.run_dir),
+                'seconds': round(time.perf_counter() - self.t0, 3)}
+
+    def _write_metrics(self, result: dict) -> None:
+        _atomic(self.run_dir / 'metrics.json', lambda p: p.write_text(_dumps(result)))
+        logger.info('wrote %s', self.run_dir / 'metrics.json')
+
+
+# ============================================================================================ helpers
+class _Trackers:
+    """TensorBoard / wandb scalars, only when enabled in the cfg and importable."""
+
+    def __init__(self, cfg: EasyConfig, run_dir: Path):
+        self.writer = self.wandb_run = None
+        if cfg.get('tensorboard'):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.warning('tensorboard: true but tensorboard is not installed; not writing event files')
+            else:
+                self.writer = SummaryWriter(log_dir=str(run_dir))
+        if (cfg.get('wandb') or {}).get('use_wandb'):
+            try:
+                import wandb
+            except ImportError:
+                logger.warning('wandb.use_wandb: true but wandb is not installed; not logging to wandb')
+            else:
+                self.wandb_run = wandb.init(project=cfg.wandb.get('project'), dir=str(run_dir), config=cfg.dict(),
+                                            reinit=True)
+
+    def log(self, scalars: Mapping[str, Any], epoch: int) -> None:
+        numbers = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and k != 'epoch'}
+        if self.writer is not None:
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, epoch)
+        if self.wandb_run is not None:
+            self.wandb_run.log(numbers, step=epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+@contextmanager
+def _run_log_file(path: Path) -> Iterator[None]:
+    """Copy this package's INFO records to `path`, unless a handler already writes there (tools/train.py)."""
+    package_logger = logging.getLogger('openpoints_dd')
+    target = os.path.abspath(path)
+    for holder in (package_logger, logging.getLogger()):
+        if any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in holder.handlers):
+            yield
+            return
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S'))
+    handler.setLevel(logging.INFO)
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+        handler.close()
+
+
+@contextmanager
+def _tqdm_safe_logging(enabled: bool) -> Iterator[None]:
+    """Route console log lines through tqdm while a bar is shown, so the bar is not torn."""
+    if not enabled:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        yield
+
+
+def _resolve_device(name: str) -> torch.device:
+    name = str(name or 'auto').lower()
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'device {name!r} asked for but CUDA is not available here; use device=cpu or device=auto')
+    if not (name == 'cpu' or name.startswith('cuda')):
+        raise ValueError(f"device must be 'cpu', 'cuda' (or 'cuda:<i>') or 'auto', got {name!r}")
+    return torch.device(name)
+
+
+def _easy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        out = EasyConfig()
+        for k, v in value.items():
+            out[k] = _easy(v)
+        return out
+    if isinstance(value, list):
+        return [_easy(v) for v in value]
+    return value
+
+
+def _limit(num_batches: int, cap: int | None) -> int:
+    return num_batches if cap is None else min(num_batches, int(cap))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f'{hours}:{rest // 60:02d}:{rest % 60:02d}' if hours else f'{rest // 60:02d}:{rest % 60:02d}'
+
+
+def _dumps(payload: Mapping[str, Any]) -> str:
+    """JSON with one top-level key per line and one history entry per line (diff- and grep-friendly)."""
+    lines = []
+    for key, value in payload.items():
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            text = '[\n' + ',\n'.join('  ' + json.dumps(v) for v in value) + '\n ]'
+        else:
+            text = json.dumps(value)
+        lines.append(f' {json.dumps(str(key))}: {text}')
+    return '{\n' + ',\n'.join(lines) + '\n}\n'
+
+
+def _atomic(path: Path, write) -> None:
+    """Write via a temporary file and rename, so an interrupted run never leaves a half-written file."""
+    tmp = path.with_name(path.name + '.tmp')
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _plain_state(value: Any, where: str) -> Any:
+    """Tensors, primitives and containers of them (what `torch.load(weights_only=True)` accepts); drops the rest."""
+    if torch.is_tensor(value) or value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            plain = _plain_state(v, f'{where}.{k}')
+            if plain is not _SKIP:
+                out[k] = plain
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_plain_state(v, f'{where}[{i}]') for i, v in enumerate(value)]
+        return type(value)(v for v in items if v is not _SKIP)
+    if isinstance(value, np.generic):
+        return value.item()
+    logger.warning('checkpoint: %s (%s) cannot be stored safely and is not saved', where, type(value).__name__)
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _rng_state() -> dict:
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {'python': [version, list(state), gauss], 'torch': torch.get_rng_state(),
+           'numpy': [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        rng['cuda'] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: Mapping[str, Any]) -> None:
+    version, state, gauss = rng['python']
+    random.setstate((version, tuple(state), gauss))
+    torch.set_rng_state(rng['torch'])
+    name, keys, pos, has_gauss, cached = rng['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if 'cuda' in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng['cuda'])
+
+
+__all__ = ['train_classifier', 'resample_points', 'find_checkpoint', 'load_model_weights', 'resume_run_dir',
+           'with_defaults', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS', 'BEST_NOTE']

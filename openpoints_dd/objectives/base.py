@@ -1,0 +1,32 @@
+"""The interface every objective implements: a distance between synthetic and real batches of one class."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+
+class Objective(ABC):
+    """Compares the synthetic and real clouds of one class through a backbone.
+
+    Class attributes tell the engine how to drive the backbone:
+        trains_backbone: True if the backbone is trained between matching steps (the inner loop of
+            gradient matching); False for a fresh, frozen random backbone (distribution matching).
+    """
+
+    trains_backbone: bool = True
+
+    @abstractmethod
+    def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
+        """Scalar loss for one class.
+
+        Args:
+            backbone: the network (DistillPointNet-like: `forward(pos)` logits, `embed`, `point_features`).
+            syn_pos: (S, N, 3) synthetic clouds of the class, differentiable w.r.t. the synthesizer.
+            real_pos: (B, N', 3) real clouds of the class, treated as constant.
+            label: the class index.
+        """
+
+    def __repr__(self) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))
+        return f'{type(self).__name__}({args})'

@@ -1,0 +1,45 @@
+"""The interface every synthesizer implements: a parameterisation of K·cpc synthetic clouds."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+
+class Synthesizer(nn.Module, ABC):
+    """K classes × `cpc` slots; slot i belongs to class i // cpc (class-major, as in DD3D and DC).
+
+    Args:
+        num_classes: K.
+        cpc: synthetic clouds per class.
+    """
+
+    #: 'real' if `initialize_from_real` must be called with real clouds before matching, else 'none'
+    init: str = 'none'
+
+    def __init__(self, *, num_classes: int, cpc: int):
+        super().__init__()
+        if num_classes < 1 or cpc < 1:
+            raise ValueError(f'num_classes and cpc must be >= 1, got {num_classes} and {cpc}')
+        self.num_classes, self.cpc = int(num_classes), int(cpc)
+        self.register_buffer('labels', torch.arange(num_classes).repeat_interleave(cpc), persistent=False)
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_classes * self.cpc
+
+    def slots_of_class(self, label: int) -> Tensor:
+        """(cpc,) int64 slot indices of one class."""
+        return torch.arange(label * self.cpc, (label + 1) * self.cpc, device=self.labels.device)
+
+    @abstractmethod
+    def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
+        """Clouds of the given slots: (S,) int64 -> (S, num_points, 3), differentiable w.r.t. parameters."""
+
+    def initialize_from_real(self, clouds: Tensor) -> dict:
+        """Start from real clouds (S, N, 3), one per slot, unit-sphere normalised. Returns a small report."""
+        raise NotImplementedError(f'{type(self).__name__} cannot start from real clouds')
+
+    def extra_repr(self) -> str:
+        return f'num_classes={self.num_classes}, cpc={self.cpc}, init={self.init!r}'

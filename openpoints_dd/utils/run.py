@@ -1,0 +1,58 @@
+"""Run directories and logging for the command-line tools."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .config import config_hash, save_config
+
+
+def make_run_dir(cfg: Mapping[str, Any], cfg_path: str) -> Path:
+    """`run_dir` from the cfg, else runs/<cfg stem>/<date-time>-<short cfg hash>/."""
+    if cfg.get('run_dir'):
+        return Path(cfg['run_dir'])
+    stem = Path(cfg_path).stem
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    return Path(cfg.get('root_dir') or 'runs') / stem / f'{stamp}-{config_hash(cfg)[:8]}'
+
+
+def setup_logging(run_dir: Path, verbose: bool = False) -> None:
+    """Console and `<run_dir>/log.txt`, replacing handlers of earlier runs in this process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, '_openpoints_dd', False):
+            root.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / 'log.txt')):
+        handler.setFormatter(fmt)
+        handler._openpoints_dd = True
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def start_run(cfg, cfg_path: str, overrides: list[str]) -> Path:
+    """Create the run dir, start logging, save the resolved cfg, log the run's identity."""
+    run_dir = make_run_dir(cfg, cfg_path)
+    setup_logging(run_dir)
+    save_config(cfg, run_dir / 'cfg.yaml')
+    logger = logging.getLogger('openpoints_dd')
+    logger.info('run dir %s | cfg %s | device %s | seed %s | torch %s, %d threads', run_dir, cfg_path,
+                cfg.get('device', 'cpu'), cfg.get('seed'), torch.__version__, torch.get_num_threads())
+    if overrides:
+        logger.info('overrides: %s', ' '.join(overrides))
+    return run_dir
+
+
+def write_json(path: Path, payload: Any) -> None:
+    tmp = Path(str(path) + '.tmp')
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,31 @@
+"""Distill a dataset described by a YAML config, export the artifact and evaluate it.
+
+    python tools/distill.py --cfg cfgs/distill/demo.yaml [key=value ...]
+    python tools/distill.py --cfg cfgs/distill/demo.yaml run_dir=runs/x   # re-running resumes runs/x
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
+from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402
+from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.utils.run import start_run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cfg', required=True, help='experiment YAML')
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(args.cfg, overrides)
+    run_dir = start_run(cfg, args.cfg, overrides)
+    run_distillation(cfg, run_dir)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

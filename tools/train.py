@@ -1,0 +1,35 @@
+"""Train (or resume, or test) a point-cloud classifier from a PointNeXt-style classification YAML.
+
+    python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml [key=value ...]
+    python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml mode=resume pretrained_path=runs/<run>
+    python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml mode=test pretrained_path=runs/<run>
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
+from openpoints_dd.engine.train_cls import resume_run_dir, train_classifier  # noqa: E402
+from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.utils.run import start_run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument('--cfg', required=True, help='experiment YAML (cfgs/train/*.yaml)')
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(args.cfg, overrides)       # unknown keys and changes of kind fail here
+    resumed = resume_run_dir(cfg)                # mode=resume without run_dir continues in the checkpoint's run
+    if resumed is not None:
+        cfg.run_dir = str(resumed)
+    run_dir = start_run(cfg, args.cfg, overrides)
+    train_classifier(cfg, run_dir)               # start_run already logged the overrides to log.txt
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
