@@ -12,9 +12,14 @@ OUR_DEPS := safetensors matplotlib pytest
 
 setup: $(STAMP)
 
+# A torch already installed for $(PYTHON) (e.g. a CUDA build on a GPU machine) is reused through
+# --system-site-packages; otherwise the venv gets $(TORCH_SPEC).
+TORCH_SPEC ?= torch==2.13.0
+
 $(STAMP): setup.py Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	if $(PYTHON) -c "import torch" 2>/dev/null; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else $(PYTHON) -m venv $(VENV); fi
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q $(OPENPOINTS_DEPS) $(OUR_DEPS)
 	$(PY) -m pip install -q --no-deps openpoints==0.1.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -24,7 +29,7 @@ demo: setup
 	$(PY) tools/distill.py --cfg cfgs/distill/demo.yaml
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,7 +56,7 @@ def _box_area(dims: np.ndarray) -> np.ndarray:
 
 def _sample_frustum(dims: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """dims: (r_bottom, r_top, half_height, bottom_cap, top_cap); caps are 0/1. Cylinders and cones alike."""
-    r0, r1, half_height, cap0, cap1 = dims.T
+    r0, r1, half_height = dims[:, 0], dims[:, 1], dims[:, 2]
     side, bottom, top = _frustum_areas(dims)
     pick = u[:, 0] * (side + bottom + top)
     region = (pick > side).astype(np.int64) + (pick > side + bottom)
@@ -437,8 +437,8 @@ def _generate_cached(split_code: int, num_classes: int, num_per_class: int, num_
 
 
 def generate_embedded_shapes(*, split: Split = 'train', num_classes: int | None = None, num_per_class: int = 100,
-                             num_points: int = 1024, seed: int = 0, noise_std: float = 0.01, anisotropy: float = 1.35,
-                             max_yaw_deg: float = 25.0, max_tilt_deg: float = 8.0) -> dict[str, np.ndarray]:
+                             num_points: int = 1024, seed: int = 0, noise_std: float = 0.01, anisotropy: float = 1.6,
+                             max_yaw_deg: float = 45.0, max_tilt_deg: float = 10.0) -> dict[str, np.ndarray]:
     """All clouds of one split, class by class (class 0's clouds first).
 
     Cloud j of class c depends only on (seed, split, c, j, num_points and the style arguments), not on
@@ -452,9 +452,9 @@ def generate_embedded_shapes(*, split: Split = 'train', num_classes: int | None 
         num_points: N, points per cloud. Default 1024.
         seed: base seed. Default 0.
         noise_std: Gaussian point noise, in units of the unit sphere. Default 0.01.
-        anisotropy: each axis is scaled by a log-uniform factor in [1/anisotropy, anisotropy]. Default 1.35.
-        max_yaw_deg: uniform rotation about the up axis in ±max_yaw_deg. Default 25.
-        max_tilt_deg: uniform rotations about the two horizontal axes in ±max_tilt_deg. Default 8.
+        anisotropy: each axis is scaled by a log-uniform factor in [1/anisotropy, anisotropy]. Default 1.6.
+        max_yaw_deg: uniform rotation about the up axis in ±max_yaw_deg. Default 45.
+        max_tilt_deg: uniform rotations about the two horizontal axes in ±max_tilt_deg. Default 10.
 
     Returns:
         dict with read-only arrays `pos` (M, N, 3) float32 (each cloud centred, max radius 1), `normals`
@@ -538,9 +538,9 @@ class EmbeddedShapes(_EmbeddedShapesBase):
         seed: generation seed; the same seed gives the same clouds. Default 0.
         transform: an openpoints transform (e.g. from `build_transforms_from_cfg`) or None. Default None.
         noise_std: Gaussian point noise on the unit sphere. Default 0.01.
-        anisotropy: per-axis log-uniform scale in [1/anisotropy, anisotropy]. Default 1.35.
-        max_yaw_deg: random rotation about the up axis (y) in ±max_yaw_deg. Default 25.
-        max_tilt_deg: random rotations about the horizontal axes in ±max_tilt_deg. Default 8.
+        anisotropy: per-axis log-uniform scale in [1/anisotropy, anisotropy]. Default 1.6.
+        max_yaw_deg: random rotation about the up axis (y) in ±max_yaw_deg. Default 45.
+        max_tilt_deg: random rotations about the horizontal axes in ±max_tilt_deg. Default 10.
         **kwargs: ignored (openpoints passes every dataset its shared keys); the keys are logged once.
 
     Raises:
@@ -549,8 +549,8 @@ class EmbeddedShapes(_EmbeddedShapesBase):
 
     def __init__(self, split: str = 'train', num_classes: int | None = None, num_points: int = 1024,
                  num_per_class_train: int = 100, num_per_class_test: int = 50, seed: int = 0,
-                 transform: Callable | None = None, noise_std: float = 0.01, anisotropy: float = 1.35,
-                 max_yaw_deg: float = 25.0, max_tilt_deg: float = 8.0, **kwargs: Any):
+                 transform: Callable | None = None, noise_std: float = 0.01, anisotropy: float = 1.6,
+                 max_yaw_deg: float = 45.0, max_tilt_deg: float = 10.0, **kwargs: Any):
         super().__init__(split=split, num_classes=num_classes, num_points=num_points,
                          num_per_class_train=num_per_class_train, num_per_class_test=num_per_class_test, seed=seed,
                          transform=transform, noise_std=noise_std, anisotropy=anisotropy, max_yaw_deg=max_yaw_deg,
@@ -592,8 +592,8 @@ class EmbeddedShapesPart(_EmbeddedShapesBase):
 
     def __init__(self, split: str = 'train', num_shape_classes: int | None = None, num_points: int = 1024,
                  num_per_class_train: int = 100, num_per_class_test: int = 50, seed: int = 0,
-                 transform: Callable | None = None, noise_std: float = 0.01, anisotropy: float = 1.35,
-                 max_yaw_deg: float = 25.0, max_tilt_deg: float = 8.0, **kwargs: Any):
+                 transform: Callable | None = None, noise_std: float = 0.01, anisotropy: float = 1.6,
+                 max_yaw_deg: float = 45.0, max_tilt_deg: float = 10.0, **kwargs: Any):
         super().__init__(split=split, num_classes=num_shape_classes, num_points=num_points,
                          num_per_class_train=num_per_class_train, num_per_class_test=num_per_class_test, seed=seed,
                          transform=transform, noise_std=noise_std, anisotropy=anisotropy, max_yaw_deg=max_yaw_deg,

@@ -89,7 +89,7 @@ class DistillPointNet(nn.Module):
         *hidden, last = self.layers
         for layer in hidden:
             h = F.relu(instance_norm_points_last(layer(h), self.eps))
-        return pooled_instance_norm_linear(h, last.weight, self.eps)
+        return pooled_instance_norm_linear(h, last.weight, last.bias, self.eps)
 
     def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """Logits (B, K) from points (B, N, 3) or an openpoints batch dict."""
@@ -103,27 +103,31 @@ class DistillPointNet(nn.Module):
         return f'in_channels={self.in_channels}, widths={[l.out_features for l in self.layers]}, eps={self.eps}'
 
 
-def pooled_instance_norm_linear(h: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """max over points of InstanceNorm(h @ weight.T + bias), without the (B, N, C_out) map in the graph.
 
-    The bias cancels under InstanceNorm, so it is not an argument.
+    The bias cancels under InstanceNorm; it is kept in the graph (its gradient is exactly 0) so that
+    `torch.autograd.grad` over all parameters works as with the plain layer.
 
     Args:
         h: (B, N, C_in) per-point features.
-        weight: (C_out, C_in) linear weight.
+        weight: (C_out, C_in) linear weight; bias: (C_out,) or None.
 
     Returns:
-        (B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h` and `weight`.
+        (B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h`, `weight` and `bias`.
     """
     B, N, C_in = h.shape
     with torch.no_grad():
         argmax = torch.matmul(h.detach(), weight.detach().t()).argmax(dim=1)         # (B, C_out)
-    mean = h.mean(dim=1, keepdim=True)
-    centred = h - mean                                                               # (B, N, C_in)
+    mean = h.mean(dim=1, keepdim=True)                                               # (B, 1, C_in)
+    centred = h - mean
     covariance = torch.matmul(centred.transpose(1, 2), centred) / N                  # (B, C_in, C_in)
     variance = (torch.matmul(weight, covariance) * weight).sum(-1)                   # (B, C_out)
-    at_max = centred.gather(1, argmax.unsqueeze(-1).expand(B, -1, C_in))             # (B, C_out, C_in)
-    return (at_max * weight).sum(-1) * torch.rsqrt(variance + eps)
+    at_max = h.gather(1, argmax.unsqueeze(-1).expand(B, -1, C_in))                  # (B, C_out, C_in)
+    max_value, mean_value = (at_max * weight).sum(-1), torch.matmul(mean.squeeze(1), weight.t())
+    if bias is not None:
+        max_value, mean_value = max_value + bias, mean_value + bias
+    return (max_value - mean_value) * torch.rsqrt(variance + eps)
 
 
 def pointnet_conv1d_forward(model: DistillPointNet, points: Tensor) -> Tensor:

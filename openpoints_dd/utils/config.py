@@ -41,10 +41,12 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None,
     Empty YAML files count as `{}` (openpoints crashes on them).
 
     Overrides are `key=value`, `--key=value` or `--key value` with dotted keys; values are parsed like
-    `EasyConfig.update` does (`ast.literal_eval`, else the raw string). Unlike there, they are checked:
+    `EasyConfig.update` does (`ast.literal_eval`, else the raw string; tuples become lists and dicts
+    `EasyConfig`s, as YAML would give them). Unlike there, they are checked:
 
     * a key that does not exist is an error naming the closest existing key, unless it is written
-      `+key=value` (new on purpose) or `allow_new` is set;
+      `+key=value` (new on purpose), `allow_new` is set, or it fills a section the config declares empty
+      (`criterion_args: null` accepts `criterion_args.NAME=...`);
     * a value of another kind than the existing one is an error: kinds are bool, number (int and float
       mix freely; an int given for a float is stored as a float), string, list, mapping; `None` on either
       side is always accepted.
@@ -75,13 +77,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None,
 
 def apply_overrides(cfg: EasyConfig, overrides: Sequence[str], allow_new: bool = False) -> EasyConfig:
     """Apply checked `key=value` overrides to `cfg` in place (rules in `load_config`); returns `cfg`."""
+    opened: set[int] = set()  # ids of sections that were null in the config and are filled by these overrides
     for raw_key, text, source in _parse_overrides(overrides):
         new_on_purpose = raw_key.startswith('+')
         key = raw_key[1:] if new_on_purpose else raw_key
         if not key or any(not part for part in key.split('.')):
             raise ValueError(f'malformed override {source!r}: the key {raw_key!r} has an empty part')
         value = _parse_value(text)
-        _set_checked(cfg, key, value, source, allow_new=allow_new or new_on_purpose)
+        _set_checked(cfg, key, value, source, allow_new=allow_new or new_on_purpose, opened=opened)
     return cfg
 
 
@@ -226,9 +229,7 @@ def _parse_value(text: str) -> Any:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
-    if isinstance(value, dict):
-        return _to_easy(value)
-    return value
+    return _to_easy(value)
 
 
 def _to_easy(value: Any) -> Any:
@@ -237,6 +238,8 @@ def _to_easy(value: Any) -> Any:
         for k, v in value.items():
             out[k] = _to_easy(v)
         return out
+    if isinstance(value, (list, tuple)):  # as YAML would give them
+        return [_to_easy(v) for v in value]
     return value
 
 
@@ -276,24 +279,28 @@ def _closest_key(cfg: Mapping[str, Any], key: str) -> str | None:
     return max(pool, key=lambda c: difflib.SequenceMatcher(None, key, c).ratio())
 
 
-def _set_checked(cfg: EasyConfig, key: str, value: Any, source: str, allow_new: bool) -> None:
+def _set_checked(cfg: EasyConfig, key: str, value: Any, source: str, allow_new: bool, opened: set[int]) -> None:
     parts = key.split('.')
     node: Any = cfg
+    in_empty_section = False
     for depth, part in enumerate(parts[:-1]):
         here = '.'.join(parts[:depth + 1])
+        in_empty_section = in_empty_section or id(node) in opened
         if part not in node:
-            if not allow_new:
+            if not (allow_new or in_empty_section):
                 _raise_unknown(cfg, key, source)
             node[part] = EasyConfig()
-        elif node[part] is None:  # an existing but empty section (`criterion_args: null`) may be filled in
+        elif node[part] is None:  # a declared but empty section (`criterion_args: null`) may be filled in
             node[part] = EasyConfig()
+            opened.add(id(node[part]))
         elif not isinstance(node[part], Mapping):
             raise ValueError(f'override {source!r}: {here!r} is a {_kind(node[part])} '
                              f'({node[part]!r}), not a section, so it has no key {parts[depth + 1]!r}')
         node = node[part]
     last = parts[-1]
+    in_empty_section = in_empty_section or id(node) in opened
     if last not in node:
-        if not allow_new:
+        if not (allow_new or in_empty_section):
             _raise_unknown(cfg, key, source)
         logger.debug('override %r adds the new key %r', source, key)
         node[last] = value

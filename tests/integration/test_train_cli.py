@@ -111,6 +111,13 @@ def test_int_for_float_and_none_either_way_are_accepted(cfg_file):
     assert cfg.maybe == [1, 2] and cfg.name is None and cfg.quoted == '3'
 
 
+def test_an_empty_section_can_be_filled_and_tuples_become_lists(cfg_file):
+    cfg = load_config(cfg_file, ['maybe.NAME=CrossEntropy', 'maybe.args.smoothing=0.1', 'shift=(1, 2)'])
+    assert cfg.maybe == {'NAME': 'CrossEntropy', 'args': {'smoothing': 0.1}} and cfg.shift == [1, 2]
+    with pytest.raises(ValueError, match="unknown config key 'dataset.common.nme'"):
+        load_config(cfg_file, ['dataset.common.nme=1'])
+
+
 def test_malformed_overrides_are_errors(cfg_file):
     with pytest.raises(ValueError, match='has no value'):
         load_config(cfg_file, ['--epochs'])
@@ -119,7 +126,8 @@ def test_malformed_overrides_are_errors(cfg_file):
 
 
 def test_base_inheritance_merges_recursively_and_own_keys_win(tmp_path):
-    write(tmp_path / 'shared' / 'data.yaml', 'epochs: 5\ndataset:\n  common: {NAME: A, data_dir: d}\n  train: {split: train}\n')
+    write(tmp_path / 'shared' / 'data.yaml',
+          'epochs: 5\ndataset:\n  common: {NAME: A, data_dir: d}\n  train: {split: train}\n')
     write(tmp_path / 'shared' / 'model.yaml', 'base: data.yaml\nmodel: {NAME: M, width: 32}\nepochs: 7\n')
     write(tmp_path / 'exps' / 'default.yaml', 'seed: 1\nepochs: 100\nbatch_size: 8\n')
     path = write(tmp_path / 'exps' / 'exp.yaml', 'base: [../shared/model.yaml]\ndataset:\n  common: {NAME: B}\n')
