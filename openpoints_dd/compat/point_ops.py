@@ -11,6 +11,9 @@ distances for missing neighbours in three_nn). Each op keeps a slow `_naive` twi
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
@@ -34,12 +37,33 @@ def furthest_point_sample(xyz: Tensor, num_samples: int) -> Tensor:
     diff = torch.empty_like(coords)
     batch = torch.arange(B, device=xyz.device)
     farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
-    for i in range(1, num_samples):
-        torch.sub(coords, xyz[batch, farthest].unsqueeze(-1), out=diff)     # buffers reused: no allocation
-        torch.minimum(min_d2, diff.square_().sum(1), out=min_d2)
-        farthest = min_d2.argmax(-1)
-        idx[:, i] = farthest
+    with _single_cpu_thread(xyz):
+        for i in range(1, num_samples):
+            torch.sub(coords, xyz[batch, farthest].unsqueeze(-1), out=diff)  # buffers reused: no allocation
+            torch.minimum(min_d2, diff.square_().sum(1), out=min_d2)
+            farthest = min_d2.argmax(-1)
+            idx[:, i] = farthest
     return idx.int()
+
+
+@contextlib.contextmanager
+def _single_cpu_thread(tensor: Tensor) -> Iterator[None]:
+    """Run torch CPU ops on one thread inside the block (no-op for non-CPU tensors).
+
+    The FPS loop issues ~5 small ops per sample. With 2 intra-op threads each op is an OpenMP region,
+    and when another process keeps a core busy every region waits for a time slice: on the 2-core
+    host, 32x1024 -> 512 took 5-20 s with 2 threads and 0.06 s with 1 (0.06 s either way when idle).
+    The thread count is process-wide, so other Python threads run single-threaded meanwhile.
+    """
+    if tensor.device.type != 'cpu' or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def furthest_point_sample_naive(xyz: Tensor, num_samples: int) -> Tensor:

@@ -38,6 +38,12 @@ def test_fps_matches_naive(device):
     assert all(len(set(row.tolist())) == 24 for row in got)
 
 
+def test_fps_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    point_ops.furthest_point_sample(torch.rand(1, 50, 3), 10)
+    assert torch.get_num_threads() == threads
+
+
 def test_fps_through_openpoints_function():
     xyz = torch.rand(3, 200, 3, requires_grad=True)
     idx = furthest_point_sample(xyz, 50)
