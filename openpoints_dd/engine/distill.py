@@ -117,6 +117,8 @@ class Distiller:
         budget_s = float(budget) * 60 if budget else math.inf
         checkpoint_every, eval_every = int(d.get('checkpoint_every') or 0), int(d.get('eval_every') or 0)
         log_every = int(d.get('log_every') or 10)
+        eval_minutes = float(d.get('eval_every_minutes') or 0)
+        next_eval_s = eval_minutes * 60 * (1 + int(self.elapsed // (eval_minutes * 60))) if eval_minutes else math.inf
         self.init_report: dict = {}
         if not (resume and self.load_checkpoint()):
             start_init = time.perf_counter()
@@ -143,7 +145,10 @@ class Distiller:
                 logger.info('step %d/%d | loss %.4f | syn_lr %.1e | %.2f it/s | elapsed %s | eta %s', self.iteration,
                             iterations, loss, self.optimizer.param_groups[0]['lr'], rate,
                             _clock(self.elapsed), _clock(eta))
-            if eval_every and self.evaluate_fn is not None and self.iteration % eval_every == 0:
+            due_by_time = self.elapsed >= next_eval_s
+            if due_by_time:
+                next_eval_s += eval_minutes * 60
+            if self.evaluate_fn is not None and (due_by_time or (eval_every and self.iteration % eval_every == 0)):
                 result = self.evaluate_fn(self, self.iteration)
                 result.update(iteration=self.iteration, minutes=self.elapsed / 60)
                 self.evaluations.append(result)
