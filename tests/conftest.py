@@ -1,6 +1,7 @@
 """Shared fixtures: a fixed seed, tiny labelled clouds and a narrow PointNet backbone."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -59,3 +60,20 @@ def tiny_embedded_cfg(tmp_path, **distill) -> dict:
     }
     cfg['distill'].update(distill)
     return EasyConfig(cfg)
+
+
+def make_fake_modelnet40(root: Path, num_train: int = 8, num_test: int = 6, num_points: int = 2048) -> Path:
+    """openpoints' ModelNet40Ply2048 layout: one train and one test h5 of random clouds, labels over 40 classes."""
+    import h5py
+    import numpy as np
+    folder = root / 'modelnet40_ply_hdf5_2048'
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (('train', num_train), ('test', num_test)):
+        with h5py.File(folder / f'ply_data_{split}0.h5', 'w') as f:
+            f['data'] = rng.normal(size=(n, num_points, 3)).astype('float32')
+            labels = rng.integers(0, 40, size=(n, 1))
+            labels[0] = 39  # openpoints derives num_classes from the largest label
+            f['label'] = labels.astype('int64')
+    (folder / 'shape_names.txt').write_text('\n'.join(f'class{i}' for i in range(40)) + '\n')
+    return root

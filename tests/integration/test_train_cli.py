@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import openpoints_dd  # noqa: F401
+from conftest import make_fake_modelnet40
 from openpoints.utils import EasyConfig
 from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS
 from openpoints_dd.utils.config import REPO_ROOT, config_hash, load_config, resolve_path, save_config
@@ -32,21 +33,6 @@ def _load_tool():
 
 
 train_tool = _load_tool()
-
-
-def make_fake_modelnet40(root: Path, num_train: int = 8, num_test: int = 6) -> Path:
-    """openpoints' ModelNet40Ply2048 layout: one train and one test h5 of random 2048-point clouds, 40 classes."""
-    folder = root / 'modelnet40_ply_hdf5_2048'
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (('train', num_train), ('test', num_test)):
-        with h5py.File(folder / f'ply_data_{split}0.h5', 'w') as f:
-            f['data'] = rng.normal(size=(n, 2048, 3)).astype('float32')
-            labels = rng.integers(0, 40, size=(n, 1))
-            labels[0] = 39
-            f['label'] = labels.astype('int64')
-    (folder / 'shape_names.txt').write_text('\n'.join(f'class{i}' for i in range(40)) + '\n')
-    return root
 
 
 @pytest.fixture(scope='module')

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 import openpoints_dd  # noqa: F401  (registers models, CPU fallbacks)
+from conftest import make_fake_modelnet40
 from openpoints.dataset.build import DATASETS
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
@@ -33,21 +34,6 @@ POINTNEXT_S = {  # PointNeXt's cfgs/modelnet40ply2048/pointnext-s.yaml model sec
     'cls_args': {'NAME': 'ClsHead', 'num_classes': 40, 'mlps': [512, 256], 'norm_args': {'norm': 'bn1d'}},
 }
 POINTNET = {'NAME': 'DistillPointNet', 'num_classes': 40, 'widths': [16, 32, 64]}
-
-
-def make_fake_modelnet40(root: Path, num_points: int = 2048) -> Path:
-    """openpoints' ModelNet40Ply2048 layout: one train and one test h5 of random clouds, labels over 40 classes."""
-    folder = root / 'modelnet40_ply_hdf5_2048'
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (('train', NUM_TRAIN), ('test', NUM_TEST)):
-        with h5py.File(folder / f'ply_data_{split}0.h5', 'w') as f:
-            f['data'] = rng.normal(size=(n, num_points, 3)).astype('float32')
-            labels = rng.integers(0, 40, size=(n, 1))
-            labels[0] = 39  # openpoints derives num_classes from the largest label
-            f['label'] = labels.astype('int64')
-    (folder / 'shape_names.txt').write_text('\n'.join(f'class{i}' for i in range(40)) + '\n')
-    return root
 
 
 @pytest.fixture(scope='module')
