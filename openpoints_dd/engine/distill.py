@@ -78,7 +78,6 @@ class Distiller:
         step = max(1, int(iterations * float(sched.get('step_fraction', 0.5))))
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=float(sched.get('gamma', 0.1)))
         self.evaluate_fn = evaluate_fn
-        self.pool_pos = pool.pos.to(self.device)
         self.loss_history: list[float] = []
         self.evaluations: list[dict] = []
         self.iteration = 0
