@@ -2,6 +2,7 @@
 
     python tools/distill.py --cfg cfgs/distill/demo.yaml [key=value ...]
     python tools/distill.py --cfg cfgs/distill/demo.yaml run_dir=runs/x   # re-running resumes runs/x
+    torchrun --nproc_per_node=2 tools/distill.py --cfg ...               # classes sharded over 2 processes
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
+from openpoints_dd.engine import distributed  # noqa: E402
+from openpoints_dd.engine.distill_seg import run_seg_distillation  # noqa: E402
 from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
 from openpoints_dd.utils.run import start_run  # noqa: E402
@@ -22,8 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cfg', required=True, help='experiment YAML')
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.cfg, overrides)
-    run_dir = start_run(cfg, args.cfg, overrides)
-    run_distillation(cfg, run_dir)
+    distributed.init_from_env(cfg.get('device', 'cpu'))
+    try:
+        task = cfg.get('task', 'classification')
+        if task not in ('classification', 'segmentation'):
+            raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+        run = run_seg_distillation if task == 'segmentation' else run_distillation
+        run(cfg, start_run(cfg, args.cfg, overrides))
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -39,12 +39,15 @@ class DistilledDataset(Dataset):
             (openpoints' train loader drops the last incomplete batch). Default 1.
         resample: for a generator artifact, fresh noise every epoch (True) or one fixed draw (False).
         seed: seed of the generator draws (epoch e uses seed + e). Default 0.
+        rotation: `{mode: so3|z|none, seed}` for the real val/test clouds (the rotated protocol, see
+            `RotatedDataset`); the train split ignores it (synthetic clouds stay in the frame they were
+            distilled in). Default None = no rotation.
         **kwargs: the real dataset's keys (data_dir, ...); passed to it for val/test, ignored for train.
     """
 
     def __init__(self, split: str = 'train', transform=None, distilled_path: str | None = None,
                  real_dataset: str | None = None, num_points: int = 1024, repeat: int = 1, resample: bool = True,
-                 seed: int = 0, **kwargs: Any):
+                 seed: int = 0, rotation: dict | None = None, **kwargs: Any):
         self.split, self.transform, self.num_points = split, transform, int(num_points)
         self.real = None
         if split != 'train':
@@ -52,6 +55,9 @@ class DistilledDataset(Dataset):
                 raise ValueError('DistilledDataset: val/test splits need `real_dataset` (e.g. ModelNet40Ply2048) in '
                                  'dataset.common')
             kwargs.pop('distilled_path', None)
+            if rotation is not None:
+                kwargs = {'real_dataset': real_dataset, 'rotation': rotation, **kwargs}
+                real_dataset = 'RotatedDataset'
             self.real = DATASETS.build({'NAME': real_dataset, **kwargs},
                                        default_args={'split': split, 'transform': transform, 'num_points': num_points})
             self.classes = list(self.real.classes)

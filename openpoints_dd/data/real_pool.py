@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..utils.geometry import normalize_to_unit_sphere, subsample_points
+from .rotation import DatasetRotation
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +23,16 @@ class RealPool:
         labels: (M,) int64 class ids in [0, K).
         class_names: K names.
         name: dataset name recorded in artifacts.
+        rotation: how `pos` was rotated (`DatasetRotation.to_dict()`), recorded in artifacts. Default
+            None = {'mode': 'none'}.
     """
 
-    def __init__(self, pos: Tensor, labels: Tensor, class_names: list[str], name: str):
+    def __init__(self, pos: Tensor, labels: Tensor, class_names: list[str], name: str,
+                 rotation: Mapping[str, Any] | None = None):
         order = torch.argsort(labels, stable=True)
         self.pos, self.labels = pos[order].float().contiguous(), labels[order].long()
         self.class_names, self.name = list(class_names), name
+        self.rotation = dict(rotation or {'mode': 'none'})
         self.num_classes = len(self.class_names)
         counts = torch.bincount(self.labels, minlength=self.num_classes)
         if (counts == 0).any():
@@ -39,10 +44,16 @@ class RealPool:
     @classmethod
     def from_dataset_cfg(cls, dataset_cfg: Mapping[str, Any], split: str = 'train',
                          num_points: int | None = None) -> 'RealPool':
-        """Build from an openpoints dataset cfg (`common` + `<split>` sections), without transforms."""
+        """Build from an openpoints dataset cfg (`common` + `<split>` sections), without transforms.
+
+        A `rotation: {mode: so3|z|none, seed}` key (in `<split>`, else in `common`) rotates cloud i of the
+        dataset by its `DatasetRotation` matrix before sorting (the rotated protocol).
+        """
         from openpoints.dataset.build import DATASETS
         common = dict(dataset_cfg['common'])
         split_cfg = dict(dataset_cfg.get(split) or {})
+        common_rotation = common.pop('rotation', None)   # never passed on: real datasets do not take it
+        rotation = DatasetRotation.from_cfg(split_cfg.pop('rotation', common_rotation))
         split_cfg.update(split=split_cfg.get('split', split), transform=None)
         if num_points is not None:
             split_cfg['num_points'] = num_points
@@ -55,11 +66,12 @@ class RealPool:
         pos, labels = _dataset_arrays(dataset)
         if num_points is not None:
             pos = pos[:, :num_points]
+        pos = rotation.apply(pos, split_cfg['split'], np.arange(len(pos)))
         class_names = list(getattr(dataset, 'classes', None) or [str(i) for i in range(int(labels.max()) + 1)])
-        logger.info('real pool %s/%s: %d clouds x %d points, %d classes', name, split, len(labels),
-                    pos.shape[1], len(class_names))
+        logger.info('real pool %s/%s: %d clouds x %d points, %d classes, rotation %s', name, split, len(labels),
+                    pos.shape[1], len(class_names), rotation.to_dict())
         return cls(torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float32)), torch.from_numpy(labels),
-                   class_names, name)
+                   class_names, name, rotation=rotation.to_dict())
 
     def indices_of_class(self, label: int) -> Tensor:
         start = int(self.offsets[label])

@@ -3,7 +3,8 @@
 Artifacts hold either a fixed point set (kind 'points': `pos` (S, N, 3), `y` (S,)) or a synthesizer's
 weights (kind 'generator': `synthesizer.<param>` tensors), from which any number of points can be drawn.
 Clouds are unit-sphere normalised and stored before any rotator; the rotator is recorded in the
-metadata and applied by whoever trains on the set.
+metadata (its learned weights as `rotator.<param>` tensors) and applied by whoever trains on the set:
+`SyntheticSet.build_rotator()` rebuilds it.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..registry import build_synthesizer
+from ..registry import build_rotator, build_synthesizer
 from ..synthesizers import ExplicitPoints, Synthesizer
 from ..utils.geometry import normalize_to_unit_sphere
 from .artifact import ArtifactError, load_artifact, save_artifact
 
 _PREFIX = 'synthesizer.'
+ROTATOR_PREFIX = 'rotator.'
 
 
 def synthesizer_tensors(synthesizer: Synthesizer, num_points: int, seed: int = 0) -> tuple[dict[str, Tensor], str]:
@@ -56,6 +58,7 @@ class SyntheticSet:
         self.cpc = int(self.metadata['cpc'])
         self.num_points = int(self.metadata['num_points'])
         self.synthesizer: Synthesizer | None = None
+        self.rotator_state = {k[len(ROTATOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ROTATOR_PREFIX)}
         if self.kind == 'points':
             if 'pos' not in tensors or 'y' not in tensors:
                 raise ArtifactError(f'{path}: a points artifact needs `pos` and `y` tensors, found {sorted(tensors)}')
@@ -71,6 +74,15 @@ class SyntheticSet:
             self.labels = self.synthesizer.labels.clone()
         else:
             raise ArtifactError(f"{path}: unknown artifact kind {self.kind!r} (expected 'points' or 'generator')")
+
+    def build_rotator(self) -> torch.nn.Module:
+        """The canonicaliser the set was distilled with (learned weights included), in eval mode."""
+        rotator = build_rotator(self.metadata.get('rotator'))
+        try:
+            rotator.load_state_dict(self.rotator_state)
+        except RuntimeError as e:
+            raise ArtifactError(f'{self.path}: its rotator weights do not fit its rotator config: {e}') from e
+        return rotator.eval()
 
     @property
     def is_generator(self) -> bool:
@@ -102,4 +114,5 @@ class SyntheticSet:
         pos, labels = self.sample(num_points, torch.Generator().manual_seed(seed))
         metadata = {**self.metadata, 'kind': 'points', 'num_points': int(pos.shape[1]),
                     'materialized_from': str(self.path), 'materialize_seed': seed}
-        return save_artifact(out_path, {'pos': pos.contiguous(), 'y': labels.contiguous()}, metadata)
+        rotator = {ROTATOR_PREFIX + k: v for k, v in self.rotator_state.items()}
+        return save_artifact(out_path, {'pos': pos.contiguous(), 'y': labels.contiguous(), **rotator}, metadata)

@@ -5,7 +5,8 @@ real batch and the class's synthetic clouds are compared by the objective and ba
 (graphs are freed class by class, so memory does not grow with the number of classes), then one
 synthesizer step; between outer steps the backbone is trained `inner_loop` epochs on the detached
 synthetic set (objectives that train it). Every source of randomness is re-seeded from (seed,
-iteration), so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+iteration, step, class), so a run resumed from a checkpoint ends bit-identical to an uninterrupted one,
+and classes can be sharded across processes (`distributed.py`) without changing what is drawn.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from openpoints.utils import EasyConfig
 
 from ..data.artifact import save_artifact
 from ..data.real_pool import RealPool
-from ..data.synthetic_set import synthesizer_tensors
-from ..registry import build_objective, build_rotator, build_synthesizer
+from ..data.synthetic_set import ROTATOR_PREFIX, synthesizer_tensors
+from ..registry import ROTATORS, build_objective, build_rotator, build_synthesizer
 from ..utils.geometry import normalize_to_unit_sphere
+from . import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -70,23 +72,30 @@ class Distiller:
         torch.manual_seed(self.seed)   # the synthesizer's initial weights depend on the seed only
         self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=int(d['cpc'])).to(self.device)
         self.objective = build_objective(d['objective'])
-        self.rotator = build_rotator(d.get('rotator')).to(self.device)
-        params = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
-        self.optimizer = build_optimizer(d['syn_optimizer'], params)
+        # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many
+        self.rotator = build_rotator(d.get('rotator'), **_rotator_args(d.get('rotator'), self.synthesizer.num_slots)).to(self.device)
+        self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
         iterations = int(d['iterations'])
         sched = d.get('syn_scheduler') or {}
         step = max(1, int(iterations * float(sched.get('step_fraction', 0.5))))
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=float(sched.get('gamma', 0.1)))
+        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d.get('rotator_optimizer'), step,
+                                              float(sched.get('gamma', 0.1)))
+        self.optimizer = build_optimizer(d['syn_optimizer'], groups)
+        if schedules is None:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=float(sched.get('gamma', 0.1)))
+        else:   # the rotator's groups follow their own StepLR
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.evaluate_fn = evaluate_fn
         self.loss_history: list[float] = []
         self.evaluations: list[dict] = []
         self.iteration = 0
         self.elapsed = 0.0
+        self.objective_optimizer = self._prepare_objective()
 
     # ------------------------------------------------------------------------------------ helpers
-    def _generator(self, iteration: int, stream: int) -> torch.Generator:
-        """A CPU generator seeded from (seed, iteration, stream): resumable without saving RNG state."""
-        return torch.Generator().manual_seed(hash((self.seed, iteration, stream)) & 0x7FFF_FFFF_FFFF)
+    def _generator(self, *key: int) -> torch.Generator:
+        """A CPU generator seeded from (seed, *key): resumable and shardable without saving RNG state."""
+        return torch.Generator().manual_seed(hash((self.seed, *key)) & 0x7FFF_FFFF_FFFF)
 
     def build_backbone(self) -> nn.Module:
         backbone_cfg = EasyConfig(dict(self.d['backbone']))
@@ -95,14 +104,23 @@ class Distiller:
 
     def synthetic_clouds(self, slots: Tensor, num_points: int, generator: torch.Generator | None) -> Tensor:
         """Synthesize, normalise to the unit sphere, canonicalise: the same path in matching, inner loop, export."""
-        return self.rotator(normalize_to_unit_sphere(self.synthesizer.synthesize(slots.to(self.device), num_points, generator)))
+        slots = slots.to(self.device)
+        return self.rotator(normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator)), slots=slots)
 
     def initialize(self) -> dict:
-        """Start the synthesizer from real clouds when its `init` asks for it."""
-        if self.synthesizer.init != 'real':
+        """Start the synthesizer from real clouds when its `init` asks for it.
+
+        A synthesizer with `select_from_pool(pool, generator)` picks its clouds itself (ExplicitPoints: random,
+        herding, k-center; None = no real init); otherwise `init == 'real'` means random clouds per class.
+        """
+        select = getattr(self.synthesizer, 'select_from_pool', None)
+        if select is None and self.synthesizer.init != 'real':
             return {}
         generator = torch.Generator().manual_seed(self.seed)
-        clouds, index = self.pool.random_per_class(self.synthesizer.cpc, generator)
+        selection = select(self.pool, generator) if select is not None else self.pool.random_per_class(self.synthesizer.cpc, generator)
+        if selection is None:
+            return {}
+        clouds, index = selection
         report = self.synthesizer.initialize_from_real(clouds.to(self.device))
         report['real_indices'] = index.tolist()
         logger.info('synthesizer initialised from real clouds: %s', {k: v for k, v in report.items() if k != 'real_indices'})
@@ -123,11 +141,14 @@ class Distiller:
             start_init = time.perf_counter()
             self.init_report = self.initialize()
             self.elapsed = time.perf_counter() - start_init
+        distributed.broadcast_module(self.synthesizer)
+        distributed.broadcast_module(self.rotator)
+        main = distributed.is_main()
         stopped_by_budget = False
-        bar = tqdm(total=iterations, initial=self.iteration, disable=not d.get('progress', True),
+        bar = tqdm(total=iterations, initial=self.iteration, disable=not (d.get('progress', True) and main),
                    desc='distill', dynamic_ncols=True)
         while self.iteration < iterations:
-            if self.elapsed >= budget_s:
+            if distributed.decision_of_main(self.elapsed >= budget_s):   # rank 0's clock decides for all
                 stopped_by_budget = True
                 break
             started = time.perf_counter()
@@ -147,7 +168,7 @@ class Distiller:
             due_by_time = self.elapsed >= next_eval_s
             if due_by_time:
                 next_eval_s += eval_minutes * 60
-            if self.evaluate_fn is not None and (due_by_time or (eval_every and self.iteration % eval_every == 0)):
+            if main and self.evaluate_fn is not None and (due_by_time or (eval_every and self.iteration % eval_every == 0)):
                 result = self.evaluate_fn(self, self.iteration)
                 result.update(iteration=self.iteration, minutes=self.elapsed / 60)
                 self.evaluations.append(result)
@@ -164,43 +185,101 @@ class Distiller:
     def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
         """One iteration: a fresh backbone, `outer` synthesizer steps, inner training in between."""
         torch.manual_seed(hash((self.seed, iteration, 0)) & 0x7FFF_FFFF_FFFF)   # backbone init and any op RNG
-        real_generator, syn_generator = self._generator(iteration, 1), self._generator(iteration, 2)
         backbone = self.build_backbone()
         trains_backbone = self.objective.trains_backbone and outer > 1
         if not self.objective.trains_backbone:
             backbone.requires_grad_(False)
         net_optimizer = torch.optim.SGD(backbone.parameters(), lr=float(self.d.get('net_lr', 1e-3)))
         num_points = int(self.d['num_points'])
-        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))   # equal batches: vmap needs them
-        # the per-class loop is faster than vmap on CPU today (benchmarked); vmap stays available as an option
-        vectorized = hasattr(self.objective, 'match_classes') and bool(self.d.get('vectorize_classes', False))
-        chunk = int(self.d.get('class_chunk') or self.num_classes) if vectorized else 1
         total = 0.0
+        all_classes = getattr(self.objective, 'matches_all_classes', False)
         for step in range(outer):
             self.optimizer.zero_grad(set_to_none=True)
-            for start in range(0, self.num_classes, chunk):
-                labels = torch.arange(start, min(start + chunk, self.num_classes))
-                real = torch.stack([self.pool.sample(int(c), batch_real, num_points, real_generator) for c in labels])
-                real = self.rotator(real.flatten(0, 1).to(self.device)).detach().view(len(labels), batch_real, num_points, 3)
-                slots = torch.cat([self.synthesizer.slots_of_class(int(c)) for c in labels])
-                syn = self.synthetic_clouds(slots, num_points, syn_generator).view(len(labels), self.synthesizer.cpc, num_points, 3)
-                if vectorized:
-                    losses = self.objective.match_classes(backbone, syn, real, labels.to(self.device))
-                else:
-                    losses = self.objective(backbone, syn[0], real[0], int(labels[0])).unsqueeze(0)
-                bad = ~torch.isfinite(losses.detach())
-                if bad.any():
-                    label = int(labels[bad.nonzero()[0, 0]])
-                    raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
-                                             f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
-                                             f'(class {label}). Lower the synthesizer learning rate or check the data.')
-                losses.sum().backward()   # frees this chunk's graph: memory does not grow with the classes
-                total += losses.detach().sum().item()
+            if self.objective_optimizer is not None:
+                self.objective_optimizer.zero_grad(set_to_none=True)
+            if all_classes:
+                total += self.match_all_classes(backbone, iteration, step, num_points)
+            else:
+                total += self.accumulate_matching_gradients(backbone, iteration, step, num_points)
             self.optimizer.step()
+            if self.objective_optimizer is not None:
+                self.objective_optimizer.step()
             if step == outer - 1 or not trains_backbone:
                 continue
-            self.train_backbone(backbone, net_optimizer, inner, num_points, syn_generator)
-        return total / (self.num_classes * outer)
+            self.train_backbone(backbone, net_optimizer, inner, num_points, self._generator(iteration, 3, step))
+        return total / ((1 if all_classes else self.num_classes) * outer)
+
+    def accumulate_matching_gradients(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
+        """One outer step's matching: every class of this process's shard, gradients summed over processes.
+
+        Per class (or per chunk of classes with `vectorize_classes`), a real batch and the class's synthetic
+        clouds go through the objective and are back-propagated at once, so the graph of one class is freed
+        before the next: memory does not grow with the number of classes. Returns the summed loss.
+        """
+        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))   # equal batches: vmap needs them
+        # the per-class loop is faster than vmap on CPU today (benchmarks/distill_step.py); vmap stays an option
+        vectorized = hasattr(self.objective, 'match_classes') and bool(self.d.get('vectorize_classes', False))
+        classes = distributed.shard(range(self.num_classes))
+        chunk = int(self.d.get('class_chunk') or len(classes)) if vectorized else 1
+        total = 0.0
+        for start in range(0, len(classes), chunk):
+            labels = torch.tensor(classes[start:start + chunk])
+            real = torch.stack([self.pool.sample(int(c), batch_real, num_points, self._generator(iteration, 1, step, int(c)))
+                                for c in labels])
+            real = self.rotator(real.flatten(0, 1).to(self.device)).detach().view(len(labels), batch_real, num_points, 3)
+            syn = torch.cat([self.synthetic_clouds(self.synthesizer.slots_of_class(int(c)), num_points,
+                                                   self._generator(iteration, 2, step, int(c))) for c in labels])
+            syn = syn.view(len(labels), self.synthesizer.cpc, num_points, 3)
+            if vectorized:
+                losses = self.objective.match_classes(backbone, syn, real, labels.to(self.device))
+            else:
+                losses = self.objective(backbone, syn[0], real[0], int(labels[0])).unsqueeze(0)
+            bad = ~torch.isfinite(losses.detach())
+            if bad.any():
+                label = int(labels[bad.nonzero()[0, 0]])
+                raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
+                                         f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
+                                         f'(class {label}). Lower the synthesizer learning rate or check the data.')
+            losses.sum().backward()   # frees this chunk's graph: memory does not grow with the classes
+            total += losses.detach().sum().item()
+        distributed.all_reduce_gradients(self.parameters)
+        return distributed.sum_scalar(total, self.device)
+
+    def match_all_classes(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
+        """One outer step of an objective that compares the whole synthetic set at once (trajectory matching).
+
+        All slots are synthesized together and the objective's one scalar loss is back-propagated (to the
+        synthesizer, the rotator and the objective's own parameters). Nothing is sharded: every process draws
+        the same (seed, iteration, step) streams, computes the same loss and gradients, so none are reduced.
+        """
+        slots = torch.arange(self.synthesizer.num_slots)
+        syn = self.synthetic_clouds(slots, num_points, self._generator(iteration, 2, step))
+        labels = self.synthesizer.labels.to(self.device)
+        loss = self.objective.match_all(backbone, syn, labels, self._generator(iteration, 5, step))
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f'objective {type(self.objective).__name__} returned {loss.item()} at iteration '
+                                     f'{iteration}, outer step {step}. Lower the synthesizer learning rate or check '
+                                     f'the data.')
+        if loss.requires_grad:   # a zero-step unroll (syn_steps 0) is constant
+            loss.backward()
+        return loss.item()
+
+    def _prepare_objective(self) -> torch.optim.Optimizer | None:
+        """Objectives with state of their own (trajectory matching: expert buffer, learnable step size).
+
+        Runs once, at construction: the experts' one-off training is not counted in `elapsed` (the budget);
+        its seconds are logged and kept in `objective_setup_seconds`. Returns the objective's optimizer, if any.
+        """
+        prepare = getattr(self.objective, 'prepare', None)
+        self.objective_setup_seconds = float(prepare(self.pool, self.cfg, self.run_dir, self.device,
+                                                     self.build_backbone) or 0.0) if prepare else 0.0
+        has_parameters = bool(list(getattr(self.objective, 'parameters', list)()))
+        return self.objective.optimizer() if has_parameters else None
+
+    def _objective_state(self) -> dict:
+        if self.objective_optimizer is None:
+            return {}
+        return {'objective': self.objective.state_dict(), 'objective_optimizer': self.objective_optimizer.state_dict()}
 
     def train_backbone(self, backbone: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
                        num_points: int, generator: torch.Generator) -> None:
@@ -223,11 +302,13 @@ class Distiller:
         return {'synthesizer': self.synthesizer.state_dict(), 'rotator': self.rotator.state_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                 'iteration': self.iteration, 'elapsed': self.elapsed, 'loss_history': list(self.loss_history),
-                'evaluations': [dict(e) for e in self.evaluations]}
+                'evaluations': [dict(e) for e in self.evaluations], **self._objective_state()}
 
     def save_checkpoint(self) -> Path:
-        """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+        """Atomic: written to a temporary file, then renamed over the previous checkpoint (rank 0 only)."""
         path = self.run_dir / CHECKPOINT_NAME
+        if not distributed.is_main():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix('.tmp')
         torch.save(self.state(), tmp)
@@ -244,6 +325,9 @@ class Distiller:
             self.rotator.load_state_dict(state['rotator'])
             self.optimizer.load_state_dict(state['optimizer'])
             self.scheduler.load_state_dict(state['scheduler'])
+            if self.objective_optimizer is not None:   # e.g. trajectory matching's learned step size
+                self.objective.load_state_dict(state['objective'])
+                self.objective_optimizer.load_state_dict(state['objective_optimizer'])
         except Exception as e:
             raise RuntimeError(f'cannot resume from {path}: {e}. It was written by another config or is '
                                f'damaged; use a new run_dir or delete the checkpoint.') from e
@@ -256,14 +340,31 @@ class Distiller:
         return {'synthesizer': dict(self.d['synthesizer']), 'objective': dict(self.d['objective']),
                 'rotator': dict(self.d.get('rotator') or {'NAME': 'IdentityRotator'}),
                 'backbone': dict(self.d['backbone']),
-                'dataset': {'name': self.pool.name, 'num_classes': self.num_classes, 'class_names': self.pool.class_names},
+                'dataset': {'name': self.pool.name, 'num_classes': self.num_classes, 'class_names': self.pool.class_names,
+                            'rotation': dict(getattr(self.pool, 'rotation', None) or {'mode': 'none'})},
                 'cpc': self.synthesizer.cpc, 'num_points': int(self.d.get('export_num_points', 1024)),
                 'iterations_done': self.iteration, 'seconds': round(self.elapsed, 1), 'seed': self.seed}
 
-    def export(self) -> Path:
-        """The artifact: generator weights (kind 'generator') or the point set (kind 'points')."""
-        tensors, kind = synthesizer_tensors(self.synthesizer, int(self.d.get('export_num_points', 1024)), self.seed)
-        return save_artifact(self.run_dir / ARTIFACT_NAME, tensors, {**self.metadata(), 'kind': kind})
+    def export(self, path: str | os.PathLike | None = None) -> Path:
+        """The artifact (default `<run_dir>/artifact.safetensors`): generator weights or the point set."""
+        path = Path(path) if path else self.run_dir / ARTIFACT_NAME
+        if not distributed.is_main():
+            return path
+        num_points = int(self.d.get('export_num_points', 1024))
+        metadata = self.metadata()
+        if getattr(self.rotator, 'per_slot', False):
+            # learned per-cloud poses are baked into the exported points; real clouds need no rotation after
+            with torch.no_grad():
+                slots = torch.arange(self.synthesizer.num_slots)
+                num_points = min(num_points, getattr(self.synthesizer, 'num_points', num_points))
+                pos = self.synthetic_clouds(slots, num_points, torch.Generator().manual_seed(self.seed))
+            tensors, kind = {'pos': pos.cpu().contiguous(), 'y': self.synthesizer.labels.cpu().clone()}, 'points'
+            metadata.update(rotator={'NAME': 'IdentityRotator'}, baked_rotator=metadata['rotator'])
+        else:
+            tensors, kind = synthesizer_tensors(self.synthesizer, num_points, self.seed)
+            # a learned canonicaliser (LearnedSignRotator) travels with the set: whoever trains on it needs it
+            tensors.update({ROTATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.rotator.state_dict().items()})
+        return save_artifact(path, tensors, {**metadata, 'kind': kind})
 
 
 def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
@@ -272,6 +373,46 @@ def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
     if name not in _OPTIMIZERS:
         raise KeyError(f'unknown optimizer {name!r} in distill.syn_optimizer; choose one of {sorted(_OPTIMIZERS)}')
     return _OPTIMIZERS[name](params, **cfg)
+
+
+def _rotator_args(cfg: Mapping[str, Any] | None, num_slots: int) -> dict:
+    """`num_slots` for rotators with per-synthetic-cloud parameters (class attribute `per_slot`)."""
+    cls = ROTATORS.module_dict.get((cfg or {}).get('NAME')) if isinstance(cfg, Mapping) else None
+    return {'num_slots': num_slots} if getattr(cls, 'per_slot', False) else {}
+
+
+def _parameter_groups(synthesizer: nn.Module, rotator: nn.Module, rot_cfg: Mapping[str, Any] | None,
+                      syn_step: int, syn_gamma: float) -> tuple[list[dict], list[Callable[[int], float]] | None]:
+    """Optimizer param groups, and one LR schedule per group for LambdaLR (None: one StepLR for all).
+
+    Without `distill.rotator_optimizer`, synthesizer and rotator parameters form one group under
+    `syn_optimizer` and `syn_scheduler`. With it, the rotator's parameters get their own groups (its
+    `param_groups()` if it has one, e.g. EulerRotator's per-axis `lr_scale`) in the same optimizer, with
+    `lr` x scale and the other optimizer keys given there, and their own StepLR (`step_size` iterations,
+    x`gamma`; no step_size = constant); the synthesizer's group keeps `syn_scheduler`.
+    """
+    rot_params = list(rotator.parameters())
+    if not rot_cfg or not rot_params:
+        return [{'params': list(synthesizer.parameters()) + rot_params}], None
+    rot_cfg = dict(rot_cfg)
+    unknown = set(rot_cfg) - {'lr', 'momentum', 'weight_decay', 'betas', 'step_size', 'gamma'}
+    if unknown or 'lr' not in rot_cfg:
+        raise ValueError(f'distill.rotator_optimizer takes lr (required), momentum, weight_decay, betas, step_size '
+                         f'and gamma; got {sorted(rot_cfg)}')
+    step_size, rot_gamma = rot_cfg.pop('step_size', None), float(rot_cfg.pop('gamma', 1.0))
+    rot_schedule = _step_schedule(int(step_size), rot_gamma) if step_size else _step_schedule(1, 1.0)
+    base_lr = float(rot_cfg.pop('lr'))
+    rot_groups = rotator.param_groups() if hasattr(rotator, 'param_groups') else [{'params': rot_params}]
+    groups = [{'params': list(synthesizer.parameters())}]
+    for group in rot_groups:
+        group = dict(group)
+        group['lr'] = base_lr * float(group.pop('lr_scale', 1.0))
+        groups.append({**rot_cfg, **group})
+    return groups, [_step_schedule(syn_step, syn_gamma)] + [rot_schedule] * len(rot_groups)
+
+
+def _step_schedule(step_size: int, gamma: float) -> Callable[[int], float]:
+    return lambda iteration: gamma ** (iteration // step_size)
 
 
 def resolve_device(device: str | None) -> str:

@@ -9,8 +9,8 @@ import torch
 
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
-from ..registry import build_rotator
 from ..utils.run import write_json
+from . import distributed
 from .distill import Distiller, resolve_device
 from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, summarize, train_and_test
 
@@ -51,18 +51,21 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     settings = evaluation_settings(cfg.get('evaluation'))
     device = resolve_device(cfg.get('device', 'cpu'))
     train = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=int(settings['num_points']))
-    test = test_pool(cfg['dataset'], int(settings['num_points'])) if cfg.get('evaluation') is not None else None
-    rotator = build_rotator(cfg['distill'].get('rotator')).to(device)
+    evaluates = cfg.get('evaluation') is not None and distributed.is_main()   # rank 0 evaluates under torchrun
+    test = test_pool(cfg['dataset'], int(settings['num_points'])) if evaluates else None
     quick_epochs = settings.get('eval_epochs_during_distill')
 
     def evaluate_during(distiller: Distiller, iteration: int) -> dict:
-        path = distiller.export()
+        """Quick one-seed evaluation; the snapshot is kept so it can be evaluated fully later."""
+        path = distiller.export(run_dir / 'snapshots' / f'step{iteration:05d}.safetensors')
         result = evaluate_set(synthetic_sampler(SyntheticSet(path), settings['num_points'], True), test, settings,
                               [0], distiller.rotator, device, epochs=quick_epochs)[0]
-        return {'oa': round(result['oa'], 2)}
+        return {'oa': round(result['oa'], 2), 'snapshot': str(path)}
 
     distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
     result = distiller.run(resume=bool(cfg.get('resume', True)))
+    if not distributed.is_main():
+        return {}
     metrics: dict = {'artifact': str(result.artifact_path), 'iterations_done': result.iterations_done,
                      'distill_minutes': round(result.seconds / 60, 2), 'stopped_by_budget': result.stopped_by_budget,
                      'loss_history': result.loss_history, 'evaluations_during_distillation': result.evaluations,
@@ -71,6 +74,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         seeds = list(settings.get('seeds') or [0])
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
+        rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
         rows = {}
         modes = [True, False] if synthetic.is_generator else [False]
         for resample in modes:

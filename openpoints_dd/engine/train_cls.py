@@ -69,6 +69,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'max_val_batches': None,
     'root_dir': 'runs',
     'run_dir': None,
+    'artifact': None,           # DistilledDataset only: the artifact of the train split (sets its distilled_path)
     'tensorboard': False,
     'wandb': {'use_wandb': False},
 }
@@ -321,6 +322,13 @@ class _Trainer:
 
     def _dataset_cfg(self) -> EasyConfig:
         dataset_cfg = copy.deepcopy(self.cfg.dataset)  # build_dataloader_from_cfg writes split/transform into it
+        if self.cfg.get('artifact'):
+            if dataset_cfg.common.get('NAME') != 'DistilledDataset':
+                raise ValueError(f'artifact={self.cfg.artifact} is only read by DistilledDataset, but '
+                                 f'dataset.common.NAME is {dataset_cfg.common.get("NAME")!r}. Use a '
+                                 f'cfgs/train/distilled-*.yaml config or drop artifact=.')
+            dataset_cfg.train = dataset_cfg.get('train') or EasyConfig()
+            dataset_cfg.train.distilled_path = resolve_path(self.cfg.artifact)
         for section in list(dataset_cfg):
             if dataset_cfg[section] is None:
                 dataset_cfg[section] = EasyConfig()

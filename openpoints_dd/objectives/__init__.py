@@ -1,5 +1,10 @@
 """Objectives: how synthetic and real batches of one class are compared (registered in OBJECTIVES)."""
 from .base import Objective
+from .distribution_matching import DistributionMatching
 from .gradient_matching import GradientMatching, gradient_distance
+from .part_gradient_matching import PartGradientMatching
+from .sadm import SADM, rbf_mmd, sadm_loss, sort_point_features
+from .trajectory_matching import TrajectoryMatching
 
-__all__ = ['Objective', 'GradientMatching', 'gradient_distance']
+__all__ = ['Objective', 'DistributionMatching', 'SADM', 'rbf_mmd', 'sadm_loss', 'sort_point_features',
+           'GradientMatching', 'PartGradientMatching', 'TrajectoryMatching', 'gradient_distance']

@@ -12,9 +12,16 @@ class Objective(ABC):
     Class attributes tell the engine how to drive the backbone:
         trains_backbone: True if the backbone is trained between matching steps (the inner loop of
             gradient matching); False for a fresh, frozen random backbone (distribution matching).
+        matches_all_classes: True if the objective compares the whole synthetic set at once (trajectory
+            matching): the engine then calls `match_all(backbone, syn_pos, labels, generator)` once per
+            outer step instead of `__call__` per class, and also uses the optional hooks `prepare(...)`,
+            `parameters()`, `optimizer()`, `state_dict()` / `load_state_dict()` when they exist.
+        task: 'classification' (the Distiller) or 'segmentation' (engine/distill_seg.py, per-point parts).
     """
 
     trains_backbone: bool = True
+    matches_all_classes: bool = False
+    task: str = 'classification'
 
     @abstractmethod
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:

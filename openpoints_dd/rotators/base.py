@@ -28,11 +28,17 @@ class Rotator(nn.Module, metaclass=ABCMeta):
             basis: (B, 3, 3) orthogonal matrix (det +1 or -1, as the subclass documents), same dtype.
         """
 
-    def forward(self, pos: Tensor) -> Tensor:
+    #: True if the rotator holds parameters per synthetic cloud and needs `slots` (e.g. EulerRotator); the
+    #: engine then passes `num_slots` to its constructor and bakes its poses into the exported clouds
+    per_slot: bool = False
+
+    def forward(self, pos: Tensor, slots: Tensor | None = None) -> Tensor:
         """Canonicalise a batch of clouds.
 
         Args:
             pos: (B, N, 3) floating point clouds.
+            slots: (B,) int64 synthetic slot of each cloud, or None for real clouds. Ignored by rotators
+                whose frame depends on the cloud only; used by per-slot rotators.
 
         Returns:
             (B, N, 3) clouds in their canonical frames, `(pos - origin) @ basis`.

@@ -26,7 +26,7 @@ class IdentityRotator(Rotator):
         basis = torch.eye(3, dtype=pos.dtype, device=pos.device).expand(batch, 3, 3)
         return origin, basis
 
-    def forward(self, pos: Tensor) -> Tensor:
+    def forward(self, pos: Tensor, slots: Tensor | None = None) -> Tensor:
         """Return `pos` unchanged (same object): (B, N, 3) → (B, N, 3)."""
         check_points(pos, type(self).__name__)
         return pos

@@ -1,6 +1,8 @@
 """Synthesizers: how the synthetic set is parameterised (registered in SYNTHESIZERS)."""
+from . import coresets
 from .base import Synthesizer
 from .explicit_points import ExplicitPoints
 from .point_generator import PointGenerator, chamfer_distance
+from .part_generator import PartPointGenerator
 
-__all__ = ['Synthesizer', 'ExplicitPoints', 'PointGenerator', 'chamfer_distance']
+__all__ = ['coresets', 'Synthesizer', 'ExplicitPoints', 'PointGenerator', 'PartPointGenerator', 'chamfer_distance']

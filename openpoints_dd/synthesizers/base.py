@@ -15,7 +15,9 @@ class Synthesizer(nn.Module, ABC):
         cpc: synthetic clouds per class.
     """
 
-    #: 'real' if `initialize_from_real` must be called with real clouds before matching, else 'none'
+    #: 'real' if `initialize_from_real` must be called with random real clouds before matching, else 'none'.
+    #: A synthesizer that defines `select_from_pool(pool, generator)` chooses its real clouds itself
+    #: (ExplicitPoints: random / herding / kcenter) and the engine ignores this value.
     init: str = 'none'
 
     def __init__(self, *, num_classes: int, cpc: int):

@@ -1,18 +1,26 @@
 """Explicit synthetic clouds: one learnable (S, N, 3) tensor (the DC / DM / MTT / SADM parameterisation)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..registry import SYNTHESIZERS
+from . import coresets
 from .base import Synthesizer
+
+_INITS = ('random', 'real', 'herding', 'kcenter', 'noise')
 
 
 @SYNTHESIZERS.register_module()
 class ExplicitPoints(Synthesizer):
-    """A fixed tensor of K·cpc clouds, initialised from random real clouds of each class or from noise.
+    """A fixed tensor of K·cpc clouds, initialised from real clouds of each class or from noise.
+
+    The real initialisations are the coreset rules of baselines spec §B.6 (`coresets.py`), applied per
+    class: 'random' (uniform draw, the DC / DM / SADM default), 'herding' or 'kcenter' (greedy, in the
+    embedding of a DistillPointNet trained briefly on the real set). With `distill.iterations: 0` the
+    selection is exported as it is: the Random / Herding / K-Center baselines.
 
     When asked for fewer points than it stores, it returns one random subset of point indices shared by
     the requested clouds (only those points receive a gradient in that step).
@@ -20,16 +28,35 @@ class ExplicitPoints(Synthesizer):
     Args:
         num_classes, cpc: see `Synthesizer`.
         num_points: points stored per cloud. Default 1024.
-        init: 'real' (random real clouds, the baselines' standard) or 'noise' (uniform in the unit
-            ball). Default 'real'.
+        init: 'random' (alias 'real', kept for old configs), 'herding', 'kcenter' or 'noise' (uniform in
+            the unit ball). Default 'random'.
+        kcenter_first: first K-Center pick, 'mean' (the cloud nearest the class mean, as SADM: K-Center
+            then equals Herding at cpc 1) or 'random' (DeepCore). Default 'mean'.
+        embed_epochs: Adam epochs of the selection network on the whole real set. Default 5.
+        embed_points: points per cloud while training it and embedding. Default 256.
+        embed_batch: its batch size. Default 64.
+        embed_lr: its Adam learning rate. Default 1e-3.
+        embed_widths: its per-point widths. Default [64, 128, 1024].
     """
 
     def __init__(self, *, num_classes: int, cpc: int, num_points: int = 1024,
-                 init: Literal['real', 'noise'] = 'real'):
+                 init: Literal['random', 'real', 'herding', 'kcenter', 'noise'] = 'random',
+                 kcenter_first: Literal['mean', 'random'] = 'mean', embed_epochs: int = 5,
+                 embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
+                 embed_widths: Sequence[int] | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
-        if init not in ('real', 'noise'):
-            raise ValueError(f"ExplicitPoints: init must be 'real' or 'noise', got {init!r}")
-        self.init, self.num_points = init, int(num_points)
+        if init not in _INITS:
+            raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
+        if kcenter_first not in ('mean', 'random'):
+            raise ValueError(f"ExplicitPoints: kcenter_first must be 'mean' or 'random', got {kcenter_first!r}")
+        if int(embed_epochs) < 0 or int(embed_points) < 1 or int(embed_batch) < 1:
+            raise ValueError(f'ExplicitPoints: need embed_epochs >= 0, embed_points >= 1 and embed_batch >= 1, '
+                             f'got {embed_epochs}, {embed_points}, {embed_batch}')
+        self.init = 'random' if init == 'real' else init
+        self.num_points, self.kcenter_first = int(num_points), kcenter_first
+        self.embed_epochs, self.embed_points, self.embed_batch = int(embed_epochs), int(embed_points), int(embed_batch)
+        self.embed_lr = float(embed_lr)
+        self.embed_widths = [int(w) for w in (embed_widths if embed_widths is not None else (64, 128, 1024))]
         self.points = nn.Parameter(_uniform_in_ball(self.num_slots, self.num_points))
 
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
@@ -42,15 +69,42 @@ class ExplicitPoints(Synthesizer):
         keep = torch.randperm(self.num_points, generator=generator)[:num_points].to(clouds.device)
         return clouds[:, keep]
 
+    def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """Pick the real clouds this synthesizer starts from, by its `init` rule (None for 'noise').
+
+        Args:
+            pool: the `RealPool` of training clouds.
+            generator: seeds the draw ('random'), the selection network and its point subsets.
+
+        Returns:
+            ((K·cpc, N, 3) unit-sphere clouds, class-major; (K·cpc,) their pool indices), or None.
+        """
+        if self.init == 'noise':
+            return None
+        if self.init == 'random':
+            return pool.random_per_class(self.cpc, generator)
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        net = coresets.train_embedding_net(pool, epochs=self.embed_epochs, num_points=self.embed_points,
+                                           batch_size=self.embed_batch, lr=self.embed_lr,
+                                           widths=self.embed_widths, seed=seed, device=self.points.device)
+        features = coresets.embed_pool(net, pool, num_points=self.embed_points, batch_size=self.embed_batch, seed=seed)
+        index = coresets.select_per_class(features, pool, self.cpc, self.init, self.kcenter_first, generator)
+        return coresets.gather_clouds(pool, index), index
+
     def initialize_from_real(self, clouds: Tensor) -> dict:
         if clouds.shape[0] != self.num_slots or clouds.shape[1] < self.num_points:
             raise ValueError(f'need ({self.num_slots}, >={self.num_points}, 3) real clouds, got {tuple(clouds.shape)}')
         with torch.no_grad():
             self.points.copy_(clouds[:, :self.num_points])
-        return {'init': 'real'}
+        return {'init': self.init}
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, num_points={self.num_points}'
+        text = f'{super().extra_repr()}, num_points={self.num_points}'
+        if self.init in ('herding', 'kcenter'):
+            text += (f', kcenter_first={self.kcenter_first!r}, embed_epochs={self.embed_epochs}, '
+                     f'embed_points={self.embed_points}, embed_batch={self.embed_batch}, embed_lr={self.embed_lr}, '
+                     f'embed_widths={self.embed_widths}')
+        return text
 
 
 def _uniform_in_ball(num_clouds: int, num_points: int) -> Tensor:

@@ -224,7 +224,13 @@ def _parse_overrides(overrides: Sequence[str]) -> Iterable[tuple[str, str, str]]
             yield body.strip(), text, f'{opt} {text}'
 
 
+_YAML_WORDS = {'true': True, 'false': False, 'null': None, '~': None}
+
+
 def _parse_value(text: str) -> Any:
+    """A Python literal (as openpoints parses overrides), YAML's true/false/null, else the string."""
+    if text.strip().lower() in _YAML_WORDS:
+        return _YAML_WORDS[text.strip().lower()]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -40,13 +40,21 @@ def setup_logging(run_dir: Path, verbose: bool = False) -> None:
 
 
 def start_run(cfg, cfg_path: str, overrides: list[str]) -> Path:
-    """Create the run dir, start logging, save the resolved cfg, log the run's identity."""
-    run_dir = make_run_dir(cfg, cfg_path)
+    """Create the run dir, start logging, save the resolved cfg, log the run's identity.
+
+    Under torchrun every rank gets rank 0's run dir; only rank 0 writes there and logs below warnings.
+    """
+    from ..engine import distributed
+    run_dir = Path(distributed.object_of_main(str(make_run_dir(cfg, cfg_path))))
+    if not distributed.is_main():
+        logging.basicConfig(level=logging.WARNING, format=f'rank {distributed.rank()} %(levelname)s %(message)s')
+        return run_dir
     setup_logging(run_dir)
     save_config(cfg, run_dir / 'cfg.yaml')
     logger = logging.getLogger('openpoints_dd')
-    logger.info('run dir %s | cfg %s | device %s | seed %s | torch %s, %d threads', run_dir, cfg_path,
-                cfg.get('device', 'cpu'), cfg.get('seed'), torch.__version__, torch.get_num_threads())
+    logger.info('run dir %s | cfg %s | device %s | seed %s | torch %s, %d threads | %d process(es)', run_dir, cfg_path,
+                cfg.get('device', 'cpu'), cfg.get('seed'), torch.__version__, torch.get_num_threads(),
+                distributed.world_size())
     if overrides:
         logger.info('overrides: %s', ' '.join(overrides))
     return run_dir

@@ -60,6 +60,12 @@ def test_overrides_are_parsed_like_easyconfig(cfg_file):
     assert isinstance(cfg.dataset.common, EasyConfig)
 
 
+@pytest.mark.parametrize('text,value', [('false', False), ('True', True), ('TRUE', True), ('null', None), ('None', None)])
+def test_overrides_accept_yaml_and_python_booleans_and_null(cfg_file, text, value):
+    cfg = load_config(cfg_file, [f'flag={text}'] if value is not None else [f'maybe={text}'])
+    assert (cfg.flag if value is not None else cfg.maybe) is value
+
+
 @pytest.mark.parametrize('override,closest', [
     ('epoch=3', 'epochs'),
     ('dataset.comon.NAME=X', 'dataset.common.NAME'),

@@ -72,3 +72,17 @@ def test_explicit_points_from_real_export_points_artifact(tmp_path):
     synthetic = SyntheticSet(result.artifact_path)
     assert synthetic.kind == 'points' and synthetic.pos.shape == (10, 128, 3)
     assert synthetic.labels.tolist() == list(range(10))
+
+
+def test_learned_rotator_weights_travel_with_the_artifact(tmp_path):
+    cfg = tiny_embedded_cfg(tmp_path, iterations=2, rotator={'NAME': 'LearnedSignRotator'})
+    distiller = Distiller(cfg, _pool(cfg), tmp_path / 'run')
+    distiller.run()
+    trained = distiller.rotator.state_dict()
+    synthetic = SyntheticSet(tmp_path / 'run' / 'artifact.safetensors')
+    rebuilt = synthetic.build_rotator()
+    assert type(rebuilt).__name__ == 'LearnedSignRotator' and not rebuilt.training
+    assert trained.keys() == rebuilt.state_dict().keys()
+    for name, value in trained.items():
+        assert torch.equal(rebuilt.state_dict()[name], value), name
+    assert any(not torch.equal(v, type(distiller.rotator)().state_dict()[k]) for k, v in trained.items())   # it learned

@@ -8,7 +8,9 @@ from openpoints_dd.synthesizers import ExplicitPoints, PointGenerator, chamfer_d
 @pytest.mark.parametrize('name', sorted(SYNTHESIZERS.module_dict))
 @pytest.mark.parametrize('num_points', [16, 100, 256])
 def test_shapes_labels_and_gradient(name, num_points):
-    synth = build_synthesizer({'NAME': name}, num_classes=3, cpc=2)
+    # the part generator needs its categories' part proportions (the segmentation engine measures them)
+    extra = {'part_proportions': [[0.5, 0.5], [0.2, 0.3, 0.5], [1.0]]} if name == 'PartPointGenerator' else {}
+    synth = build_synthesizer({'NAME': name, **extra}, num_classes=3, cpc=2)
     slots = synth.slots_of_class(1)
     pos = synth.synthesize(slots, num_points)
     assert pos.shape == (2, num_points, 3)

@@ -1,0 +1,279 @@
+"""Time and peak memory of one outer matching step: our engine against a straightforward loop, in one run.
+
+    python benchmarks/distill_step.py                       # the full grid (long: tens of minutes)
+    python benchmarks/distill_step.py --cpc 10 --points 1024 --classes-scan 10 40 --out step.json
+
+One outer step = for every class a real batch and the class's synthetic clouds through gradient
+matching, back-propagated into the synthesizer, then one synthesizer update. Measured for
+
+- `ours`: `Distiller.accumulate_matching_gradients` (points-last DistillPointNet with the pooled last
+  layer, graphs freed class by class) + the optimizer step; `ours_bf16` the same with the max-point
+  search in bf16 (`DistillPointNet(argmax_dtype='bfloat16')`);
+- `baseline`: the DD3D reference's way, written here: a Conv1d PointNet with InstanceNorm and max-pool,
+  per-class forwards in fp32, every class's graph kept until one backward.
+
+Both use the same synthesizer (DD3D's generator or explicit points = GM/DC) and the same distance.
+Throughput is given in *model* GFLOP/s: the matmul/conv FLOPs of the baseline network for the same
+step (counted once with `torch.utils.flop_counter`) divided by the step time, beside this machine's
+fp32 matrix-multiply peak measured in the same run. Our layer skips most of those FLOPs (it never
+materialises the 1024-channel map with grad), so its model GFLOP/s can exceed the peak: the ratio to
+the baseline is the figure that matters. Each measurement runs in a fresh subprocess, so its peak
+resident memory (VmHWM minus the resident memory before the first step) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ one measurement
+def _rss_kib(field: str) -> int:
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1])
+    return 0
+
+
+def _measure(spec: dict) -> dict:
+    """Run in a subprocess: build one configuration, time `repeats` steps after a warm-up, report memory."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    sys.path.insert(0, str(REPO))
+    import openpoints_dd  # noqa: F401
+    from openpoints.utils import EasyConfig
+    from openpoints_dd.data.real_pool import RealPool
+    from openpoints_dd.engine.distill import Distiller
+    from openpoints_dd.objectives.gradient_matching import gradient_distance
+    from openpoints_dd.utils.geometry import normalize_to_unit_sphere
+
+    torch.manual_seed(0)
+    classes, cpc, points, real = spec['classes'], spec['cpc'], spec['points'], spec['real']
+    pos = normalize_to_unit_sphere(torch.randn(classes * (real + 1), points, 3))
+    pool = RealPool(pos, torch.arange(classes).repeat_interleave(real + 1), [f'c{i}' for i in range(classes)], 'random')
+    synthesizer = ({'NAME': 'PointGenerator', 'hidden_dim': 256, 'w0_initial': 100, 'init': 'noise'}
+                   if spec['synthesizer'] == 'PointGenerator' else {'NAME': 'ExplicitPoints', 'num_points': points, 'init': 'noise'})
+    cfg = EasyConfig({'seed': 0, 'device': 'cpu', 'distill': {
+        'cpc': cpc, 'iterations': 10, 'outer_loop': 1, 'inner_loop': 1, 'batch_real': real, 'num_points': points,
+        'backbone': {'NAME': 'DistillPointNet', 'argmax_dtype': spec.get('argmax_dtype', 'float32')}, 'synthesizer': synthesizer, 'objective': {'NAME': 'GradientMatching'},
+        'rotator': {'NAME': 'IdentityRotator'}, 'syn_optimizer': {'NAME': 'adam', 'lr': 1e-3},
+        'vectorize_classes': spec.get('vectorize', False)}})
+    distiller = Distiller(cfg, pool, '/nonexistent-unused')
+    backbone = distiller.build_backbone()
+
+    if spec['method'] == 'ours':
+        def step(i: int) -> None:
+            distiller.optimizer.zero_grad(set_to_none=True)
+            distiller.accumulate_matching_gradients(backbone, 0, i, points)
+            distiller.optimizer.step()
+    else:
+        net = ConvPointNet(classes)
+        params = list(net.parameters())
+
+        def class_loss(c: int, i: int) -> torch.Tensor:
+            g_real = distiller._generator(0, 1, i, c)
+            real_pos = pool.sample(c, real, points, g_real)
+            syn = normalize_to_unit_sphere(distiller.synthesizer.synthesize(
+                distiller.synthesizer.slots_of_class(c), points, distiller._generator(0, 2, i, c)))
+            target = torch.full((real,), c)
+            gr = torch.autograd.grad(F.cross_entropy(net(real_pos), target), params)
+            gs = torch.autograd.grad(F.cross_entropy(net(syn), target[:cpc].expand(cpc)), params, create_graph=True)
+            return gradient_distance(gs, [g.detach() for g in gr], 'layerwise_cosine')
+
+        def step(i: int) -> None:
+            distiller.optimizer.zero_grad(set_to_none=True)
+            torch.stack([class_loss(c, i) for c in range(classes)]).sum().backward()   # all graphs alive until here
+            distiller.optimizer.step()
+
+        if spec.get('count_flops'):
+            from torch.utils.flop_counter import FlopCounterMode
+            counter = FlopCounterMode(display=False)
+            with counter:
+                class_loss(0, 0).backward()
+            return {'flops_per_class': counter.get_total_flops()}
+
+    rss_before = _rss_kib('VmRSS')
+    step(0)
+    times = []
+    for i in range(spec['repeats']):
+        start = time.perf_counter()
+        step(i + 1)
+        times.append(time.perf_counter() - start)
+    return {'seconds': statistics.median(times) if times else float('nan'), 'peak_mib': (_rss_kib('VmHWM') - rss_before) / 1024}
+
+
+def ConvPointNet(num_classes: int):
+    """DD3D's reference PointNet as it is usually written: Conv1d on (B, C, N), InstanceNorm, max-pool."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            widths = [3, 64, 128, 1024]
+            self.convs = nn.ModuleList(nn.Conv1d(a, b, 1) for a, b in zip(widths, widths[1:]))
+            self.norm = nn.InstanceNorm1d(1024)
+            self.head = nn.Linear(1024, num_classes)
+
+        def forward(self, pos):
+            x = pos.transpose(1, 2)
+            for k, conv in enumerate(self.convs):
+                x = conv(x)
+                x = nn.functional.instance_norm(x)
+                if k < 2:
+                    x = x.relu()
+            return self.head(x.max(dim=2).values)
+    return Net()
+
+
+def _matmul_peak(dtype_name: str, n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n×n matrix multiply (best of `repeats`), on this process's threads."""
+    import torch
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _in_subprocess(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, '--one', json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-1:] or ['no output']
+        return {'error': f'exit {out.returncode}: {tail[0][:200]}'}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--one', help=argparse.SUPPRESS)
+    parser.add_argument('--classes', type=int, default=40)
+    parser.add_argument('--cpc', type=int, nargs='+', default=[1, 10, 50])
+    parser.add_argument('--points', type=int, nargs='+', default=[1024, 256])
+    parser.add_argument('--real', type=int, default=32, help='real clouds per class per step')
+    parser.add_argument('--synthesizers', nargs='+', default=['PointGenerator', 'ExplicitPoints'])
+    parser.add_argument('--repeats', type=int, default=2, help='timed steps after one warm-up (median)')
+    parser.add_argument('--baseline-max-gib', type=float, default=16.0,
+                        help='skip the baseline where its estimated memory exceeds this (it keeps every graph)')
+    parser.add_argument('--classes-scan', type=int, nargs='*', default=[10, 40],
+                        help="class counts for ours' peak memory at the largest cpc/points of the grid")
+    parser.add_argument('--out', default='distill_step.json')
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(_measure(json.loads(args.one))))
+        return 0
+
+    import torch
+    peak = {'fp32': _matmul_peak('float32'), 'bf16': _matmul_peak('bfloat16')}
+    print(f'matmul peak on {torch.get_num_threads()} threads: fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s')
+    rows = []
+    for points in args.points:
+        for cpc in args.cpc:
+            flops = _in_subprocess({'method': 'baseline', 'classes': 1, 'cpc': cpc, 'points': points, 'real': args.real,
+                                    'synthesizer': 'ExplicitPoints', 'repeats': 0, 'count_flops': True})
+            step_gflop = flops.get('flops_per_class', float('nan')) * args.classes / 1e9
+            # the baseline keeps ~6 fp32 activations of every point of every class alive: a rough bound
+            baseline_gib = 6 * 4 * args.classes * (cpc + args.real) * points * (64 + 128 + 1024) / 2 ** 30
+            for synthesizer in args.synthesizers:
+                row = {'synthesizer': synthesizer, 'cpc': cpc, 'points': points, 'classes': args.classes,
+                       'real': args.real, 'model_gflop_per_step': round(step_gflop, 1)}
+                spec = {'classes': args.classes, 'cpc': cpc, 'points': points, 'real': args.real,
+                        'synthesizer': synthesizer, 'repeats': args.repeats}
+                row['ours'] = _in_subprocess({**spec, 'method': 'ours'})
+                row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16'})
+                row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
+                                   else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
+                for side in ('ours', 'ours_bf16', 'baseline'):
+                    if 'seconds' in row[side]:
+                        row[side]['model_gflops'] = step_gflop / row[side]['seconds']
+                        row[side]['of_fp32_peak'] = row[side]['model_gflops'] / peak['fp32']
+                if 'seconds' in row['ours'] and 'seconds' in row['baseline']:
+                    row['speedup'] = row['baseline']['seconds'] / row['ours']['seconds']
+                    if 'seconds' in row['ours_bf16']:
+                        row['speedup_bf16'] = row['baseline']['seconds'] / row['ours_bf16']['seconds']
+                rows.append(row)
+                print(_row_line(row), flush=True)
+    storage = synthesizer_storage(args.classes, args.cpc, max(args.points))
+    for line in storage:
+        print(line)
+    scan = []
+    for classes in args.classes_scan:
+        spec = {'method': 'ours', 'classes': classes, 'cpc': max(args.cpc), 'points': max(args.points), 'real': args.real,
+                'synthesizer': args.synthesizers[0], 'repeats': 1}
+        scan.append({**spec, **_in_subprocess(spec)})
+        print(f'ours, {classes} classes, cpc {spec["cpc"]}, {spec["points"]} points: {scan[-1]}', flush=True)
+    report = {'machine': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
+              'torch': torch.__version__, 'matmul_peak_gflops': peak, 'rows': rows, 'memory_vs_classes': scan,
+              'synthesizer_storage': storage,
+              'command': ' '.join(sys.argv)}
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print('\n' + markdown(report))
+    return 0
+
+
+def synthesizer_storage(classes: int, cpcs: list[int], points: int) -> list[str]:
+    """What the distilled set costs to store: DD3D's generator against explicit clouds (the paper: ~4x at 10)."""
+    sys.path.insert(0, str(REPO))
+    import openpoints_dd  # noqa: F401
+    from openpoints_dd.registry import build_synthesizer
+    lines = []
+    for cpc in cpcs:
+        sizes = {}
+        for name, cfg in (('generator', {'NAME': 'PointGenerator', 'hidden_dim': 256, 'init': 'noise'}),
+                          ('explicit', {'NAME': 'ExplicitPoints', 'num_points': points, 'init': 'noise'})):
+            module = build_synthesizer(cfg, num_classes=classes, cpc=cpc)
+            sizes[name] = sum(t.numel() for t in module.state_dict().values())
+        lines.append(f'storage at cpc {cpc}, {points} points: generator {sizes["generator"] / 1e6:.2f} M floats, '
+                     f'explicit {sizes["explicit"] / 1e6:.2f} M floats ({sizes["explicit"] / sizes["generator"]:.1f}x)')
+    return lines
+
+
+def _row_line(row: dict) -> str:
+    def side(r):
+        return r.get('error') or f'{r["seconds"]:.2f} s, {r["peak_mib"]:.0f} MiB, {r["model_gflops"]:.0f} GFLOP/s'
+    speed = f'{row["speedup"]:.1f}x / {row.get("speedup_bf16", 0):.1f}x' if 'speedup' in row else '-'
+    return (f'{row["synthesizer"]:14s} cpc {row["cpc"]:3d} {row["points"]:5d} pts | ours {side(row["ours"])} | '
+            f'ours bf16 search {side(row["ours_bf16"])} | baseline {side(row["baseline"])} | {speed}')
+
+
+def markdown(report: dict) -> str:
+    peak = report['matmul_peak_gflops']['fp32']
+    lines = [f'fp32 matmul peak {peak:.0f} GFLOP/s (bf16 {report["matmul_peak_gflops"]["bf16"]:.0f}), '
+             f'{report["threads"]} threads, torch {report["torch"]}', '',
+             '| synthesizer | cpc | points | model GFLOP/step | baseline s | baseline MiB | ours s | ours MiB | speed-up '
+             '| ours model GFLOP/s (% of fp32 peak) | ours, bf16 search: s | speed-up |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in report['rows']:
+        b, o = r['baseline'], r['ours']
+        cell = (lambda x, k, f: f.format(x[k]) if k in x else x.get('error', '-'))
+        gf = f'{o["model_gflops"]:.0f} ({100 * o["of_fp32_peak"]:.0f} %)' if 'model_gflops' in o else '-'
+        lines.append(f'| {r["synthesizer"]} | {r["cpc"]} | {r["points"]} | {r["model_gflop_per_step"]} | '
+                     f'{cell(b, "seconds", "{:.2f}")} | {cell(b, "peak_mib", "{:.0f}")} | {cell(o, "seconds", "{:.2f}")} | '
+                     f'{cell(o, "peak_mib", "{:.0f}")} | {r.get("speedup", 0):.1f}x | {gf} | '
+                     f'{cell(r["ours_bf16"], "seconds", "{:.2f}")} | {r.get("speedup_bf16", 0):.1f}x |')
+    lines += [''] + report['synthesizer_storage']
+    if report['memory_vs_classes']:
+        lines += ['', 'ours, peak memory against the number of classes: ' + ', '.join(
+            f'{s["classes"]} classes {s.get("peak_mib", float("nan")):.0f} MiB ({s.get("seconds", float("nan")):.2f} s)'
+            for s in report['memory_vs_classes'])]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

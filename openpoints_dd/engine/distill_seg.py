@@ -1,0 +1,214 @@
+"""Part-segmentation distillation (DD3D spec §7): the classification loop of `Distiller` with part labels.
+
+`SegDistiller` keeps Distiller's iteration loop, budget, checkpoints, scheduler and export, and replaces
+what differs: the backbone (a segmentation network with the category as input), the matching step (real
+clouds and synthetic clouds both carry per-point part ids; `PartGradientMatching` alternates global and
+local steps), the BatchNorm handling (running statistics refreshed on real clouds, then frozen while
+matching, as DC/DD3D do) and the inner loop (per-point cross-entropy). The synthesizer's part proportions
+come from the real training data. `run_seg_distillation` is what tools/distill.py runs for
+`task: segmentation`: distill, export, then evaluate against Random at the same clouds per category.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openpoints.models import build_model_from_cfg
+from openpoints.utils import EasyConfig
+
+from ..data.part_pool import PartPool
+from ..data.synthetic_set import SyntheticSet
+from ..synthesizers import PartPointGenerator
+from ..utils.geometry import normalize_to_unit_sphere
+from ..utils.run import write_json
+from . import distributed
+from .distill import Distiller, resolve_device
+from .evaluate import format_mean_std, summarize
+from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
+
+logger = logging.getLogger(__name__)
+
+
+class SegDistiller(Distiller):
+    """Distiller for part segmentation.
+
+    Args:
+        cfg: the experiment config; `distill.synthesizer` must be a `PartPointGenerator` (its
+            `part_proportions` and `cls2parts` are filled in from `pool`), `distill.objective` an objective
+            taking part ids (`PartGradientMatching`), the rotator identity (the reference has none for
+            segmentation). `distill.bn_warmup` real clouds per category refresh the BatchNorm statistics
+            before every matching step (default 8, as the reference).
+        pool: the real training `PartPool`.
+        run_dir, evaluate_fn: as `Distiller`.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], pool: PartPool, run_dir: str | os.PathLike,
+                 evaluate_fn: Callable[['Distiller', int], dict] | None = None):
+        cfg = copy.deepcopy(cfg)
+        d = cfg['distill']
+        if d['synthesizer'].get('NAME') != 'PartPointGenerator':
+            raise ValueError(f"segmentation distillation needs distill.synthesizer.NAME: PartPointGenerator (the "
+                             f"noise decides each point's part), got {d['synthesizer'].get('NAME')!r}")
+        rotator = (d.get('rotator') or {}).get('NAME', 'IdentityRotator')
+        if rotator != 'IdentityRotator':
+            raise ValueError(f'segmentation distillation runs without a rotator (spec §7.4); set '
+                             f'distill.rotator.NAME: IdentityRotator, got {rotator!r}')
+        d['synthesizer']['part_proportions'] = pool.part_proportions()
+        d['synthesizer']['cls2parts'] = pool.cls2parts
+        super().__init__(cfg, pool, run_dir, evaluate_fn)
+        if not hasattr(self.objective, 'is_local'):
+            raise ValueError(f'segmentation distillation needs an objective that matches part labels '
+                             f'(PartGradientMatching), got {type(self.objective).__name__}')
+
+    def build_backbone(self) -> nn.Module:
+        backbone_cfg = EasyConfig(dict(self.d['backbone']))
+        backbone_cfg.setdefault('num_classes', self.pool.num_parts)
+        backbone_cfg.setdefault('num_shape_classes', self.num_classes)
+        return build_model_from_cfg(backbone_cfg).to(self.device)
+
+    def initialize(self) -> dict:
+        """`init: real`: fit each slot to a random real cloud of its category, part by part."""
+        if self.synthesizer.init != 'real':
+            return {}
+        clouds, index = self.pool.random_per_class(self.synthesizer.cpc, torch.Generator().manual_seed(self.seed))
+        report = self.synthesizer.initialize_from_real(clouds.to(self.device), self.pool.parts[index].to(self.device))
+        logger.info('generator fitted to real clouds part by part: %s', report)
+        return {**report, 'real_indices': index.tolist()}
+
+    def synthetic_clouds_with_parts(self, slots: Tensor, num_points: int,
+                                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Synthesize and normalise to the unit sphere: the same path in matching, inner loop and export."""
+        pos, parts = self.synthesizer.synthesize_with_parts(slots.to(self.device), num_points, generator)
+        return normalize_to_unit_sphere(pos), parts.to(self.device)
+
+    def refresh_batchnorm(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> None:
+        """One train-mode forward on a few real clouds per category, then every BatchNorm in eval mode."""
+        per_class = min(int(self.d.get('bn_warmup', 8)), int(self.pool.counts.min()))
+        backbone.train()
+        if per_class > 0:
+            pos = torch.cat([self.pool.sample(c, per_class, num_points, self._generator(iteration, 4, step, c))[0]
+                             for c in range(self.num_classes)])
+            categories = torch.arange(self.num_classes).repeat_interleave(per_class)
+            with torch.no_grad():
+                backbone({'pos': pos.to(self.device), 'cls': categories.to(self.device)})
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def accumulate_matching_gradients(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
+        """One outer step: per category a real batch and the category's synthetic clouds, each with part ids,
+        matched globally or locally (the objective's alternation), back-propagated category by category."""
+        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))
+        self.refresh_batchnorm(backbone, iteration, step, num_points)
+        local = self.objective.is_local(step)
+        total = 0.0
+        for c in distributed.shard(range(self.num_classes)):
+            real, real_parts = self.pool.sample(c, batch_real, num_points, self._generator(iteration, 1, step, c))
+            syn, syn_parts = self.synthetic_clouds_with_parts(self.synthesizer.slots_of_class(c), num_points,
+                                                              self._generator(iteration, 2, step, c))
+            loss = self.objective(backbone, syn, real.to(self.device), c, syn_parts=syn_parts,
+                                  real_parts=real_parts.to(self.device), part_ids=self.pool.cls2parts[c], local=local)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(f'objective {type(self.objective).__name__} returned {loss.item()} at '
+                                         f'iteration {iteration}, outer step {step} (category '
+                                         f'{self.pool.class_names[c]}). Lower the synthesizer learning rate.')
+            loss.backward()   # frees this category's graph
+            total += loss.detach().item()
+        backbone.train()
+        distributed.all_reduce_gradients(self.parameters)
+        return distributed.sum_scalar(total, self.device)
+
+    def train_backbone(self, backbone: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
+                       num_points: int, generator: torch.Generator) -> None:
+        """The inner loop: `epochs` of SGD on freshly synthesized, detached clouds and their part ids."""
+        with torch.no_grad():
+            clouds, parts = self.synthetic_clouds_with_parts(torch.arange(self.synthesizer.num_slots), num_points,
+                                                             generator)
+        categories = self.synthesizer.labels.to(self.device)
+        batch = int(self.d.get('inner_batch', 32))
+        backbone.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(clouds), generator=generator).to(self.device)
+            for start in range(0, len(clouds), batch):
+                pick = order[start:start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                logits = backbone({'pos': clouds[pick], 'cls': categories[pick]})
+                F.cross_entropy(logits, parts[pick]).backward()
+                optimizer.step()
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), 'task': 'segmentation',
+                'segmentation': {'num_parts': self.pool.num_parts, 'cls2parts': self.pool.cls2parts,
+                                 'part_names': self.pool.part_names,
+                                 'part_proportions': self.synthesizer.part_proportions}}
+
+
+def generator_sampler(synthesizer: PartPointGenerator, num_points: int, resample: bool) -> PartSampler:
+    """Clouds and part ids from a part generator: fresh noise every epoch (`resample`) or one fixed draw."""
+    slots = torch.arange(synthesizer.num_slots)
+    categories = synthesizer.labels.clone()
+
+    def draw(generator: torch.Generator):
+        with torch.no_grad():
+            pos, parts = synthesizer.synthesize_with_parts(slots, num_points, generator)
+        return normalize_to_unit_sphere(pos).cpu(), parts.cpu(), categories
+
+    if resample:
+        return lambda epoch, generator: draw(generator)
+    fixed = draw(torch.Generator().manual_seed(0))
+    return lambda epoch, generator: fixed
+
+
+def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
+    """Distill a part-segmentation set, export it, evaluate it and Random at the same cpc; write metrics.json."""
+    settings = seg_evaluation_settings(cfg.get('evaluation'))
+    device = resolve_device(cfg.get('device', 'cpu'))
+    seed = int(cfg.get('seed') or 0)
+    eval_points, distill_points = int(settings['num_points']), int(cfg['distill']['num_points'])
+    train = PartPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=max(eval_points, distill_points), seed=seed)
+    evaluates = cfg.get('evaluation') is not None and distributed.is_main()
+    split = 'test' if cfg['dataset'].get('test') is not None else 'val'
+    test = PartPool.from_dataset_cfg(cfg['dataset'], split, num_points=eval_points, seed=seed) if evaluates else None
+    distiller = SegDistiller(cfg, train, run_dir)
+    result = distiller.run(resume=bool(cfg.get('resume', True)))
+    if not distributed.is_main():
+        return {}
+    metrics: dict = {'task': 'segmentation', 'artifact': str(result.artifact_path),
+                     'iterations_done': result.iterations_done, 'distill_minutes': round(result.seconds / 60, 2),
+                     'stopped_by_budget': result.stopped_by_budget, 'loss_history': result.loss_history,
+                     'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
+    if test is not None:
+        seeds = [int(s) for s in settings.get('seeds') or [0]]
+        synthetic = SyntheticSet(result.artifact_path)
+        cpc = synthetic.cpc
+        rows = {}
+        modes = [True, False] if settings.get('resample', True) else [False]
+        for resample in modes:
+            sampler = generator_sampler(synthetic.synthesizer, eval_points, resample)
+            name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
+            rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device) for s in seeds]
+        runs = []
+        selections = list(range(int(settings.get('random_selections') or len(seeds))))
+        for selection in selections:
+            pos, index = train.random_per_class(cpc, torch.Generator().manual_seed(10_000 + selection))
+            sampler = fixed_part_sampler(pos[:, :eval_points], train.parts[index, :eval_points], train.labels[index])
+            runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device))
+        rows[f'random ({len(selections)} selections)'] = runs
+        keys = ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou')
+        metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
+        header = f'{"set":30s} {"inst mIoU":>14s} {"class mIoU":>14s} {"inst (unrestr.)":>16s} {"class (unrestr.)":>16s}'
+        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds})']
+        lines += [f'{name:30s} ' + ' '.join(f'{format_mean_std(row[k]):>14s}' if i < 2 else f'{format_mean_std(row[k]):>16s}'
+                                             for i, k in enumerate(keys))
+                  for name, row in metrics['evaluation'].items()]
+        logger.info('results\n%s', '\n'.join(lines))
+        metrics['table'] = lines
+    write_json(run_dir / 'metrics.json', metrics)
+    return metrics

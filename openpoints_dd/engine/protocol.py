@@ -1,0 +1,330 @@
+"""The evaluation protocol behind tools/evaluate.py: sets × models × seeds, reported honestly.
+
+A *set* is a distilled artifact (or a coreset saved as one) or a random real selection at the same clouds per
+class. A *model* is either the fast CPU protocol (`engine.evaluate.train_and_test`, DD3D's PointNet with the
+settings of the config's `evaluation` section) or any classification YAML (cfgs/train/*.yaml), trained by
+`train_cls.train_classifier` on `DistilledDataset` and tested on the real test set. Every (set, model) row
+reports the final-epoch test OA and mAcc (mean ± std over seeds) and, separately, the best tested epoch: the
+papers' (optimistic) protocol. Generator artifacts get two rows: fresh clouds every epoch, and one fixed draw.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..data.artifact import save_artifact
+from ..data.real_pool import RealPool
+from ..data.synthetic_set import SyntheticSet
+from ..registry import build_rotator
+from ..utils.config import load_config, resolve_path
+from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, summarize
+from .pipeline import evaluate_set, synthetic_sampler, test_pool
+from .train_cls import train_classifier, with_defaults
+
+logger = logging.getLogger(__name__)
+
+FAST_MODEL = 'PointNet (CPU protocol)'
+BEST_LABEL = "papers' protocol (best test epoch)"
+RESAMPLED, FIXED = 'resampled each epoch', 'fixed set'
+RANDOM_SEED_OFFSET = 10_000  # selection i draws with seed 10_000 + i, as engine.pipeline.random_baseline
+
+
+@dataclass
+class EvalSet:
+    """One row's training set: an artifact path, or a random real selection (`selection` >= 0)."""
+    label: str
+    path: Path | None
+    cpc: int
+    resample: bool | None = None     # generator artifacts only
+    selection: int | None = None     # random sets only
+
+    @property
+    def mode(self) -> str:
+        if self.selection is not None:
+            return 'random selection'
+        return '-' if self.resample is None else (RESAMPLED if self.resample else FIXED)
+
+
+def parse_set_args(items: Sequence[str]) -> dict[str, Path]:
+    """`label=path` pairs from the command line, checked: unique labels, files that exist."""
+    sets: dict[str, Path] = {}
+    for item in items:
+        label, sep, path = item.partition('=')
+        if not sep or not label or not path:
+            raise ValueError(f'--set expects label=path/to/artifact.safetensors, got {item!r}')
+        if label in sets:
+            raise ValueError(f'--set label {label!r} is given twice; labels name the table rows and must be unique')
+        resolved = Path(resolve_path(path))
+        if not resolved.is_file():
+            raise FileNotFoundError(f'--set {label}: no artifact at {path} (resolved to {resolved}). Give the '
+                                    f'artifact.safetensors written by tools/distill.py.')
+        sets[label] = resolved
+    return sets
+
+
+def expand_sets(sets: Mapping[str, Path]) -> tuple[list[EvalSet], dict[str, SyntheticSet]]:
+    """One EvalSet per artifact (two for a generator: resampled, fixed); the artifacts are read and validated here."""
+    loaded = {label: SyntheticSet(path) for label, path in sets.items()}
+    out = []
+    for label, synthetic in loaded.items():
+        modes = [True, False] if synthetic.is_generator else [None]
+        out += [EvalSet(label, Path(synthetic.path), synthetic.cpc, resample=mode) for mode in modes]
+    return out, loaded
+
+
+def random_selection(pool: RealPool, cpc: int, selection: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selection `selection` of `cpc` random real clouds per class: (clouds, labels, pool indices)."""
+    clouds, index = pool.random_per_class(cpc, torch.Generator().manual_seed(RANDOM_SEED_OFFSET + int(selection)))
+    return clouds, torch.arange(pool.num_classes).repeat_interleave(cpc), index
+
+
+def save_random_artifact(pool: RealPool, cpc: int, selection: int, path: Path) -> Path:
+    """A random real selection as a points artifact, so any trainer reads it through DistilledDataset."""
+    clouds, labels, index = random_selection(pool, cpc, selection)
+    metadata = {'kind': 'points', 'cpc': int(cpc), 'num_points': int(clouds.shape[1]),
+                'synthesizer': {'NAME': 'RandomRealSelection', 'selection': int(selection),
+                                'seed': RANDOM_SEED_OFFSET + int(selection), 'indices': index.tolist()},
+                'objective': {'NAME': 'none'}, 'rotator': {'NAME': 'IdentityRotator'},
+                'dataset': {'name': pool.name, 'num_classes': pool.num_classes, 'class_names': pool.class_names}}
+    return save_artifact(path, {'pos': clouds.contiguous(), 'y': labels.contiguous()}, metadata)
+
+
+def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None, random_k: int = 0,
+                 cpc: int | None = None, models: Sequence[str] = (), data_cfg: Mapping[str, Any] | None = None,
+                 seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu') -> dict:
+    """Train every (set, model) pair for `seeds` seeds and write results.{json,csv,md} into `out_dir`.
+
+    Args:
+        out_dir: output folder (created).
+        sets: label → artifact path.
+        random_k: number of random real selections per clouds-per-class value of the sets (or `cpc`).
+        cpc: clouds per class of the random selections when no set gives it. Default None.
+        models: classification YAMLs (cfgs/train/*.yaml); empty: the fast CPU protocol PointNet.
+        data_cfg: a distill or train config whose `dataset` section gives the real data (train split for random
+            selections, test split for testing) and, for the fast protocol, whose `evaluation` section gives its
+            settings. Required without models; with models it replaces their real dataset.
+        seeds: seeds 0..seeds-1 per artifact set; random selection i is trained once, with seed i.
+        overrides: `key=value` for the model YAMLs (with models) or for `data_cfg` (without).
+        device: 'cpu' | 'cuda' | 'auto' for the fast protocol and the trainer.
+
+    Returns:
+        {'rows': [...], 'table': markdown text, 'settings': {...}}; rows hold per-seed runs and summaries.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(seeds) < 1:
+        raise ValueError(f'--seeds must be >= 1, got {seeds}')
+    eval_sets, loaded = expand_sets(sets or {})
+    cpcs = sorted({s.cpc for s in eval_sets}) or ([int(cpc)] if cpc else [])
+    if random_k and not cpcs:
+        raise ValueError('--random needs the clouds per class: give a --set or --cpc')
+    if not eval_sets and not random_k:
+        raise ValueError('nothing to evaluate: give at least one --set label=artifact.safetensors or --random K')
+    for c in cpcs:
+        eval_sets += [EvalSet(f'random cpc{c}', None, c, selection=i) for i in range(int(random_k))]
+    if not models and data_cfg is None:
+        raise ValueError('the fast CPU protocol needs --cfg (a distill config with dataset and evaluation sections)')
+    t0 = time.perf_counter()
+    if models:
+        rows = _run_models(models, eval_sets, loaded, data_cfg, int(seeds), list(overrides), device, out_dir)
+    else:
+        rows = _run_fast(eval_sets, data_cfg, int(seeds), device)
+    table = markdown_table(rows)
+    settings = {'seeds': int(seeds), 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
+                'overrides': list(overrides), 'seconds': round(time.perf_counter() - t0, 1)}
+    result = {'settings': settings, 'rows': rows, 'table': table}
+    (out_dir / 'results.json').write_text(json.dumps(result, indent=1, default=str))
+    write_csv(rows, out_dir / 'results.csv')
+    (out_dir / 'results.md').write_text(table + '\n')
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, device: str) -> list[dict]:
+    settings = evaluation_settings(cfg.get('evaluation'))
+    num_points = int(settings['num_points'])
+    dataset = _real_section(cfg['dataset'])   # a train YAML on DistilledDataset names its real dataset
+    test = test_pool(dataset, num_points)
+    rotator = build_rotator((cfg.get('distill') or {}).get('rotator')).to(device)   # Random's; a set brings its own
+    train = None
+    grouped: dict[tuple, list[dict]] = {}
+    tested = int(settings.get('test_every') or 0) or int(settings['epochs'])
+    budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
+              f"tested every {tested} epochs")
+    for item in eval_sets:
+        if item.selection is None:
+            synthetic = SyntheticSet(item.path)
+            sampler = synthetic_sampler(synthetic, num_points, bool(item.resample))
+            runs = evaluate_set(sampler, test, settings, list(range(seeds)), synthetic.build_rotator().to(device), device)
+        else:
+            train = train or RealPool.from_dataset_cfg(dataset, split='train', num_points=num_points)
+            clouds, labels, _ = random_selection(train, item.cpc, item.selection)
+            runs = evaluate_set(fixed_sampler(clouds, labels), test, settings, [item.selection], rotator, device)
+            runs[0]['selection'] = item.selection
+        grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
+    return [_row(label, mode, cpc, FAST_MODEL, budget, runs) for (label, mode, cpc), runs in grouped.items()]
+
+
+# ---------------------------------------------------------------------------------------------- YAML models
+def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping[str, SyntheticSet],
+                data_cfg: Mapping[str, Any] | None, seeds: int, overrides: list[str], device: str,
+                out_dir: Path) -> list[dict]:
+    model_cfgs = {Path(m).stem: load_config(m, overrides) for m in models}   # bad keys fail before any training
+    if len(model_cfgs) != len(models):
+        raise ValueError(f'--model files must have distinct names (they label the rows): {list(models)}')
+    pool = None
+    rows = []
+    for name, base in model_cfgs.items():
+        base = _with_real_data(base, data_cfg)
+        budget = (f"{base.epochs} epochs, {base.num_points} points, batch {base.batch_size}, "
+                  f"tested every {min(int(base.val_freq), int(base.epochs))} epochs")
+        cut = {k: base.get(k) for k in ('max_train_batches', 'max_val_batches') if base.get(k)}
+        if cut:
+            budget += f" (smoke run, cut short: {', '.join(f'{k}={v}' for k, v in cut.items())})"
+        grouped: dict[tuple, list[dict]] = {}
+        for item in eval_sets:
+            path, run_seeds = item.path, list(range(seeds))
+            if item.selection is not None:
+                path = out_dir / 'random' / f'cpc{item.cpc}-selection{item.selection}.safetensors'
+                if not path.is_file():
+                    if pool is None:
+                        real = (data_cfg or base)['dataset']
+                        pool = RealPool.from_dataset_cfg(_real_section(real), split='train')
+                    save_random_artifact(pool, item.cpc, item.selection, path)
+                run_seeds = [item.selection]
+            runs = []
+            for seed in run_seeds:
+                cfg = _fit_classes(copy.deepcopy(base), loaded.get(item.label) or SyntheticSet(path))
+                cfg.artifact = str(path)
+                cfg.dataset.train.resample = bool(item.resample) if item.resample is not None else True
+                cfg.seed, cfg.device, cfg.progress = seed, device, False
+                mode_dir = item.mode.replace(' ', '-')
+                run_dir = out_dir / 'runs' / name / _safe(item.label) / mode_dir / f'seed{seed}'
+                cfg.run_dir = str(run_dir)
+                logger.info('protocol | %s | %s (%s) | seed %d', name, item.label, item.mode, seed)
+                metrics = train_classifier(cfg, run_dir)
+                runs.append(_metrics_run(metrics, seed, item.selection))
+            grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
+        rows += [_row(label, mode, cpc, name, budget, runs) for (label, mode, cpc), runs in grouped.items()]
+    return rows
+
+
+def _real_section(dataset: Mapping[str, Any]) -> dict:
+    """A DistilledDataset section turned back into its real dataset's (for the random selections' train split)."""
+    dataset = copy.deepcopy(dict(dataset))
+    common = dict(dataset['common'])
+    if common.get('NAME') == 'DistilledDataset':
+        common['NAME'] = common.pop('real_dataset')
+        dataset['train'] = {'split': 'train'}
+    common.pop('distilled_path', None)
+    if isinstance(common.get('data_dir'), str):
+        common['data_dir'] = resolve_path(common['data_dir'])
+    dataset['common'] = common
+    return dataset
+
+
+def _with_real_data(cfg, data_cfg: Mapping[str, Any] | None):
+    """The model YAML with its train split on DistilledDataset and, when `data_cfg` is given, its real data."""
+    common = cfg.dataset.common
+    if data_cfg is None:
+        if common.get('NAME') != 'DistilledDataset':
+            raise ValueError(f'{cfg.model.get("NAME")}: the model config trains on {common.get("NAME")}, not on '
+                             f'DistilledDataset; use a cfgs/train/distilled-*.yaml config or give --cfg for the data')
+        return cfg
+    real = data_cfg['dataset']
+    real_common = dict(real['common'])
+    real_name = real_common.pop('NAME')
+    if real_name == 'DistilledDataset':
+        real_name = real_common.pop('real_dataset')
+    train = dict(cfg.dataset.get('train') or {})
+    train['split'] = 'train'
+    val = dict(real.get('val') or real.get('test') or {'split': 'test'})
+    val.setdefault('num_points', cfg.num_points)
+    train.setdefault('num_points', cfg.num_points)
+    cfg.dataset = {'common': {'NAME': 'DistilledDataset', 'real_dataset': real_name, **real_common},
+                   'train': train, 'val': val}
+    return with_defaults(cfg)   # plain dicts back to EasyConfig sections
+
+
+def _fit_classes(cfg, synthetic: SyntheticSet):
+    """Size num_classes and the model head to the artifact's classes (e.g. 10 for the embedded dataset)."""
+    k = synthetic.num_classes
+    cfg.num_classes = k
+    model = cfg.model
+    if 'num_classes' in model:
+        model.num_classes = k
+    if isinstance(model.get('cls_args'), Mapping) and 'num_classes' in model.cls_args:
+        model.cls_args.num_classes = k
+    return cfg
+
+
+def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -> dict:
+    """Final-epoch and best-epoch test figures of one train_classifier run (separate test split if configured)."""
+    run = {'seed': seed,
+           'oa': float(metrics.get('test_last_oa', metrics['last_oa'])),
+           'macc': float(metrics.get('test_last_macc', metrics['last_macc'])),
+           'best_oa': float(metrics.get('test_best_oa', metrics['best_oa'])),
+           'best_epoch': int(metrics['best_epoch']), 'epochs': int(metrics['epochs']),
+           'seconds': float(metrics['seconds']), 'run_dir': metrics['run_dir']}
+    if selection is not None:
+        run['selection'] = selection
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict]) -> dict:
+    return {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'budget': budget,
+            'final_oa': summarize(runs, 'oa'), 'final_macc': summarize(runs, 'macc'),
+            'best_oa_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [f'| model | set | mode | cpc | final-epoch OA % | final-epoch mAcc % | {BEST_LABEL} OA % | runs '
+             f'| budget |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {format_mean_std(r['final_oa'])} | "
+                     f"{format_mean_std(r['final_macc'])} | {format_mean_std(r['best_oa_papers_protocol'])} | "
+                     f"{r['final_oa']['n']} | {r['budget']} |")
+    lines.append('')
+    lines.append("Final-epoch figures are this project's protocol (mean ± std over runs). The best-epoch column "
+                 "picks, per run, the tested epoch with the highest test OA, as the papers' code does: optimistic.")
+    return '\n'.join(lines)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    fields = ['model', 'set', 'mode', 'cpc', 'final_oa_mean', 'final_oa_std', 'final_macc_mean', 'final_macc_std',
+              'best_oa_mean', 'best_oa_std', 'n', 'budget', 'final_oa_values']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({'model': r['model'], 'set': r['set'], 'mode': r['mode'], 'cpc': r['cpc'],
+                             'final_oa_mean': _round(r['final_oa']['mean']),
+                             'final_oa_std': _round(r['final_oa']['std']),
+                             'final_macc_mean': _round(r['final_macc']['mean']),
+                             'final_macc_std': _round(r['final_macc']['std']),
+                             'best_oa_mean': _round(r['best_oa_papers_protocol']['mean']),
+                             'best_oa_std': _round(r['best_oa_papers_protocol']['std']), 'n': r['final_oa']['n'],
+                             'budget': r['budget'], 'final_oa_values': ' '.join(map(str, r['final_oa']['values']))})
+
+
+def _round(value: float) -> float | str:
+    return 'nan' if math.isnan(value) else round(value, 2)
+
+
+def _safe(label: str) -> str:
+    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
+
+
+__all__ = ['run_protocol', 'parse_set_args', 'expand_sets', 'save_random_artifact', 'random_selection',
+           'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL', 'BEST_LABEL']

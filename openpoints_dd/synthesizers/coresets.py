@@ -1,0 +1,193 @@
+"""Coreset selection rules (Random, Herding, K-Center greedy) and the embedding they select in.
+
+Used by `ExplicitPoints` to pick its initial clouds from the real pool (baselines spec §B.6); with
+`distill.iterations: 0` the selection itself is the distilled set (the coreset baselines).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..utils.geometry import normalize_to_unit_sphere, subsample_points
+
+logger = logging.getLogger(__name__)
+
+
+def random(num_items: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """`k` distinct indices drawn uniformly from range(num_items): (k,) int64."""
+    if not 0 < k <= num_items:
+        raise ValueError(f'cannot pick {k} of {num_items} items; need 1 <= k <= {num_items}')
+    return torch.randperm(num_items, generator=generator)[:k]
+
+
+def herding(features: Tensor, k: int) -> Tensor:
+    """Greedy mean matching (Welling 2009; iCaRL's herding), the minimising rule of baselines spec §B.6.
+
+    At step t = 1..k pick the unselected x minimising ||t·mu - (sum of picked features + phi(x))||, so the
+    running mean of the picks stays as close as possible to the mean mu. The first pick is the item
+    nearest to mu. DeepCore takes the argmax here, which the spec calls an inversion; this is the argmin.
+
+    Args:
+        features: (M, D) floating point embeddings of one class.
+        k: number of picks, 1 <= k <= M.
+
+    Returns:
+        (k,) int64 indices into `features`, in pick order.
+    """
+    _check_features(features, k)
+    features = features.double()
+    mean = features.mean(dim=0)
+    picked_sum = torch.zeros_like(mean)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
+    picks = []
+    for step in range(1, k + 1):
+        distance = (step * mean - picked_sum - features).norm(dim=1)
+        distance[~available] = float('inf')
+        index = int(distance.argmin())
+        picks.append(index)
+        available[index] = False
+        picked_sum = picked_sum + features[index]
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def _herding_naive(features: Tensor, k: int) -> list[int]:
+    """Readable twin of `herding`: for every step, try every unpicked candidate one by one."""
+    rows = [[float(v) for v in row] for row in features.double()]
+    dim = len(rows[0])
+    mean = [sum(row[d] for row in rows) / len(rows) for d in range(dim)]
+    picks: list[int] = []
+    for step in range(1, k + 1):
+        best, best_distance = None, float('inf')
+        for candidate in range(len(rows)):
+            if candidate in picks:
+                continue
+            chosen = picks + [candidate]
+            distance = sum((step * mean[d] - sum(rows[i][d] for i in chosen)) ** 2 for d in range(dim)) ** 0.5
+            if distance < best_distance:
+                best, best_distance = candidate, distance
+        picks.append(best)
+    return picks
+
+
+def k_center(features: Tensor, k: int, first: int) -> Tensor:
+    """K-Center greedy (Sener & Savarese, ICLR 2018), baselines spec §B.6.
+
+    Starting from `first`, repeatedly add the item whose distance to its nearest chosen centre is the
+    largest (farthest-first traversal), keeping a running per-item minimum distance.
+
+    Args:
+        features: (M, D) floating point embeddings of one class.
+        k: number of centres, 1 <= k <= M.
+        first: index of the first centre (SADM: the herding first pick, i.e. nearest to the mean).
+
+    Returns:
+        (k,) int64 indices into `features`, in pick order.
+    """
+    _check_features(features, k)
+    if not 0 <= first < len(features):
+        raise ValueError(f'first must index one of the {len(features)} items, got {first}')
+    features = features.double()
+    picks = [int(first)]
+    nearest = (features - features[first]).norm(dim=1)
+    for _ in range(1, k):
+        masked = nearest.clone()
+        masked[picks] = -1.0   # duplicates of a centre (distance 0) are never re-picked
+        index = int(masked.argmax())
+        picks.append(index)
+        nearest = torch.minimum(nearest, (features - features[index]).norm(dim=1))
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def nearest_to_mean(features: Tensor) -> int:
+    """Index of the row of (M, D) `features` closest to their mean (herding's first pick)."""
+    features = features.double()
+    return int((features - features.mean(dim=0)).norm(dim=1).argmin())
+
+
+def train_embedding_net(pool, *, epochs: int, num_points: int, batch_size: int, lr: float,
+                        widths: list[int], seed: int, device: torch.device | str = 'cpu'):
+    """A DistillPointNet trained briefly (Adam, cross-entropy) on the whole real pool, for selection.
+
+    Herding and K-Center select in the embedding of a network trained on the real set (DeepCore trains
+    40 epochs; a few at low point count is enough to order clouds by class-typicality, and keeps the
+    coreset baselines cheap on CPU).
+
+    Args:
+        pool: a `RealPool`.
+        epochs, num_points, batch_size, lr, widths: training settings (see `ExplicitPoints`).
+        seed: seeds the network's initialisation, the shuffles and the point subsets.
+
+    Returns:
+        The trained network in eval mode.
+    """
+    from ..models.pointnet import DistillPointNet
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DistillPointNet(num_classes=pool.num_classes, widths=tuple(widths)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(len(pool.labels), generator=generator)
+        total = 0.0
+        for begin in range(0, len(order), batch_size):
+            pick = order[begin:begin + batch_size]
+            pos = subsample_points(pool.pos[pick], num_points, generator=generator).to(device)
+            loss = F.cross_entropy(net(pos), pool.labels[pick].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(pick)
+        logger.info('coreset embedding net: epoch %d/%d, loss %.4f', epoch + 1, epochs, total / len(order))
+    logger.info('coreset embedding net trained in %.1f s', time.perf_counter() - start)
+    return net.eval()
+
+
+@torch.no_grad()
+def embed_pool(net, pool, *, num_points: int, batch_size: int, seed: int) -> Tensor:
+    """(M, D) float32 embeddings (`net.embed`) of every pool cloud, on a fixed random point subset."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(net.parameters()).device
+    chunks = []
+    for begin in range(0, len(pool.labels), batch_size):
+        pos = subsample_points(pool.pos[begin:begin + batch_size], num_points, generator=generator)
+        chunks.append(net.embed(pos.to(device)).float().cpu())
+    return torch.cat(chunks)
+
+
+def select_per_class(features: Tensor, pool, per_class: int, method: str,
+                     kcenter_first: str = 'mean', generator: torch.Generator | None = None) -> Tensor:
+    """Class-balanced selection: `per_class` pool indices of every class, class-major: (K·per_class,) int64."""
+    picks = []
+    for label in range(pool.num_classes):
+        index = pool.indices_of_class(label)
+        if len(index) < per_class:
+            raise ValueError(f'class {pool.class_names[label]} has {len(index)} clouds, fewer than {per_class}')
+        class_features = features[index]
+        if method == 'herding':
+            local = herding(class_features, per_class)
+        elif method == 'kcenter':
+            first = (nearest_to_mean(class_features) if kcenter_first == 'mean'
+                     else int(torch.randint(len(index), (1,), generator=generator)))
+            local = k_center(class_features, per_class, first)
+        else:
+            raise ValueError(f"unknown coreset method {method!r}; choose 'herding' or 'kcenter'")
+        picks.append(index[local])
+    return torch.cat(picks)
+
+
+def gather_clouds(pool, index: Tensor) -> Tensor:
+    """The selected pool clouds, unit-sphere normalised: (len(index), N, 3)."""
+    return normalize_to_unit_sphere(pool.pos[index])
+
+
+def _check_features(features: Tensor, k: int) -> None:
+    if not torch.is_tensor(features) or features.ndim != 2 or not features.is_floating_point():
+        shape = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+        raise ValueError(f'features must be a floating (M, D) tensor, got {shape}')
+    if not 0 < k <= len(features):
+        raise ValueError(f'cannot pick {k} of {len(features)} items; need 1 <= k <= {len(features)}')

@@ -1,0 +1,119 @@
+"""DD3D's part-segmentation generator: the SIREN point generator with part labels fixed by the noise (spec §7.2-7.3)."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..registry import SYNTHESIZERS
+from ..utils.geometry import normalize_to_unit_sphere
+from .point_generator import PointGenerator
+
+
+@SYNTHESIZERS.register_module()
+class PartPointGenerator(PointGenerator):
+    """`PointGenerator` whose noise interval decides each point's part.
+
+    For a cloud of category c with part proportions (q_0, ..., q_{P_c-1}), noise u ~ U[0, 1) in
+    [q_0 + ... + q_{p-1}, q_0 + ... + q_p) gives part p (global id `cls2parts[c][p]`); the generator then maps
+    u to a point, so a part is the image of one noise interval (paper Fig. 2: "noise in (0, 0.45) is
+    fuselage"). Unlike the reference, the proportions are computed from the real training data (the engine
+    passes them in), are renormalised to sum to 1, and every u lands in a part of its own category.
+
+    Args:
+        num_classes: K object categories; cpc: clouds per category.
+        part_proportions: K lists, the fraction of points of each part of a category (>= 0, sum > 0).
+        cls2parts: K lists of global part ids; default consecutive ids, category 0 first (ShapeNet-part order).
+        **kwargs: the `PointGenerator` arguments (hidden_dim, num_layers, w0_initial, w0, init, ...).
+    """
+
+    def __init__(self, *, num_classes: int, cpc: int, part_proportions: Sequence[Sequence[float]],
+                 cls2parts: Sequence[Sequence[int]] | None = None, **kwargs):
+        super().__init__(num_classes=num_classes, cpc=cpc, **kwargs)
+        if part_proportions is None or len(part_proportions) != num_classes:
+            raise ValueError(f'PartPointGenerator: part_proportions needs one list per category ({num_classes}), got '
+                             f'{None if part_proportions is None else len(part_proportions)}; the segmentation '
+                             f'engine fills it from the real training data (PartPool.part_proportions)')
+        if cls2parts is None:
+            starts = torch.tensor([0] + [len(q) for q in part_proportions]).cumsum(0).tolist()
+            cls2parts = [list(range(starts[c], starts[c + 1])) for c in range(num_classes)]
+        if [len(ids) for ids in cls2parts] != [len(q) for q in part_proportions]:
+            raise ValueError('PartPointGenerator: cls2parts and part_proportions must list the same number of parts '
+                             'per category')
+        max_parts = max(len(q) for q in part_proportions)
+        # interior boundaries cum_0 .. cum_{P-2} per category, padded with 2 (never reached: u < 1)
+        boundaries = torch.full((num_classes, max(max_parts - 1, 1)), 2.0, dtype=torch.float64)
+        ids = torch.full((num_classes, max_parts), -1, dtype=torch.long)
+        for c, (q, part_ids) in enumerate(zip(part_proportions, cls2parts)):
+            q = torch.tensor([float(v) for v in q], dtype=torch.float64)
+            if len(q) == 0 or (q < 0).any() or not torch.isfinite(q).all() or q.sum() <= 0:
+                raise ValueError(f'PartPointGenerator: the proportions of category {c} must be finite, >= 0 and '
+                                 f'not all 0, got {q.tolist()}')
+            boundaries[c, :len(q) - 1] = (q / q.sum()).cumsum(0)[:-1]
+            ids[c, :len(q)] = torch.tensor([int(p) for p in part_ids])
+        self.part_proportions = [[float(v) for v in q] for q in part_proportions]
+        self.cls2parts = [[int(p) for p in part_ids] for part_ids in cls2parts]
+        self.register_buffer('boundaries', boundaries.float(), persistent=False)
+        self.register_buffer('part_ids', ids, persistent=False)
+
+    def partition(self, noise: Tensor, categories: Tensor) -> Tensor:
+        """(S, N, 1) noise in [0, 1) and (S,) categories -> (S, N) global part ids."""
+        boundaries = self.boundaries.to(noise.device)[categories]                     # (S, P-1)
+        local = (noise.float() >= boundaries.unsqueeze(1)).sum(-1)                    # (S, N)
+        return self.part_ids.to(noise.device)[categories].gather(1, local)
+
+    def synthesize_with_parts(self, slots: Tensor, num_points: int,
+                              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(S,) slots -> points (S, N, 3), differentiable, and their part ids (S, N)."""
+        noise = torch.rand(len(slots), num_points, 1, generator=generator).to(self.output.weight.device)
+        categories = self.labels.to(noise.device)[slots.to(noise.device)]
+        return self.generate_from_noise(slots.to(noise.device), noise), self.partition(noise, categories)
+
+    def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.synthesize_with_parts(slots, num_points, generator)[0]
+
+    def initialize_from_real(self, clouds: Tensor, parts: Tensor | None = None) -> dict:
+        """Fit every slot to a real cloud (S, N, 3) of its category; with `parts` (S, N), part by part.
+
+        The part-aware fit is a Chamfer distance in which a point only sees points of its own part: each
+        noise interval is pulled onto the real part it labels, so the labels are right from the start.
+        Points of a part absent from the other cloud are left out. Without `parts`: PointGenerator's fit.
+        """
+        if parts is None:
+            return super().initialize_from_real(clouds)
+        if clouds.shape[0] != self.num_slots or parts.shape != clouds.shape[:2]:
+            raise ValueError(f'need one real cloud per slot ({self.num_slots}) with part ids (S, N), got '
+                             f'{tuple(clouds.shape)} and {tuple(parts.shape)}')
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.init_lr)
+        slots = torch.arange(self.num_slots, device=clouds.device)
+        generator = torch.Generator(device='cpu').manual_seed(0)
+        start, first = time.perf_counter(), None
+        for _ in range(self.init_steps):
+            pick = torch.randperm(clouds.shape[1], generator=generator)[:self.init_num_points].to(clouds.device)
+            target, target_parts = normalize_to_unit_sphere(clouds[:, pick]), parts[:, pick]
+            fake, fake_parts = self.synthesize_with_parts(slots, self.init_num_points, generator)
+            loss = part_chamfer_distance(normalize_to_unit_sphere(fake), fake_parts, target, target_parts).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            first = loss.item() if first is None else first
+        return {'part_chamfer_start': first, 'part_chamfer_end': loss.item(), 'steps': self.init_steps,
+                'seconds': time.perf_counter() - start}
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, parts_per_class={[len(q) for q in self.part_proportions]}'
+
+
+def part_chamfer_distance(a: Tensor, a_parts: Tensor, b: Tensor, b_parts: Tensor) -> Tensor:
+    """Chamfer distance per cloud where points match only points of the same part: (S,) from (S, N, 3),
+    (S, N), (S, M, 3), (S, M). Points whose part has no point in the other cloud are left out."""
+    same = a_parts.unsqueeze(2) == b_parts.unsqueeze(1)                                   # (S, N, M)
+    d2 = torch.cdist(a, b).square().masked_fill(~same, float('inf'))
+    return _mean_finite(d2.min(dim=2).values) + _mean_finite(d2.min(dim=1).values)
+
+
+def _mean_finite(values: Tensor) -> Tensor:
+    keep = torch.isfinite(values)
+    return torch.where(keep, values, values.new_zeros(())).sum(1) / keep.sum(1).clamp_min(1)

@@ -1,0 +1,79 @@
+"""Every cfgs/train/distilled-*-cpu.yaml builds its model and its DistilledDataset loaders, and predicts 40 classes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _artifacts import generator_artifact
+from conftest import make_fake_modelnet40
+from openpoints_dd.engine.train_cls import _Trainer
+from openpoints_dd.utils.config import REPO_ROOT, load_config
+
+DISTILLED_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml'))
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('mn40')
+    return {'data_dir': make_fake_modelnet40(root / 'ModelNet40Ply2048'),
+            'artifact': generator_artifact(root / 'gen.safetensors', num_classes=40,
+                                           class_names=[f'class{i}' for i in range(40)])}
+
+
+def test_all_six_backbones_have_a_config():
+    names = {load_config(p).model.get('NAME') for p in DISTILLED_CFGS}
+    assert len(DISTILLED_CFGS) == 6 and names == {'DistillPointNet', 'BaseCls', 'PCTClassifier', 'PointMLP'}
+    encoders = {load_config(p).model.get('encoder_args', {}).get('NAME') for p in DISTILLED_CFGS}
+    assert {'PointNet2Encoder', 'DGCNN', 'PointNextEncoder'} <= encoders
+
+
+@pytest.mark.parametrize('path', DISTILLED_CFGS, ids=lambda p: p.stem)
+def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
+    cfg = load_config(path, [f"dataset.common.data_dir={data['data_dir']}", f"artifact={data['artifact']}",
+                             'device=cpu', 'progress=False', 'seed=0'])
+    assert cfg.dataset.common.NAME == 'DistilledDataset' and cfg.epochs < 600   # a CPU-scale budget
+    cfg.num_points = cfg.dataset.train.num_points = 256                       # test speed only
+    if 'points' in cfg.model:                                                  # PointMLP's fixed point count
+        cfg.model.points = 256
+    trainer = _Trainer(cfg, tmp_path, None)
+    model = trainer._build_model()
+    trainer._check_head(model)                      # 40 logits for random clouds
+    train, val = trainer._loader('train', 2), trainer._loader('val', 2)
+    assert len(train.dataset) == 40 and train.dataset.synthetic.is_generator
+    assert len(val.dataset) == 6                    # the fake real test split
+    batch, target = trainer._prepare(next(iter(train)), training=True)
+    assert batch['pos'].shape == (2, cfg.num_points, 3) and target.shape == (2,)
+    model.eval()
+    with torch.no_grad():
+        assert model(batch).shape == (2, 40)
+
+
+def _train_main():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize('name,extra', [('distilled-pointnet-cpu', ['model.widths=[8,16,32]']),
+                                        ('distilled-pointnext-s-cpu', [])])
+def test_tools_train_runs_one_epoch_on_the_artifact_key(name, extra, data, tmp_path):
+    run_dir = tmp_path / 'run'
+    assert _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / f'{name}.yaml'), f"artifact={data['artifact']}",
+                          f"dataset.common.data_dir={data['data_dir']}", 'num_points=128',
+                          'dataset.train.num_points=128', 'dataset.val.num_points=128', 'epochs=1', 'batch_size=4',
+                          'val_batch_size=6', 'max_train_batches=2', 'progress=False', 'device=cpu',
+                          f'run_dir={run_dir}', *extra]) == 0
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert metrics['last_epoch'] == 1 and metrics['classes'] == [f'class{i}' for i in range(40)]
+    assert "train 40 clouds" in (run_dir / 'log.txt').read_text()      # the artifact's 40 slots, not real clouds
+
+
+def test_artifact_key_on_a_real_dataset_is_an_error(data, tmp_path):
+    with pytest.raises(ValueError, match='only read by DistilledDataset'):
+        _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml'),
+                       f"artifact={data['artifact']}", f"dataset.common.data_dir={data['data_dir']}",
+                       'progress=False', 'device=cpu', f'run_dir={tmp_path / "run"}'])

@@ -1,0 +1,120 @@
+"""tools/evaluate.py in-process: the protocol table from tiny runs, on the fast path and through a model YAML."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artifact
+from openpoints_dd.data import RealPool, SyntheticSet
+from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, markdown_table, parse_set_args,
+                                          save_random_artifact)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _main():
+    spec = importlib.util.spec_from_file_location('evaluate_tool', ROOT / 'tools' / 'evaluate.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+evaluate_main = _main()
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('eval')
+    cfg = root / 'data.yaml'
+    cfg.write_text(data_cfg_text())
+    return {'cfg': cfg, 'points': points_artifact(root / 'points.safetensors'),
+            'generator': generator_artifact(root / 'generator.safetensors')}
+
+
+def test_fast_protocol_table_from_two_sets_and_random(files, tmp_path, capsys):
+    out = tmp_path / 'out'
+    assert evaluate_main(['--cfg', str(files['cfg']), '--set', f"real1={files['points']}",
+                          '--set', f"gen={files['generator']}", '--random', '2', '--seeds', '2',
+                          '--out', str(out), 'evaluation.epochs=1']) == 0
+    result = json.loads((out / 'results.json').read_text())
+    rows = {(r['set'], r['mode']): r for r in result['rows']}
+    # a points artifact: one row; a generator: resampled and fixed; random: one row of 2 selections
+    assert set(rows) == {('real1', '-'), ('gen', 'resampled each epoch'), ('gen', 'fixed set'),
+                         ('random cpc1', 'random selection')}
+    assert all(r['final_oa']['n'] == 2 for r in rows.values())
+    assert [run['selection'] for run in rows[('random cpc1', 'random selection')]['runs']] == [0, 1]
+    for r in rows.values():
+        values = [run['oa'] for run in r['runs']]
+        assert r['final_oa']['mean'] == pytest.approx(sum(values) / 2)
+        assert all(0 <= v <= 100 for v in values) and r['best_oa_papers_protocol']['mean'] >= r['final_oa']['mean']
+        assert '1 epochs, 64 points' in r['budget']
+    table = (out / 'results.md').read_text()
+    assert table.count('\n| PointNet (CPU protocol) |') == 4 and BEST_LABEL in table
+    assert table.strip() in capsys.readouterr().out
+    with open(out / 'results.csv') as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 4 and {line['set'] for line in lines} == {'real1', 'gen', 'random cpc1'}
+
+
+def test_model_yaml_trains_one_tiny_epoch_through_train_cls(files, tmp_path):
+    out = tmp_path / 'out'
+    model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
+    assert evaluate_main(['--cfg', str(files['cfg']), '--model', model, '--set', f"real1={files['points']}",
+                          '--random', '1', '--seeds', '1', '--out', str(out), 'epochs=1', 'num_points=64',
+                          'batch_size=5', 'val_batch_size=10', 'model.widths=[8,16,32]',
+                          'dataset.train.num_points=64']) == 0
+    row, random_row = json.loads((out / 'results.json').read_text())['rows']
+    assert random_row['set'] == 'random cpc1' and (out / 'random' / 'cpc1-selection0.safetensors').is_file()
+    assert row['model'] == 'distilled-pointnet-cpu' and row['set'] == 'real1' and row['final_oa']['n'] == 1
+    run_dir = Path(row['runs'][0]['run_dir'])
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert metrics['last_epoch'] == 1 and row['runs'][0]['oa'] == metrics['last_oa']
+    assert metrics['classes'] == SyntheticSet(files['points']).class_names   # head sized to the 10 embedded classes
+    assert metrics['history'][0]['epoch'] == 1 and (run_dir / 'checkpoint' / 'last.safetensors').is_file()
+
+
+def test_random_selection_artifact_holds_k_real_clouds_per_class(tmp_path):
+    pool = RealPool.from_dataset_cfg(EMBEDDED, split='train')
+    path = save_random_artifact(pool, 2, 0, tmp_path / 'r.safetensors')
+    synthetic = SyntheticSet(path)
+    assert synthetic.cpc == 2 and torch.equal(torch.bincount(synthetic.labels), torch.full((10,), 2))
+    indices = synthetic.metadata['synthesizer']['indices']
+    assert torch.equal(pool.labels[indices], synthetic.labels)      # each stored cloud comes from its class
+    again = SyntheticSet(save_random_artifact(pool, 2, 0, tmp_path / 'r2.safetensors'))
+    assert torch.equal(again.pos, synthetic.pos)                    # a selection is reproducible
+
+
+def test_bad_inputs_fail_clearly(files, tmp_path):
+    with pytest.raises(ValueError, match='label=path'):
+        parse_set_args(['no-equals-sign'])
+    with pytest.raises(FileNotFoundError, match='no artifact at'):
+        parse_set_args([f'x={tmp_path / "missing.safetensors"}'])
+    with pytest.raises(ValueError, match='given twice'):
+        parse_set_args([f"a={files['points']}", f"a={files['points']}"])
+    with pytest.raises(ValueError, match='nothing to evaluate'):
+        evaluate_main(['--cfg', str(files['cfg']), '--out', str(tmp_path / 'o')])
+    with pytest.raises(ValueError, match="Closest existing key: 'epochs'"):
+        evaluate_main(['--model', str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml'), '--set',
+                       f"a={files['points']}", '--out', str(tmp_path / 'o'), 'epoch=1'])
+
+
+def test_markdown_table_shows_mean_std_and_runs():
+    summary = {'mean': 50.0, 'std': 2.5, 'n': 2, 'values': [47.5, 52.5]}
+    table = markdown_table([{'model': 'm', 'set': 's', 'mode': '-', 'cpc': 1, 'budget': 'b', 'final_oa': summary,
+                             'final_macc': summary, 'best_oa_papers_protocol': summary}])
+    assert '| m | s | - | 1 | 50.00 ± 2.50 | 50.00 ± 2.50 | 50.00 ± 2.50 | 2 | b |' in table
+
+
+def test_real_section_turns_a_distilled_dataset_back_into_its_real_one():
+    distilled = {'common': {'NAME': 'DistilledDataset', 'real_dataset': 'EmbeddedShapes', 'num_points': 128},
+                 'train': {'split': 'train', 'repeat': 4, 'resample': True}, 'val': {'split': 'test'}}
+    real = _real_section(distilled)
+    assert real == {'common': {'NAME': 'EmbeddedShapes', 'num_points': 128}, 'train': {'split': 'train'},
+                    'val': {'split': 'test'}}
+    assert distilled['common']['NAME'] == 'DistilledDataset'          # the caller's config is not modified
+    assert _real_section(EMBEDDED)['common'] == EMBEDDED['common']

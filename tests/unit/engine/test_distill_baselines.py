@@ -1,0 +1,101 @@
+"""The engine with the baseline parts: coreset selection at iterations 0, frozen-backbone objectives, and a
+per-slot rotator with its own learning rates, baked into the export."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_embedded_cfg
+from openpoints_dd.data import RealPool, SyntheticSet
+from openpoints_dd.engine.distill import Distiller
+from openpoints_dd.utils.geometry import normalize_to_unit_sphere
+
+SMALL_EMBED = {'embed_epochs': 1, 'embed_points': 32, 'embed_batch': 8, 'embed_widths': [8, 16, 32]}
+
+
+def _distiller(cfg):
+    pool = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=128)
+    return Distiller(cfg, pool, cfg['run_dir'])
+
+
+@pytest.mark.parametrize('init', ['random', 'herding', 'kcenter'])
+def test_coreset_at_iterations_zero_exports_the_selected_clouds(tmp_path, init):
+    cfg = tiny_embedded_cfg(tmp_path, iterations=0, objective={'NAME': 'DistributionMatching'},
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': init, **SMALL_EMBED})
+    distiller = _distiller(cfg)
+    result = distiller.run()
+    assert result.iterations_done == 0 and result.loss_history == []
+    index = torch.tensor(distiller.init_report['real_indices'])
+    assert distiller.pool.labels[index].tolist() == list(range(10))
+    synthetic = SyntheticSet(result.artifact_path)
+    assert synthetic.kind == 'points' and synthetic.labels.tolist() == list(range(10))
+    torch.testing.assert_close(synthetic.pos, normalize_to_unit_sphere(distiller.pool.pos[index]))
+
+
+def test_random_init_keeps_the_previous_real_draw(tmp_path):
+    """'random' (and its alias 'real') draws exactly what the engine drew before coresets existed."""
+    cfg = tiny_embedded_cfg(tmp_path, iterations=0, synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'real'})
+    distiller = _distiller(cfg)
+    report = distiller.initialize()
+    _, index = distiller.pool.random_per_class(1, torch.Generator().manual_seed(cfg['seed']))
+    assert report['real_indices'] == index.tolist()
+
+
+@pytest.mark.parametrize('objective', [{'NAME': 'DistributionMatching'}, {'NAME': 'SADM', 'alpha_kernel': 'linear'}])
+def test_frozen_backbone_objectives_skip_the_inner_loop(tmp_path, monkeypatch, objective):
+    def no_inner_loop(*args, **kwargs):
+        raise AssertionError('the inner loop ran for an objective that does not train the backbone')
+
+    monkeypatch.setattr(Distiller, 'train_backbone', no_inner_loop)
+    built = []
+    original = Distiller.build_backbone
+
+    def record_backbone(self):
+        built.append(original(self))
+        return built[-1]
+
+    monkeypatch.setattr(Distiller, 'build_backbone', record_backbone)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=2, outer_loop=2, objective=objective,
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'random'},
+                            syn_optimizer={'NAME': 'sgd', 'lr': 0.1})
+    distiller = _distiller(cfg)
+    distiller.initialize()
+    start = distiller.synthesizer.points.detach().clone()
+    distiller.run(resume=False)
+    assert len(built) == 2                                                   # a fresh backbone per iteration
+    assert all(not p.requires_grad and p.grad is None for net in built for p in net.parameters())
+    assert not torch.equal(distiller.synthesizer.points.detach(), start)
+
+
+def test_euler_rotator_learns_with_its_own_rates_and_is_baked_into_the_export(tmp_path):
+    cfg = tiny_embedded_cfg(tmp_path, iterations=3, outer_loop=1, objective={'NAME': 'SADM', 'alpha_kernel': 'linear',
+                                                                             'alpha_weight': 1.0, 'beta_weight': 1.0},
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'random'},
+                            rotator={'NAME': 'EulerRotator', 'lr_scale': [1.0, 10.0, 1.0]},
+                            syn_optimizer={'NAME': 'sgd', 'lr': 0.01, 'momentum': 0.5},
+                            syn_scheduler={'step_fraction': 1.0, 'gamma': 1.0},
+                            rotator_optimizer={'lr': 0.5, 'momentum': 0.5, 'weight_decay': 0.0, 'step_size': 2, 'gamma': 0.5})
+    distiller = _distiller(cfg)
+    assert distiller.rotator.num_slots == 10
+    assert [g['lr'] for g in distiller.optimizer.param_groups] == [0.01, 0.5, 5.0, 0.5]
+    result = distiller.run(resume=False)
+    assert [g['lr'] for g in distiller.optimizer.param_groups] == [0.01, 0.25, 2.5, 0.25]   # one halving at step 2
+    assert distiller.rotator.angle_y.detach().abs().min() > 0
+    synthetic = SyntheticSet(result.artifact_path)
+    with torch.no_grad():
+        expected = distiller.synthetic_clouds(torch.arange(10), 128, None)
+        base = normalize_to_unit_sphere(distiller.synthesizer.points)
+    torch.testing.assert_close(synthetic.pos, expected)
+    assert synthetic.metadata['rotator'] == {'NAME': 'IdentityRotator'}         # nothing left to apply downstream
+    assert synthetic.metadata['baked_rotator']['NAME'] == 'EulerRotator'
+    assert not torch.allclose(synthetic.pos, base, atol=1e-4)
+
+    resumed = _distiller(tiny_embedded_cfg(tmp_path, **{**cfg['distill'], 'iterations': 4}))
+    resumed.run()                                                      # the LambdaLR checkpoint loads
+    assert resumed.iteration == 4
+
+
+def test_bad_rotator_optimizer_is_a_clear_error(tmp_path):
+    cfg = tiny_embedded_cfg(tmp_path, rotator={'NAME': 'EulerRotator'}, rotator_optimizer={'learning_rate': 0.5})
+    with pytest.raises(ValueError, match=r'rotator_optimizer takes lr \(required\)'):
+        _distiller(cfg)

@@ -1,0 +1,40 @@
+"""Every shipped distillation config loads and builds its synthesizer, objective and rotator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openpoints_dd.engine.distill import _rotator_args
+from openpoints_dd.registry import SYNTHESIZERS, build_objective, build_rotator, build_synthesizer
+from openpoints_dd.utils.config import load_config
+
+ROOT = Path(__file__).resolve().parents[3]
+CONFIGS = sorted(p for p in (ROOT / 'cfgs' / 'distill').rglob('*.yaml') if p.name != 'default.yaml')
+
+
+def test_the_baseline_grid_is_shipped():
+    names = {p.name for p in CONFIGS}
+    expected = {f'{m}-cpc{k}{s}.yaml' for m in ('random', 'herding', 'kcenter', 'dm') for k in (1, 10) for s in ('', '-cpu30m')}
+    expected |= {f'sadm-cpc{k}.yaml' for k in (1, 3, 10)} | {f'sadm-cpc{k}-cpu30m.yaml' for k in (1, 10)}
+    expected |= {'dd3d-generator-dm-cpc10-cpu30m.yaml'}
+    assert expected <= names, sorted(expected - names)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(ROOT / 'cfgs' / 'distill')))
+def test_config_loads_and_builds_its_parts(path, monkeypatch):
+    monkeypatch.chdir(ROOT)                    # relative data_dir values are relative to the repository root
+    cfg = load_config(path)
+    d = cfg['distill']
+    num_classes = 40 if 'modelnet40' in path.parts else 10
+    num_slots = num_classes * int(d['cpc'])
+    if cfg.get('task') == 'segmentation':   # the part synthesizer's part table comes from the data (distill_seg.py)
+        assert d['synthesizer']['NAME'] in SYNTHESIZERS.module_dict
+    else:
+        assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots
+    build_objective(d['objective'])
+    rotator = build_rotator(d.get('rotator'), **_rotator_args(d.get('rotator'), num_slots))
+    if getattr(rotator, 'per_slot', False):
+        assert rotator.num_slots == num_slots
+    if path.stem.endswith('-cpu30m'):   # research/cpu_protocol.md: the same budget and scale for every method
+        assert (d['budget_minutes'], d['num_points']) == (30, 256)

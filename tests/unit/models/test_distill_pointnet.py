@@ -1,0 +1,51 @@
+"""The pooled last layer of DistillPointNet equals the plain network, to second order; its bf16 search option."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openpoints_dd.models import DistillPointNet
+
+
+def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
+    return model.head(model.point_features(pos).amax(dim=1))
+
+
+def _matching_penalty(logits_fn, model, pos, target):
+    """A function of the parameter gradients, differentiated w.r.t. the points: what gradient matching does."""
+    params = list(model.parameters())
+    grads = torch.autograd.grad(F.cross_entropy(logits_fn(pos), target), params, create_graph=True, allow_unused=True,
+                                materialize_grads=True)
+    penalty = sum((g * torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g)).sum() ** 2 for g in grads)
+    return grads, torch.autograd.grad(penalty, pos)[0]
+
+
+def test_pooled_layer_matches_the_plain_network_to_second_order():
+    torch.manual_seed(0)
+    model = DistillPointNet(num_classes=5, widths=(16, 32, 64)).double()
+    pos = torch.randn(4, 50, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(model(pos), _naive_logits(model, pos))
+    fast_grads, fast_second = _matching_penalty(model, model, pos, target)
+    naive_grads, naive_second = _matching_penalty(lambda p: _naive_logits(model, p), model, pos, target)
+    for fast, naive in zip(fast_grads, naive_grads):
+        torch.testing.assert_close(fast, naive)
+    torch.testing.assert_close(fast_second, naive_second)
+    assert fast_second.abs().sum() > 0
+
+
+def test_bf16_argmax_search_stays_close_to_the_exact_layer():
+    torch.manual_seed(0)
+    exact = DistillPointNet(num_classes=10)
+    fast = DistillPointNet(num_classes=10, argmax_dtype='bfloat16')
+    fast.load_state_dict(exact.state_dict())
+    pos = torch.randn(8, 512, 3)
+    a, b = exact.embed(pos), fast.embed(pos)
+    assert b.dtype == torch.float32
+    # a different point may win a near-tie, but its value is within bf16 rounding of the max
+    assert (a - b).abs().max() < 0.05 and (a - b).abs().mean() < 1e-3
+    assert (a >= b - 1e-5).all()   # the exact search finds the max: a bf16 choice is never above it
+
+
+def test_unknown_argmax_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match='argmax_dtype'):
+        DistillPointNet(argmax_dtype='float16')

@@ -1,0 +1,110 @@
+"""Coreset rules (Random, Herding, K-Center) and ExplicitPoints' coreset initialisations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openpoints_dd.data import RealPool
+from openpoints_dd.registry import build_synthesizer
+from openpoints_dd.synthesizers import ExplicitPoints, coresets
+from openpoints_dd.utils.geometry import normalize_to_unit_sphere
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_herding_equals_brute_force_greedy(seed):
+    features = torch.randn(9, 4, generator=torch.Generator().manual_seed(seed))
+    for k in (1, 4, 9):
+        assert coresets.herding(features, k).tolist() == coresets._herding_naive(features, k)
+
+
+def test_herding_hand_computed():
+    # mean (0, 0): first pick the point nearest it (index 2); then the one that brings the running sum closest
+    # to 2·mean = 0, i.e. -phi(2) = (-0.1, 0) -> index 3 at (-1, 0) gives |(0.1 - 1, 0)| = 0.9, the smallest
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 0.0], [-1.0, 0.0], [-0.1, -1.0]])
+    assert coresets.herding(features, 2).tolist() == [2, 3]
+    assert coresets.nearest_to_mean(features) == 2
+
+
+def _covering_radius(features, picks):
+    return torch.cdist(features.double(), features[picks].double()).min(dim=1).values
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_k_center_is_farthest_first(seed):
+    features = torch.randn(12, 3, generator=torch.Generator().manual_seed(seed))
+    picks = coresets.k_center(features, 6, first=3).tolist()
+    assert picks[0] == 3 and len(set(picks)) == 6
+    for step in range(1, len(picks)):
+        distance = _covering_radius(features, picks[:step])     # each item's distance to the previous picks
+        assert distance[picks[step]] == pytest.approx(distance.max().item())
+
+
+def test_k_center_hand_computed():
+    points = torch.tensor([[0.0], [1.0], [10.0], [4.0], [6.0]])
+    # from 0: farthest is 10; then min distances (0, 1, 0, 4, 4) -> first maximum, index 3 (4.0)
+    assert coresets.k_center(points, 3, first=0).tolist() == [0, 2, 3]
+
+
+def test_coreset_rules_reject_bad_input():
+    with pytest.raises(ValueError, match='cannot pick 4 of 3'):
+        coresets.herding(torch.randn(3, 2), 4)
+    with pytest.raises(ValueError, match=r'floating \(M, D\)'):
+        coresets.k_center(torch.randn(3), 1, first=0)
+    with pytest.raises(ValueError, match='first must index'):
+        coresets.k_center(torch.randn(3, 2), 2, first=5)
+    with pytest.raises(ValueError, match='cannot pick 0 of 3'):
+        coresets.random(3, 0)
+    assert sorted(coresets.random(5, 5, torch.Generator().manual_seed(0)).tolist()) == list(range(5))
+
+
+def _pool(per_class=5, num_classes=3, num_points=64):
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(per_class * num_classes, num_points, 3, generator=generator)
+    pos = pos * torch.tensor([1.0, 0.3, 0.1]) * torch.arange(1, 1 + per_class * num_classes).view(-1, 1, 1)
+    labels = torch.arange(num_classes).repeat(per_class)            # unsorted: the pool sorts by class
+    return RealPool(pos, labels, [f'c{i}' for i in range(num_classes)], 'tiny')
+
+
+@pytest.mark.parametrize('init', ['random', 'real', 'herding', 'kcenter'])
+def test_explicit_points_selects_class_balanced_real_clouds(init):
+    pool = _pool()
+    synth = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=init, embed_epochs=1, embed_points=32,
+                           embed_batch=4, embed_widths=[8, 16, 32])
+    clouds, index = synth.select_from_pool(pool, torch.Generator().manual_seed(0))
+    assert clouds.shape == (6, 64, 3) and index.shape == (6,)
+    assert pool.labels[index].tolist() == [0, 0, 1, 1, 2, 2] and len(set(index.tolist())) == 6
+    torch.testing.assert_close(clouds, normalize_to_unit_sphere(pool.pos[index]))
+    again, same = synth.select_from_pool(pool, torch.Generator().manual_seed(0))
+    assert torch.equal(index, same)                                  # seeded: the same selection
+    assert synth.initialize_from_real(clouds) == {'init': 'random' if init == 'real' else init}
+    assert torch.equal(synth.points.data, clouds)
+
+
+def test_herding_selection_uses_the_embedding_rule():
+    pool = _pool(per_class=6)
+    synth = ExplicitPoints(num_classes=3, cpc=3, num_points=64, init='herding', embed_epochs=1, embed_points=32,
+                           embed_batch=4, embed_widths=[8, 16, 32])
+    generator = torch.Generator().manual_seed(0)
+    _, index = synth.select_from_pool(pool, generator)
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=torch.Generator().manual_seed(0)))
+    net = coresets.train_embedding_net(pool, epochs=1, num_points=32, batch_size=4, lr=1e-3, widths=[8, 16, 32], seed=seed)
+    features = coresets.embed_pool(net, pool, num_points=32, batch_size=4, seed=seed)
+    for label in range(3):
+        local = pool.indices_of_class(label)
+        expected = local[coresets._herding_naive(features[local], 3)]
+        assert index[3 * label:3 * label + 3].tolist() == expected.tolist()
+
+
+def test_noise_init_selects_nothing_and_bad_keys_fail():
+    assert ExplicitPoints(num_classes=2, cpc=1, init='noise').select_from_pool(_pool(), torch.Generator()) is None
+    with pytest.raises(ValueError, match='init must be one of'):
+        build_synthesizer({'NAME': 'ExplicitPoints', 'init': 'kmeans'}, num_classes=2, cpc=1)
+    with pytest.raises(ValueError, match="kcenter_first must be 'mean' or 'random'"):
+        build_synthesizer({'NAME': 'ExplicitPoints', 'init': 'kcenter', 'kcenter_first': 'far'}, num_classes=2, cpc=1)
+    with pytest.raises(TypeError, match='ExplicitPoints'):
+        build_synthesizer({'NAME': 'ExplicitPoints', 'embed_epoch': 3}, num_classes=2, cpc=1)
+
+
+def test_explicit_points_repr_shows_selection_settings():
+    text = repr(ExplicitPoints(num_classes=2, cpc=1, init='kcenter', embed_epochs=2))
+    assert "init='kcenter'" in text and 'embed_epochs=2' in text and "kcenter_first='mean'" in text
