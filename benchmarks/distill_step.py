@@ -188,8 +188,8 @@ def main() -> int:
             flops = _in_subprocess({'method': 'baseline', 'classes': 1, 'cpc': cpc, 'points': points, 'real': args.real,
                                     'synthesizer': 'ExplicitPoints', 'repeats': 0, 'count_flops': True})
             step_gflop = flops.get('flops_per_class', float('nan')) * args.classes / 1e9
-            # the baseline keeps ~6 fp32 activations of every point of every class alive: a rough bound
-            baseline_gib = 6 * 4 * args.classes * (cpc + args.real) * points * (64 + 128 + 1024) / 2 ** 30
+            # the baseline keeps the synthetic graphs of every class alive (~6 fp32 maps per point): a rough bound
+            baseline_gib = 6 * 4 * args.classes * cpc * points * (64 + 128 + 1024) / 2 ** 30
             for synthesizer in args.synthesizers:
                 row = {'synthesizer': synthesizer, 'cpc': cpc, 'points': points, 'classes': args.classes,
                        'real': args.real, 'model_gflop_per_step': round(step_gflop, 1)}

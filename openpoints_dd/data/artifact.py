@@ -64,6 +64,11 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], metada
     text = _to_json(header, path)
     payload = _safetensors_bytes(_cpu_copies(tensors, path), metadata={METADATA_KEY: text})
 
+    return write_atomically(path, payload)
+
+
+def write_atomically(path: Path, payload: bytes) -> Path:
+    """Write `payload` to a temporary file, fsync, rename over `path`: readers see the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
     # os.open with 0o666 lets the umask decide the permissions, like an ordinary new file.

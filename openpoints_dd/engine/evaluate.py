@@ -89,11 +89,7 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
         order = torch.randperm(len(pos), generator=generator).to(device)
         for begin in range(0, len(pos), batch_size):
             pick = order[begin:begin + batch_size]
-            batch = pos[pick]
-            if augment.get('scale'):
-                batch = random_scale(batch, *augment['scale'], generator=generator)
-            if augment.get('jitter_sigma'):
-                batch = jitter(batch, augment['jitter_sigma'], augment.get('jitter_clip', 0.05), generator=generator)
+            batch = augment_batch(pos[pick], augment, generator)
             if rotator is not None:
                 batch = rotator(batch)
             loss = F.cross_entropy(model(batch), labels[pick])
@@ -110,6 +106,15 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
         best_oa, best_epoch = oa, epochs
     return {'oa': oa, 'macc': macc, 'best_oa': best_oa, 'best_epoch': best_epoch, 'epochs': epochs,
             'seconds': time.perf_counter() - start}
+
+
+def augment_batch(batch: Tensor, augment: Mapping[str, Any], generator: torch.Generator) -> Tensor:
+    """The protocol's augmentation: random anisotropic scale, then clipped jitter (each when configured)."""
+    if augment.get('scale'):
+        batch = random_scale(batch, *augment['scale'], generator=generator)
+    if augment.get('jitter_sigma'):
+        batch = jitter(batch, augment['jitter_sigma'], augment.get('jitter_clip', 0.05), generator=generator)
+    return batch
 
 
 def fixed_sampler(pos: Tensor, labels: Tensor) -> TrainSampler:

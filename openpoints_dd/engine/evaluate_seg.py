@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
-from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
+from ..utils.geometry import normalize_to_unit_sphere
+from .evaluate import augment_batch
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
 PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
@@ -125,11 +126,7 @@ def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any
         order = torch.randperm(len(pos), generator=generator).to(device)
         for begin in range(0, len(pos), batch_size):
             pick = order[begin:begin + batch_size]
-            batch = pos[pick]
-            if augment.get('scale'):
-                batch = random_scale(batch, *augment['scale'], generator=generator)
-            if augment.get('jitter_sigma'):
-                batch = jitter(batch, augment['jitter_sigma'], augment.get('jitter_clip', 0.05), generator=generator)
+            batch = augment_batch(pos[pick], augment, generator)
             logits = model(_batch(batch, categories[pick]))
             loss = F.cross_entropy(logits, parts[pick])
             optimizer.zero_grad(set_to_none=True)

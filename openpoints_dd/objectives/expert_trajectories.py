@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _safetensors_bytes
 from torch import Tensor, nn
 
+from ..data.artifact import write_atomically
 from ..utils.geometry import subsample_points
 
 __all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'TENSOR_NAME', 'ExpertBufferError', 'ExpertBuffer', 'flat_parameters',
@@ -100,18 +100,7 @@ def save_expert(path: str | os.PathLike, trajectory: Tensor, metadata: Mapping[s
         raise ExpertBufferError(f'cannot save {path}: metadata is not plain JSON ({e})') from e
     payload = _safetensors_bytes({TENSOR_NAME: trajectory.detach().to('cpu', torch.float32).contiguous()},
                                  metadata={METADATA_KEY: text})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
-    try:
-        with open(temporary, 'xb') as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, payload)
 
 
 def _open_header(path: Path) -> tuple[dict, tuple[int, ...]]:
