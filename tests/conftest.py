@@ -62,6 +62,21 @@ def tiny_embedded_cfg(tmp_path, **distill) -> dict:
     return EasyConfig(cfg)
 
 
+def run_until_crash(distiller, crash_at: int) -> None:
+    """Run `distiller` and kill it (KeyboardInterrupt) when iteration `crash_at` starts, as an interrupted job."""
+    import pytest
+    original = distiller.run_iteration
+
+    def crash(iteration, outer, inner):
+        if iteration == crash_at:
+            raise KeyboardInterrupt
+        return original(iteration, outer, inner)
+
+    distiller.run_iteration = crash
+    with pytest.raises(KeyboardInterrupt):
+        distiller.run()
+
+
 def make_fake_modelnet40(root: Path, num_train: int = 8, num_test: int = 6, num_points: int = 2048) -> Path:
     """openpoints' ModelNet40Ply2048 layout: one train and one test h5 of random clouds, labels over 40 classes."""
     import h5py

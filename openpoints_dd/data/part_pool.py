@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..utils.geometry import normalize_to_unit_sphere
+from .real_pool import RealPool
 
 logger = logging.getLogger(__name__)
 
@@ -128,17 +129,9 @@ class PartPool:
         index = torch.randperm(total, generator=generator)[:num_points]
         return normalize_to_unit_sphere(self.pos[pick][:, index]), self.parts[pick][:, index]
 
-    def random_per_class(self, per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """`per_class` random clouds of every category, category-major: (pos normalised, their pool indices),
-        as `RealPool.random_per_class`; `parts[index]` and `labels[index]` give their labels."""
-        picks = []
-        for label in range(self.num_classes):
-            count = int(self.counts[label])
-            if count < per_class:
-                raise ValueError(f'category {self.class_names[label]} has {count} clouds, fewer than {per_class}')
-            picks.append(torch.randperm(count, generator=generator)[:per_class] + int(self.offsets[label]))
-        index = torch.cat(picks)
-        return normalize_to_unit_sphere(self.pos[index]), index
+    # `per_class` random clouds of every category, category-major: (pos normalised, their pool indices);
+    # `parts[index]` and `labels[index]` give their labels. The same sorted layout as RealPool's.
+    random_per_class = RealPool.random_per_class
 
 def _read_shapenetpart(dataset, num_points: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Every shape of a ShapeNetPartNormal split: rows `x y z nx ny nz part`, `num_points` points each."""

@@ -1,7 +1,6 @@
 """DD3D's part-segmentation generator: the SIREN point generator with part labels fixed by the noise (spec §7.2-7.3)."""
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import torch
@@ -86,21 +85,14 @@ class PartPointGenerator(PointGenerator):
         if clouds.shape[0] != self.num_slots or parts.shape != clouds.shape[:2]:
             raise ValueError(f'need one real cloud per slot ({self.num_slots}) with part ids (S, N), got '
                              f'{tuple(clouds.shape)} and {tuple(parts.shape)}')
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.init_lr)
         slots = torch.arange(self.num_slots, device=clouds.device)
-        generator = torch.Generator(device='cpu').manual_seed(0)
-        start, first = time.perf_counter(), None
-        for _ in range(self.init_steps):
+
+        def step_loss(generator: torch.Generator) -> Tensor:
             pick = torch.randperm(clouds.shape[1], generator=generator)[:self.init_num_points].to(clouds.device)
             target, target_parts = normalize_to_unit_sphere(clouds[:, pick]), parts[:, pick]
             fake, fake_parts = self.synthesize_with_parts(slots, self.init_num_points, generator)
-            loss = part_chamfer_distance(normalize_to_unit_sphere(fake), fake_parts, target, target_parts).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            first = loss.item() if first is None else first
-        return {'part_chamfer_start': first, 'part_chamfer_end': loss.item(), 'steps': self.init_steps,
-                'seconds': time.perf_counter() - start}
+            return part_chamfer_distance(normalize_to_unit_sphere(fake), fake_parts, target, target_parts).mean()
+        return self.fit(step_loss, 'part_chamfer')
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, parts_per_class={[len(q) for q in self.part_proportions]}'

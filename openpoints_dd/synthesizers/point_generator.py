@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,20 +91,28 @@ class PointGenerator(Synthesizer):
         """Fit all slots (embeddings and shared weights) to `clouds` (S, N, 3) by Chamfer distance."""
         if clouds.shape[0] != self.num_slots:
             raise ValueError(f'need one real cloud per slot ({self.num_slots}), got {clouds.shape[0]}')
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.init_lr)
         slots = torch.arange(self.num_slots, device=clouds.device)
-        generator = torch.Generator(device='cpu').manual_seed(0)
-        start, first = time.perf_counter(), None
-        for step in range(self.init_steps):
+
+        def step_loss(generator: torch.Generator) -> Tensor:
             pick = torch.randperm(clouds.shape[1], generator=generator)[:self.init_num_points]
             target = normalize_to_unit_sphere(clouds[:, pick.to(clouds.device)])
             fake = normalize_to_unit_sphere(self.synthesize(slots, self.init_num_points, generator))
-            loss = chamfer_distance(fake, target).mean()
+            return chamfer_distance(fake, target).mean()
+        return self.fit(step_loss, 'chamfer')
+
+    def fit(self, step_loss: Callable[[torch.Generator], Tensor], name: str) -> dict:
+        """`init_steps` Adam steps (lr `init_lr`) on all weights against `step_loss(generator)`: the loop of
+        every real-data fit (a generator seeded 0 draws the fit's randomness). Returns `<name>_start/_end`."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.init_lr)
+        generator = torch.Generator(device='cpu').manual_seed(0)
+        start, first = time.perf_counter(), None
+        for _ in range(self.init_steps):
+            loss = step_loss(generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             first = loss.item() if first is None else first
-        return {'chamfer_start': first, 'chamfer_end': loss.item(), 'steps': self.init_steps,
+        return {f'{name}_start': first, f'{name}_end': loss.item(), 'steps': self.init_steps,
                 'seconds': time.perf_counter() - start}
 
     def extra_repr(self) -> str:

@@ -3,10 +3,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import tiny_embedded_cfg
+from conftest import run_until_crash, tiny_embedded_cfg
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.engine.distill import CHECKPOINT_NAME, Distiller
 
@@ -53,16 +52,7 @@ def test_tm_resume_is_bit_identical_including_the_step_size(tmp_path):
 
     part_cfg = _cfg(tmp_path / 'part')
     interrupted = Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir'])
-    original = interrupted.run_iteration
-
-    def crash_at_third(iteration, outer, inner):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(iteration, outer, inner)
-
-    interrupted.run_iteration = crash_at_third
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
+    run_until_crash(interrupted, crash_at=2)
     assert (tmp_path / 'part' / 'run' / CHECKPOINT_NAME).is_file()
     resumed = Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir'])
     assert resumed.objective_setup_seconds == 0.0   # the experts were reused, not retrained

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_embedded_cfg
+from conftest import run_until_crash, tiny_embedded_cfg
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.engine.distill import CHECKPOINT_NAME, Distiller
 
@@ -21,16 +21,7 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
 
     part_cfg = tiny_embedded_cfg(tmp_path / 'part', iterations=4)
     interrupted = Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir'])
-    original = interrupted.run_iteration
-
-    def crash_at_third(iteration, outer, inner):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(iteration, outer, inner)
-
-    interrupted.run_iteration = crash_at_third
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
+    run_until_crash(interrupted, crash_at=2)
     assert (tmp_path / 'part' / 'run' / CHECKPOINT_NAME).is_file()
     resumed, result = _run(part_cfg)
     assert result.iterations_done == 4
