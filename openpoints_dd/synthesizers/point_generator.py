@@ -62,6 +62,9 @@ class PointGenerator(Synthesizer):
             raise ValueError(f"PointGenerator: init must be 'noise' or 'real', got {init!r}")
         if num_layers < 1:
             raise ValueError(f'PointGenerator: num_layers must be >= 1, got {num_layers}')
+        if init == 'real' and int(init_steps) < 1:
+            raise ValueError(f"PointGenerator: init 'real' needs init_steps >= 1, got {init_steps} "
+                             f"(for no fit, use init: noise)")
         self.hidden_dim, self.w0_initial, self.w0 = hidden_dim, float(w0_initial), float(w0)
         self.init, self.init_steps, self.init_lr, self.init_num_points = init, init_steps, init_lr, init_num_points
         self.embedding = nn.Embedding(self.num_slots, hidden_dim)

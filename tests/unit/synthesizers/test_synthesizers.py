@@ -77,3 +77,8 @@ def test_unknown_synthesizer_and_bad_key():
         build_synthesizer({'NAME': 'PointGenerator', 'hiden_dim': 3}, num_classes=2, cpc=1)
     with pytest.raises(ValueError, match="init must be"):
         build_synthesizer({'NAME': 'PointGenerator', 'init': 'magic'}, num_classes=2, cpc=1)
+
+
+def test_a_real_fit_without_steps_is_a_clear_error():
+    with pytest.raises(ValueError, match="init 'real' needs init_steps >= 1"):
+        build_synthesizer({'NAME': 'PointGenerator', 'init': 'real', 'init_steps': 0}, num_classes=3, cpc=1)
