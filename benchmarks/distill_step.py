@@ -6,9 +6,10 @@
 One outer step = for every class a real batch and the class's synthetic clouds through gradient
 matching, back-propagated into the synthesizer, then one synthesizer update. Measured for
 
-- `ours`: `Distiller.accumulate_matching_gradients` (points-last DistillPointNet with the pooled last
-  layer, graphs freed class by class) + the optimizer step; `ours_bf16` the same with the max-point
-  search in bf16 (`DistillPointNet(argmax_dtype='bfloat16')`);
+- `ours`: `Distiller.accumulate_matching_gradients` (points-last DistillPointNet: InstanceNorm folded into
+  per-cloud weights, the pooled last layer with a chunked two-level max-point search, graphs freed class by
+  class) + the optimizer step; `ours_bf16` the same with the max-point search in bf16
+  (`DistillPointNet(argmax_dtype='bfloat16')`), and the first step of both compared (distance, gradient);
 - `baseline`: the DD3D reference's way, written here: a Conv1d PointNet with InstanceNorm and max-pool,
   per-class forwards in fp32, every class's graph kept until one backward.
 
@@ -29,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def _measure(spec: dict) -> dict:
     from openpoints_dd.engine.distill import Distiller
     from openpoints_dd.objectives.gradient_matching import gradient_distance
     from openpoints_dd.utils.geometry import normalize_to_unit_sphere
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
     classes, cpc, points, real = spec['classes'], spec['cpc'], spec['points'], spec['real']
@@ -72,9 +75,15 @@ def _measure(spec: dict) -> dict:
     backbone = distiller.build_backbone()
 
     if spec['method'] == 'ours':
+        first_step = {}
+
         def step(i: int) -> None:
             distiller.optimizer.zero_grad(set_to_none=True)
-            distiller.accumulate_matching_gradients(backbone, 0, i, points)
+            loss = distiller.accumulate_matching_gradients(backbone, 0, i, points)
+            if i == 0 and spec.get('save_first_step'):   # the bf16 check compares these with the fp32 search
+                grad = torch.cat([p.grad.flatten() for p in distiller.synthesizer.parameters() if p.grad is not None])
+                save_file({'grad': grad}, spec['save_first_step'])
+                first_step['loss'] = loss
             distiller.optimizer.step()
     else:
         net = ConvPointNet(classes)
@@ -109,7 +118,10 @@ def _measure(spec: dict) -> dict:
         start = time.perf_counter()
         step(i + 1)
         times.append(time.perf_counter() - start)
-    return {'seconds': statistics.median(times) if times else float('nan'), 'peak_mib': (_rss_kib('VmHWM') - rss_before) / 1024}
+    result = {'seconds': statistics.median(times) if times else float('nan'), 'peak_mib': (_rss_kib('VmHWM') - rss_before) / 1024}
+    if spec['method'] == 'ours' and spec.get('save_first_step'):
+        result['first_step_loss'] = first_step['loss']
+    return result
 
 
 def ConvPointNet(num_classes: int):
@@ -195,8 +207,11 @@ def main() -> int:
                        'real': args.real, 'model_gflop_per_step': round(step_gflop, 1)}
                 spec = {'classes': args.classes, 'cpc': cpc, 'points': points, 'real': args.real,
                         'synthesizer': synthesizer, 'repeats': args.repeats}
-                row['ours'] = _in_subprocess({**spec, 'method': 'ours'})
-                row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16'})
+                with tempfile.TemporaryDirectory() as tmp:
+                    row['ours'] = _in_subprocess({**spec, 'method': 'ours', 'save_first_step': f'{tmp}/fp32.safetensors'})
+                    row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16',
+                                                       'save_first_step': f'{tmp}/bf16.safetensors'})
+                    row['bf16_check'] = bf16_search_check(row['ours'], row['ours_bf16'], tmp)
                 row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
                                    else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
                 for side in ('ours', 'ours_bf16', 'baseline'):
@@ -225,6 +240,20 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print('\n' + markdown(report))
     return 0
+
+
+def bf16_search_check(fp32: dict, bf16: dict, folder: str) -> dict:
+    """Does the bf16 max-point search keep the matching? Same first step (same data, same synthesizer):
+    relative change of the matching distance and cosine between the synthesizer gradients."""
+    if 'first_step_loss' not in fp32 or 'first_step_loss' not in bf16:
+        return {'error': 'a measurement failed'}
+    import torch
+    from safetensors.torch import load_file
+    a, b = (load_file(f'{folder}/{name}.safetensors')['grad'].double() for name in ('fp32', 'bf16'))
+    return {'distance_fp32': fp32['first_step_loss'], 'distance_bf16': bf16['first_step_loss'],
+            'distance_relative_change': abs(bf16['first_step_loss'] - fp32['first_step_loss']) / abs(fp32['first_step_loss']),
+            'gradient_cosine': float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+            'gradient_relative_change': float((a - b).norm() / a.norm())}
 
 
 def synthesizer_storage(classes: int, cpcs: list[int], points: int) -> list[str]:
@@ -267,6 +296,12 @@ def markdown(report: dict) -> str:
                      f'{cell(b, "seconds", "{:.2f}")} | {cell(b, "peak_mib", "{:.0f}")} | {cell(o, "seconds", "{:.2f}")} | '
                      f'{cell(o, "peak_mib", "{:.0f}")} | {r.get("speedup", 0):.1f}x | {gf} | '
                      f'{cell(r["ours_bf16"], "seconds", "{:.2f}")} | {r.get("speedup_bf16", 0):.1f}x |')
+    lines += ['', 'bf16 max-point search against fp32, same first step: relative change of the matching distance / '
+              'cosine and relative change of the synthesizer gradient']
+    for r in report['rows']:
+        c = r.get('bf16_check', {})
+        lines.append(f'- {r["synthesizer"]} cpc {r["cpc"]}, {r["points"]} points: ' + (c['error'] if 'error' in c else
+                     f'{c["distance_relative_change"]:.2e} / {c["gradient_cosine"]:.4f}, {c["gradient_relative_change"]:.3f}'))
     lines += [''] + report['synthesizer_storage']
     if report['memory_vs_classes']:
         lines += ['', 'ours, peak memory against the number of classes: ' + ', '.join(

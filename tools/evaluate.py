@@ -6,6 +6,9 @@
     # any classification YAMLs, trained on DistilledDataset by tools/train.py's trainer
     python tools/evaluate.py --cfg cfgs/distill/modelnet40/default.yaml --set dd3d=runs/<run>/artifact.safetensors \
         --random 3 --seeds 3 --model cfgs/train/distilled-pointnet-cpu.yaml --model cfgs/train/distilled-dgcnn-cpu.yaml
+    # ... and the same models on the whole real train set (the upper bound), at a stated epoch budget
+    python tools/evaluate.py --cfg cfgs/distill/modelnet40/default.yaml --set dd3d=runs/<run>/artifact.safetensors \
+        --random 3 --seeds 3 --model cfgs/train/distilled-pointnet-cpu.yaml --full-train --full-epochs 5
 
 `key=value` overrides apply to every --model YAML (e.g. epochs=10), or to --cfg when no --model is given
 (e.g. evaluation.epochs=50). Writes results.json, results.csv and results.md into --out and prints the table.
@@ -39,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cfg', default=None,
                         help='distill or train YAML whose dataset section gives the real data (and, for the fast '
                              'protocol, whose evaluation section gives its settings)')
+    parser.add_argument('--full-train', action='store_true',
+                        help='also train every --model on the whole real train set (the upper-bound row)')
+    parser.add_argument('--full-epochs', type=int, default=None,
+                        help='epochs of the --full-train row (default: the model YAML\'s); stated in its budget')
+    parser.add_argument('--generator-modes', nargs='+', default=['resampled', 'fixed'], choices=['resampled', 'fixed'],
+                        help='rows of a generator artifact: fresh clouds every epoch and/or one fixed draw. Default both')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | auto. Default cpu')
     parser.add_argument('--out', default=None, help='output folder. Default runs/evaluate/<date-time>')
     args, overrides = parser.parse_known_args(argv)
@@ -55,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path('runs') / 'evaluate' / time.strftime('%Y%m%d-%H%M%S'))
     result = run_protocol(out_dir=out, sets=sets, random_k=args.random, cpc=args.cpc, models=args.model,
                           data_cfg=data_cfg, seeds=args.seeds, overrides=overrides if args.model else [],
-                          device=args.device)
+                          device=args.device, full_train=args.full_train, full_epochs=args.full_epochs,
+                          generator_modes=args.generator_modes)
     print(result['table'])
     print(f'\nwrote {out}/results.json, results.csv, results.md')
     return 0

@@ -1,8 +1,13 @@
-"""Train (or resume, or test) a point-cloud classifier from a PointNeXt-style classification YAML.
+"""Train (or resume, or test) a classifier or a part segmenter from a PointNeXt-style YAML.
 
     python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml [key=value ...]
     python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml mode=resume pretrained_path=runs/<run>
     python tools/train.py --cfg cfgs/train/modelnet40-pointnet.yaml mode=test pretrained_path=runs/<run>
+    python tools/train.py --cfg cfgs/train/partseg/distilled-pointnet-cpu.yaml artifact=runs/<run>/artifact.safetensors
+
+Part segmentation (instance/class mIoU) runs for `task: segmentation`, or without a `task` key when the model
+or dataset is a part-segmentation one (BasePartSeg, DistillPointNetSeg; ShapeNetPartNormal, EmbeddedShapesPart),
+so PointNeXt's cfgs/shapenetpart YAMLs run unchanged.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.engine.train_cls import resume_run_dir, train_classifier  # noqa: E402
+from openpoints_dd.engine.train_seg import task_of, train_segmenter  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
 from openpoints_dd.utils.run import start_run  # noqa: E402
 
@@ -23,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cfg', required=True, help='experiment YAML (cfgs/train/*.yaml)')
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.cfg, overrides)       # unknown keys and changes of kind fail here
+    train = train_segmenter if task_of(cfg) == 'segmentation' else train_classifier   # checks `task` first
     resumed = resume_run_dir(cfg)                # mode=resume without run_dir continues in the checkpoint's run
     if resumed is not None:
         cfg.run_dir = str(resumed)
     run_dir = start_run(cfg, args.cfg, overrides)
-    train_classifier(cfg, run_dir)               # start_run already logged the overrides to log.txt
+    train(cfg, run_dir)                          # start_run already logged the overrides to log.txt
     return 0
 
 

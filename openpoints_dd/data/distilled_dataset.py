@@ -7,6 +7,10 @@ distilled set by changing `dataset.common.NAME` and adding `real_dataset` and `d
     dataset:
       common: {NAME: DistilledDataset, real_dataset: ModelNet40Ply2048, data_dir: ../shared/data/ModelNet40Ply2048}
       train: {distilled_path: runs/.../artifact.safetensors, repeat: 10}
+
+A part-segmentation artifact (metadata `task: segmentation`) gives items in the format of openpoints'
+ShapeNetPartNormal instead (`cls` the category, `y` per-point part ids), with val/test from a real part
+dataset (EmbeddedShapesPart, ShapeNetPartNormal); `cls2parts` and `num_parts` come with either split.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class DistilledDataset(Dataset):
             (openpoints' train loader drops the last incomplete batch). Default 1.
         resample: for a generator artifact, fresh noise every epoch (True) or one fixed draw (False).
         seed: seed of the generator draws (epoch e uses seed + e). Default 0.
+        part_balance: segmentation generator sets: 1 draws parts in the data's proportions, b < 1 gives part
+            p a share of the points proportional to q_p^b (0: equal). Default 1.
         rotation: `{mode: so3|z|none, seed}` for the real val/test clouds (the rotated protocol, see
             `RotatedDataset`); the train split ignores it (synthetic clouds stay in the frame they were
             distilled in). Default None = no rotation.
@@ -47,7 +53,7 @@ class DistilledDataset(Dataset):
 
     def __init__(self, split: str = 'train', transform=None, distilled_path: str | None = None,
                  real_dataset: str | None = None, num_points: int = 1024, repeat: int = 1, resample: bool = True,
-                 seed: int = 0, rotation: dict | None = None, **kwargs: Any):
+                 seed: int = 0, rotation: dict | None = None, part_balance: float = 1.0, **kwargs: Any):
         self.split, self.transform, self.num_points = split, transform, int(num_points)
         self.real = None
         if split != 'train':
@@ -61,6 +67,9 @@ class DistilledDataset(Dataset):
             self.real = DATASETS.build({'NAME': real_dataset, **kwargs},
                                        default_args={'split': split, 'transform': transform, 'num_points': num_points})
             self.classes = list(self.real.classes)
+            if hasattr(self.real, 'cls2parts'):
+                self.cls2parts = [list(ids) for ids in self.real.cls2parts]
+                self.num_parts = 1 + max(max(ids) for ids in self.cls2parts)
             return
         if distilled_path is None:
             raise ValueError('DistilledDataset: the train split needs `distilled_path` (dataset.train.distilled_path='
@@ -74,13 +83,22 @@ class DistilledDataset(Dataset):
             raise ValueError(f'{distilled_path} stores {self.synthetic.num_points} points per cloud but num_points='
                              f'{self.num_points}; lower num_points or materialize the set at more points')
         self.repeat, self.resample, self.seed = int(repeat), bool(resample), int(seed)
+        self.part_balance = float(part_balance)
         self.classes = self.synthetic.class_names
+        self.segmentation = self.synthetic.is_segmentation
+        if self.segmentation:
+            self.cls2parts, self.num_parts = self.synthetic.cls2parts, self.synthetic.num_parts
         self._epoch, self._served = 0, 0
         self._draw()
 
     def _draw(self) -> None:
         draw = self.seed + (self._epoch if self.resample else 0)
-        pos, labels = self.synthetic.sample(self.num_points, torch.Generator().manual_seed(draw))
+        generator = torch.Generator().manual_seed(draw)
+        if self.segmentation:
+            pos, parts, labels = self.synthetic.sample_with_parts(self.num_points, generator, self.part_balance)
+            self.parts = parts.numpy().astype(np.int64)
+        else:
+            pos, labels = self.synthetic.sample(self.num_points, generator)
         self.pos, self.labels = pos.numpy().astype(np.float32), labels.numpy().astype(np.int64)
 
     @property
@@ -111,7 +129,10 @@ class DistilledDataset(Dataset):
             self.epoch = self._epoch + 1
             self._served = 1
         i = index % len(self.labels)
-        data = {'pos': self.pos[i].copy(), 'y': self.labels[i]}
+        if self.segmentation:   # ShapeNetPartNormal's item: category in `cls`, part ids in `y`
+            data = {'pos': self.pos[i].copy(), 'cls': self.labels[i:i + 1].copy(), 'y': self.parts[i].copy()}
+        else:
+            data = {'pos': self.pos[i].copy(), 'y': self.labels[i]}
         if self.transform is not None:
             data = self.transform(data)
         if not torch.is_tensor(data['pos']):

@@ -108,14 +108,65 @@ class PartPool:
                    torch.from_numpy(np.ascontiguousarray(parts, dtype=np.int64)),
                    torch.from_numpy(np.asarray(labels, dtype=np.int64)), class_names, cls2parts, str(name), part_names)
 
-    def part_proportions(self) -> list[list[float]]:
-        """Per category, the fraction of its training points in each of its parts (sums to 1)."""
+    def part_proportions(self, cpc: int | None = None) -> list[list[float]]:
+        """Per category, the fraction of its training points in each of its parts (sums to 1).
+
+        With `cpc`: one list per slot (category-major) that also reproduces how often each part is present.
+        Slot j of category c shows part p iff j < floor(cpc·r_p + 1/2), r_p the fraction of the category's
+        clouds that show p (at cpc 1: the parts most clouds show; always at least the most frequent part), and
+        its proportions are those of the clouds that show exactly its parts (of all the category's clouds,
+        renormalised, when none does). A part shown by few clouds then gets 0 in most slots instead of a share
+        of every synthetic cloud, which would teach a segmenter to find it on every shape.
+        """
+        if cpc is None:
+            result = []
+            for c, ids in enumerate(self.cls2parts):
+                parts = self.parts[self.labels == c]
+                counts = torch.stack([(parts == p).sum() for p in ids]).double()
+                result.append((counts / counts.sum()).tolist())
+            return result
         result = []
-        for c, ids in enumerate(self.cls2parts):
+        for c, shown in enumerate(self._shown_per_cloud()):
+            rate = shown.double().mean(0)                                                   # (P,)
+            slots_with = torch.floor(cpc * rate + 0.5).long()
+            slots_with[rate.argmax()] = max(int(slots_with[rate.argmax()]), cpc)
             parts = self.parts[self.labels == c]
-            counts = torch.stack([(parts == p).sum() for p in ids]).double()
-            result.append((counts / counts.sum()).tolist())
+            for j in range(cpc):
+                mask = slots_with > j
+                same = (shown == mask).all(1)
+                chosen = parts[same] if same.any() else parts
+                counts = torch.stack([(chosen == p).sum() for p in self.cls2parts[c]]).double() * mask
+                result.append((counts / counts.sum()).tolist())
         return result
+
+    def _shown_per_cloud(self) -> list[Tensor]:
+        """Per category, (clouds, P_c) bool: which of its parts each of its clouds shows."""
+        return [torch.stack([(self.parts[self.labels == c] == p).any(1) for p in ids], 1)
+                for c, ids in enumerate(self.cls2parts)]
+
+    def select_by_parts(self, part_proportions: list[list[float]], cpc: int,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """For every slot (category-major, `cpc` per category), a random cloud of its category that shows exactly
+        the slot's parts (those with a proportion > 0), else one that differs in the fewest parts; no cloud twice
+        in a category. Returns (pos normalised, pool indices). The clouds a part-by-part fit can reproduce:
+        every noise interval needs its part in the target cloud, and a part the slot lacks is better absent."""
+        per_slot = len(part_proportions) == self.num_classes * cpc
+        picks = []
+        for c, shown in enumerate(self._shown_per_cloud()):
+            start, count = int(self.offsets[c]), int(self.counts[c])
+            if count < cpc:
+                raise ValueError(f'category {self.class_names[c]} has {count} clouds, fewer than {cpc}')
+            used: set[int] = set()
+            for j in range(cpc):
+                q = torch.tensor(part_proportions[c * cpc + j] if per_slot else part_proportions[c])
+                mismatch = (shown != (q > 0)).sum(1)                                    # (clouds,)
+                order = torch.randperm(count, generator=generator)
+                ranked = order[torch.argsort(mismatch[order], stable=True)].tolist()   # random among equals
+                pick = next(i for i in ranked if i not in used)
+                used.add(pick)
+                picks.append(pick + start)
+        index = torch.tensor(picks, dtype=torch.long)
+        return normalize_to_unit_sphere(self.pos[index]), index
 
     def sample(self, label: int, batch_size: int, num_points: int,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -132,6 +183,11 @@ class PartPool:
     # `per_class` random clouds of every category, category-major: (pos normalised, their pool indices);
     # `parts[index]` and `labels[index]` give their labels. The same sorted layout as RealPool's.
     random_per_class = RealPool.random_per_class
+
+    def complete_per_class(self, per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """`per_class` random clouds of every category that show every part of it (the most complete ones when
+        too few do): `select_by_parts` for slots that show every part."""
+        return self.select_by_parts([[1.0] * len(ids) for ids in self.cls2parts], per_class, generator)
 
 def _read_shapenetpart(dataset, num_points: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Every shape of a ShapeNetPartNormal split: rows `x y z nx ny nz part`, `num_points` points each."""

@@ -63,6 +63,10 @@ class SyntheticSet:
             if 'pos' not in tensors or 'y' not in tensors:
                 raise ArtifactError(f'{path}: a points artifact needs `pos` and `y` tensors, found {sorted(tensors)}')
             self.pos, self.labels = tensors['pos'].float(), tensors['y'].long()
+            self.parts = tensors['parts'].long() if 'parts' in tensors else None
+            if self.is_segmentation and (self.parts is None or self.parts.shape != self.pos.shape[:2]):
+                raise ArtifactError(f'{path}: a segmentation points artifact needs `parts` (S, N) part ids beside '
+                                    f'`pos` (S, N, 3), found {sorted(tensors)}')
         elif self.kind == 'generator':
             self.synthesizer = build_synthesizer(self.metadata['synthesizer'], num_classes=self.num_classes, cpc=self.cpc)
             state = {k[len(_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PREFIX)}
@@ -87,6 +91,43 @@ class SyntheticSet:
     @property
     def is_generator(self) -> bool:
         return self.synthesizer is not None
+
+    @property
+    def is_segmentation(self) -> bool:
+        """Written by the part-segmentation engine: clouds carry per-point part ids (`sample_with_parts`)."""
+        return self.metadata.get('task') == 'segmentation'
+
+    @property
+    def cls2parts(self) -> list[list[int]]:
+        """Segmentation sets: the global part ids of every category."""
+        return [list(ids) for ids in self._segmentation()['cls2parts']]
+
+    @property
+    def num_parts(self) -> int:
+        return int(self._segmentation()['num_parts'])
+
+    def _segmentation(self) -> dict:
+        if not self.is_segmentation or 'segmentation' not in self.metadata:
+            raise ArtifactError(f'{self.path} is not a part-segmentation set (metadata task '
+                                f'{self.metadata.get("task", "classification")!r}); train a classification model on it')
+        return self.metadata['segmentation']
+
+    def sample_with_parts(self, num_points: int | None = None, generator: torch.Generator | None = None,
+                          balance: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Segmentation sets: all clouds, unit-sphere normalised, with their part ids and categories:
+        ((S, n, 3), (S, n), (S,)). A generator draws fresh noise (its interval decides the part); `balance`
+        < 1 gives small parts more points (`PartPointGenerator.synthesize_with_parts`; generators only)."""
+        self._segmentation()
+        num_points = num_points or self.num_points
+        if self.synthesizer is not None:
+            with torch.no_grad():
+                slots = torch.arange(len(self.labels))
+                pos, parts = self.synthesizer.synthesize_with_parts(slots, num_points, generator, balance)
+            return normalize_to_unit_sphere(pos), parts, self.labels
+        if num_points > self.pos.shape[1]:
+            raise ValueError(f'{self.path} stores {self.pos.shape[1]} points per cloud; {num_points} were requested')
+        keep = torch.randperm(self.pos.shape[1], generator=generator)[:num_points]
+        return normalize_to_unit_sphere(self.pos[:, keep]), self.parts[:, keep], self.labels
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -30,7 +30,7 @@ from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.run import write_json
 from . import distributed
 from .distill import Distiller, resolve_device
-from .evaluate import format_mean_std, summarize
+from .evaluate import format_mean_std, random_selections, summarize
 from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,12 @@ class SegDistiller(Distiller):
         if rotator != 'IdentityRotator':
             raise ValueError(f'segmentation distillation runs without a rotator (spec §7.4); set '
                              f'distill.rotator.NAME: IdentityRotator, got {rotator!r}')
-        d['synthesizer']['part_proportions'] = pool.part_proportions()
+        presence = d.get('part_presence', 'category')
+        if presence not in ('category', 'slot'):
+            raise ValueError(f"distill.part_presence must be 'category' (every slot shows every part of its category, "
+                             f"in the category's proportions: the reference) or 'slot' (slots reproduce how often each "
+                             f"part is present: PartPool.part_proportions(cpc)), got {presence!r}")
+        d['synthesizer']['part_proportions'] = pool.part_proportions(int(d['cpc']) if presence == 'slot' else None)
         d['synthesizer']['cls2parts'] = pool.cls2parts
         super().__init__(cfg, pool, run_dir, evaluate_fn)
         if not hasattr(self.objective, 'is_local'):
@@ -74,10 +79,23 @@ class SegDistiller(Distiller):
         return build_model_from_cfg(backbone_cfg).to(self.device)
 
     def initialize(self) -> dict:
-        """`init: real`: fit each slot to a random real cloud of its category, part by part."""
+        """`init: real`: fit each slot to a real cloud of its category, part by part.
+
+        `distill.init_selection`: 'parts' (default) picks random clouds that show exactly the slot's parts
+        (`PartPool.select_by_parts`; with `part_presence: category`, every part), 'random' any cloud. A part
+        missing from the target cloud leaves its noise interval unconstrained by the part-by-part fit: those
+        points (13 % of a table's on the embedded data) land anywhere with that part's label.
+        """
         if self.synthesizer.init != 'real':
             return {}
-        clouds, index = self.pool.random_per_class(self.synthesizer.cpc, torch.Generator().manual_seed(self.seed))
+        selection = self.d.get('init_selection', 'parts')
+        if selection not in ('parts', 'random'):
+            raise ValueError(f"distill.init_selection must be 'parts' or 'random', got {selection!r}")
+        generator = torch.Generator().manual_seed(self.seed)
+        if selection == 'parts':
+            clouds, index = self.pool.select_by_parts(self.synthesizer.slot_proportions, self.synthesizer.cpc, generator)
+        else:
+            clouds, index = self.pool.random_per_class(self.synthesizer.cpc, generator)
         report = self.synthesizer.initialize_from_real(clouds.to(self.device), self.pool.parts[index].to(self.device))
         logger.info('generator fitted to real clouds part by part: %s', report)
         return {**report, 'real_indices': index.tolist()}
@@ -147,17 +165,19 @@ class SegDistiller(Distiller):
         return {**super().metadata(), 'task': 'segmentation',
                 'segmentation': {'num_parts': self.pool.num_parts, 'cls2parts': self.pool.cls2parts,
                                  'part_names': self.pool.part_names,
-                                 'part_proportions': self.synthesizer.part_proportions}}
+                                 'part_proportions': self.synthesizer.slot_proportions}}
 
 
-def generator_sampler(synthesizer: PartPointGenerator, num_points: int, resample: bool) -> PartSampler:
-    """Clouds and part ids from a part generator: fresh noise every epoch (`resample`) or one fixed draw."""
+def generator_sampler(synthesizer: PartPointGenerator, num_points: int, resample: bool,
+                      balance: float = 1.0) -> PartSampler:
+    """Clouds and part ids from a part generator: fresh noise every epoch (`resample`) or one fixed draw;
+    `balance` < 1 gives small parts more of the points (`PartPointGenerator.synthesize_with_parts`)."""
     slots = torch.arange(synthesizer.num_slots)
     categories = synthesizer.labels.clone()
 
     def draw(generator: torch.Generator):
         with torch.no_grad():
-            pos, parts = synthesizer.synthesize_with_parts(slots, num_points, generator)
+            pos, parts = synthesizer.synthesize_with_parts(slots, num_points, generator, balance)
         return normalize_to_unit_sphere(pos).cpu(), parts.cpu(), categories
 
     if resample:
@@ -191,16 +211,18 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         rows = {}
         modes = [True, False] if settings.get('resample', True) else [False]
         for resample in modes:
-            sampler = generator_sampler(synthetic.synthesizer, eval_points, resample)
+            sampler = generator_sampler(synthetic.synthesizer, eval_points, resample,
+                                        float(settings.get('part_balance', 1.0)))
             name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
             rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device) for s in seeds]
         runs = []
-        selections = list(range(int(settings.get('random_selections') or len(seeds))))
+        selections = random_selections(settings, seeds)
         for selection in selections:
             pos, index = train.random_per_class(cpc, torch.Generator().manual_seed(10_000 + selection))
             sampler = fixed_part_sampler(pos[:, :eval_points], train.parts[index, :eval_points], train.labels[index])
             runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device))
-        rows[f'random ({len(selections)} selections)'] = runs
+        if runs:
+            rows[f'random ({len(selections)} selections)'] = runs
         keys = ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou')
         metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
         header = f'{"set":30s} {"inst mIoU":>14s} {"class mIoU":>14s} {"inst (unrestr.)":>16s} {"class (unrestr.)":>16s}'

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -131,3 +131,9 @@ def summarize(results: list[dict], key: str = 'oa') -> dict:
 
 def format_mean_std(summary: Mapping[str, Any]) -> str:
     return f"{summary['mean']:.2f} ± {summary['std']:.2f}" if not math.isnan(summary['mean']) else 'n/a'
+
+
+def random_selections(settings: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
+    """Indices of the Random baseline's selections: `random_selections` of them (0: none), one per seed if unset."""
+    count = settings.get('random_selections')
+    return list(range(len(seeds) if count is None else int(count)))

@@ -28,7 +28,7 @@ PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
 SEG_DEFAULTS = {'model': {'NAME': 'DistillPointNetSeg'}, 'epochs': 200, 'batch_size': 32, 'optimizer': 'adam',
                 'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024,
                 'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05},
-                'seeds': [0, 1, 2], 'random_selections': 3, 'resample': True}
+                'seeds': [0, 1, 2], 'random_selections': 3, 'resample': True, 'part_balance': 1.0}
 _IGNORED = {'test_every', 'eval_epochs_during_distill'}   # classification keys inherited from default.yaml
 
 
@@ -59,23 +59,35 @@ def predict_parts(logits: Tensor, categories: Tensor, cls2parts: Sequence[Sequen
     return logits.argmax(1)
 
 
+def shape_ious(pred: Tensor, target: Tensor, categories: Tensor, cls2parts: Sequence[Sequence[int]]) -> Tensor:
+    """(M,) float64: each shape's mean IoU over the parts of its category (a part absent from both
+    prediction and truth counts 1), from predicted and true part ids (M, N) and categories (M,)."""
+    ious = torch.empty(len(pred), dtype=torch.float64)
+    for i in range(len(pred)):
+        per_part = []
+        for part in cls2parts[int(categories[i])]:
+            p, t = pred[i] == part, target[i] == part
+            union = int((p | t).sum())
+            per_part.append(1.0 if union == 0 else int((p & t).sum()) / union)
+        ious[i] = sum(per_part) / len(per_part)
+    return ious
+
+
+def summarize_ious(ious: Tensor, categories: Tensor) -> dict:
+    """Instance mIoU (mean over shapes) and class mIoU (mean over categories of their shapes' mean), in %."""
+    categories = categories.cpu()
+    per_class = {int(c): 100 * float(ious[categories == c].mean()) for c in categories.unique().tolist()}
+    return {'instance_miou': 100 * float(ious.mean()), 'class_miou': sum(per_class.values()) / len(per_class),
+            'per_class': per_class}
+
+
 def part_miou(pred: Tensor, target: Tensor, categories: Tensor, cls2parts: Sequence[Sequence[int]]) -> dict:
     """Instance and class mIoU (%) of predicted part ids (M, N) against the truth (M, N).
 
     A part of the shape's category that is absent from both prediction and truth has IoU 1.
     Returns {'instance_miou', 'class_miou', 'per_class' (category -> mIoU, categories with test shapes)}.
     """
-    shape_iou = torch.empty(len(pred), dtype=torch.float64)
-    for i in range(len(pred)):
-        ious = []
-        for part in cls2parts[int(categories[i])]:
-            p, t = pred[i] == part, target[i] == part
-            union = int((p | t).sum())
-            ious.append(1.0 if union == 0 else int((p & t).sum()) / union)
-        shape_iou[i] = sum(ious) / len(ious)
-    per_class = {int(c): 100 * float(shape_iou[categories.cpu() == c].mean()) for c in categories.unique().tolist()}
-    return {'instance_miou': 100 * float(shape_iou.mean()), 'class_miou': sum(per_class.values()) / len(per_class),
-            'per_class': per_class}
+    return summarize_ious(shape_ious(pred, target, categories, cls2parts), categories)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from ..data.synthetic_set import SyntheticSet
 from ..utils.run import write_json
 from . import distributed
 from .distill import Distiller, resolve_device
-from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, summarize, train_and_test
+from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, random_selections, summarize, train_and_test
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,14 @@ def test_pool(dataset_cfg: Mapping[str, Any], num_points: int) -> RealPool:
 
 
 def evaluate_set(sampler, test: RealPool, settings: Mapping[str, Any], seeds, rotator, device, epochs=None) -> list[dict]:
-    return [train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
-                           seed=int(seed), rotator=rotator, device=device, epochs=epochs) for seed in seeds]
+    """One protocol run per seed; each is logged as it ends (a long evaluation shows its progress)."""
+    runs = []
+    for seed in seeds:
+        runs.append(train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
+                                   seed=int(seed), rotator=rotator, device=device, epochs=epochs))
+        logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
+                    runs[-1]['best_oa'], runs[-1]['seconds'])
+    return runs
 
 
 def synthetic_sampler(synthetic: SyntheticSet, num_points: int, resample: bool):
@@ -82,10 +88,11 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
             runs = evaluate_set(synthetic_sampler(synthetic, settings['num_points'], resample), test, settings,
                                 seeds, rotator, device)
             rows[name] = {'final': summarize(runs), 'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
-        selections = list(range(int(settings.get('random_selections') or len(seeds))))
-        runs = random_baseline(train, test, cpc, settings, selections, rotator, device)
-        rows[f'random ({len(selections)} selections)'] = {'final': summarize(runs),
-                                                          'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
+        selections = random_selections(settings, seeds)
+        if selections:
+            runs = random_baseline(train, test, cpc, settings, selections, rotator, device)
+            rows[f'random ({len(selections)} selections)'] = {'final': summarize(runs),
+                                                              'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
         metrics['evaluation'] = rows
         lines = [f'{"set":38s} {"final-epoch OA %":>18s}  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds})']
         lines += [f'{name:38s} {format_mean_std(row["final"]):>18s}' for name, row in rows.items()]

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 FAST_MODEL = 'PointNet (CPU protocol)'
 BEST_LABEL = "papers' protocol (best test epoch)"
 RESAMPLED, FIXED = 'resampled each epoch', 'fixed set'
+FULL_TRAIN_LABEL = 'full train set'
 RANDOM_SEED_OFFSET = 10_000  # selection i draws with seed 10_000 + i, as engine.pipeline.random_baseline
 
 
@@ -71,12 +72,16 @@ def parse_set_args(items: Sequence[str]) -> dict[str, Path]:
     return sets
 
 
-def expand_sets(sets: Mapping[str, Path]) -> tuple[list[EvalSet], dict[str, SyntheticSet]]:
-    """One EvalSet per artifact (two for a generator: resampled, fixed); the artifacts are read and validated here."""
+def expand_sets(sets: Mapping[str, Path], generator_modes: Sequence[str] = ('resampled', 'fixed')
+                ) -> tuple[list[EvalSet], dict[str, SyntheticSet]]:
+    """One EvalSet per artifact (per mode for a generator: resampled, fixed); the artifacts are read and validated here."""
+    unknown = set(generator_modes) - {'resampled', 'fixed'}
+    if unknown or not generator_modes:
+        raise ValueError(f'generator modes must be a non-empty subset of resampled, fixed; got {list(generator_modes)}')
     loaded = {label: SyntheticSet(path) for label, path in sets.items()}
     out = []
     for label, synthetic in loaded.items():
-        modes = [True, False] if synthetic.is_generator else [None]
+        modes = [mode == 'resampled' for mode in generator_modes] if synthetic.is_generator else [None]
         out += [EvalSet(label, Path(synthetic.path), synthetic.cpc, resample=mode) for mode in modes]
     return out, loaded
 
@@ -100,7 +105,8 @@ def save_random_artifact(pool: RealPool, cpc: int, selection: int, path: Path) -
 
 def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None, random_k: int = 0,
                  cpc: int | None = None, models: Sequence[str] = (), data_cfg: Mapping[str, Any] | None = None,
-                 seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu') -> dict:
+                 seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu', full_train: bool = False,
+                 full_epochs: int | None = None, generator_modes: Sequence[str] = ('resampled', 'fixed')) -> dict:
     """Train every (set, model) pair for `seeds` seeds and write results.{json,csv,md} into `out_dir`.
 
     Args:
@@ -115,6 +121,9 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         seeds: seeds 0..seeds-1 per artifact set; random selection i is trained once, with seed i.
         overrides: `key=value` for the model YAMLs (with models) or for `data_cfg` (without).
         device: 'cpu' | 'cuda' | 'auto' for the fast protocol and the trainer.
+        full_train: also train every model on the whole real train set (`seeds` seeds): the upper bound row.
+        full_epochs: epochs of that row (default: the model YAML's); the budget column states it.
+        generator_modes: which rows a generator artifact gets: fresh clouds every epoch, one fixed draw, or both.
 
     Returns:
         {'rows': [...], 'table': markdown text, 'settings': {...}}; rows hold per-seed runs and summaries.
@@ -123,24 +132,29 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     if int(seeds) < 1:
         raise ValueError(f'--seeds must be >= 1, got {seeds}')
-    eval_sets, loaded = expand_sets(sets or {})
+    eval_sets, loaded = expand_sets(sets or {}, generator_modes)
     cpcs = sorted({s.cpc for s in eval_sets}) or ([int(cpc)] if cpc else [])
     if random_k and not cpcs:
         raise ValueError('--random needs the clouds per class: give a --set or --cpc')
-    if not eval_sets and not random_k:
-        raise ValueError('nothing to evaluate: give at least one --set label=artifact.safetensors or --random K')
+    if not eval_sets and not random_k and not full_train:
+        raise ValueError('nothing to evaluate: give at least one --set label=artifact.safetensors, --random K or '
+                         '--full-train')
+    if full_train and not models:
+        raise ValueError('--full-train trains the --model YAMLs on the real train set; give at least one --model')
     for c in cpcs:
         eval_sets += [EvalSet(f'random cpc{c}', None, c, selection=i) for i in range(int(random_k))]
     if not models and data_cfg is None:
         raise ValueError('the fast CPU protocol needs --cfg (a distill config with dataset and evaluation sections)')
     t0 = time.perf_counter()
     if models:
-        rows = _run_models(models, eval_sets, loaded, data_cfg, int(seeds), list(overrides), device, out_dir)
+        rows = _run_models(models, eval_sets, loaded, data_cfg, int(seeds), list(overrides), device, out_dir,
+                           full_epochs=full_epochs if full_train else 0)
     else:
         rows = _run_fast(eval_sets, data_cfg, int(seeds), device)
     table = markdown_table(rows)
     settings = {'seeds': int(seeds), 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
-                'overrides': list(overrides), 'seconds': round(time.perf_counter() - t0, 1)}
+                'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
+                'seconds': round(time.perf_counter() - t0, 1)}
     result = {'settings': settings, 'rows': rows, 'table': table}
     (out_dir / 'results.json').write_text(json.dumps(result, indent=1, default=str))
     write_csv(rows, out_dir / 'results.csv')
@@ -161,6 +175,7 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, devi
     budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
               f"tested every {tested} epochs")
     for item in eval_sets:
+        logger.info('protocol | %s | %s (%s)', FAST_MODEL, item.label, item.mode)
         if item.selection is None:
             synthetic = SyntheticSet(item.path)
             sampler = synthetic_sampler(synthetic, num_points, bool(item.resample))
@@ -177,7 +192,8 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, devi
 # ---------------------------------------------------------------------------------------------- YAML models
 def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping[str, SyntheticSet],
                 data_cfg: Mapping[str, Any] | None, seeds: int, overrides: list[str], device: str,
-                out_dir: Path) -> list[dict]:
+                out_dir: Path, full_epochs: int | None = 0) -> list[dict]:
+    """`full_epochs` 0: no full-train-set row; None: that row with the YAML's epochs; N: with N epochs."""
     model_cfgs = {Path(m).stem: load_config(m, overrides) for m in models}   # bad keys fail before any training
     if len(model_cfgs) != len(models):
         raise ValueError(f'--model files must have distinct names (they label the rows): {list(models)}')
@@ -203,7 +219,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
                 run_seeds = [item.selection]
             runs = []
             for seed in run_seeds:
-                cfg = _fit_classes(copy.deepcopy(base), loaded.get(item.label) or SyntheticSet(path))
+                cfg = _fit_classes(copy.deepcopy(base), (loaded.get(item.label) or SyntheticSet(path)).num_classes)
                 cfg.artifact = str(path)
                 cfg.dataset.train.resample = bool(item.resample) if item.resample is not None else True
                 cfg.seed, cfg.device, cfg.progress = seed, device, False
@@ -215,7 +231,34 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
                 runs.append(_metrics_run(metrics, seed, item.selection))
             grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
         rows += [_row(label, mode, cpc, name, budget, runs) for (label, mode, cpc), runs in grouped.items()]
+        if full_epochs != 0:
+            rows.append(_full_train_row(name, base, data_cfg, seeds, full_epochs, device, out_dir))
     return rows
+
+
+def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, seeds: int, epochs: int | None,
+                    device: str, out_dir: Path) -> dict:
+    """The model trained on the whole real train set: what a distilled set is measured against."""
+    dataset = _real_section((data_cfg or base)['dataset'])
+    dataset['val'] = dict(base.dataset.get('val') or dataset.get('val') or {'split': 'test'})
+    num_classes = RealPool.from_dataset_cfg(dataset, split='train').num_classes
+    runs = []
+    for seed in range(seeds):
+        cfg = _fit_classes(copy.deepcopy(base), num_classes)
+        cfg.dataset = dataset
+        cfg = with_defaults(cfg)
+        if epochs is not None:
+            cfg.epochs = int(epochs)
+            if 't_max' in cfg:
+                cfg.t_max = int(epochs)
+        cfg.seed, cfg.device, cfg.progress = seed, device, False
+        run_dir = out_dir / 'runs' / name / 'full-train-set' / f'seed{seed}'
+        cfg.run_dir = str(run_dir)
+        logger.info('protocol | %s | full train set | seed %d', name, seed)
+        runs.append(_metrics_run(train_classifier(cfg, run_dir), seed, None))
+    budget = (f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}, "
+              f"tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs")
+    return _row(FULL_TRAIN_LABEL, 'real train set', 'all', name, budget, runs)
 
 
 def _real_section(dataset: Mapping[str, Any]) -> dict:
@@ -255,9 +298,8 @@ def _with_real_data(cfg, data_cfg: Mapping[str, Any] | None):
     return with_defaults(cfg)   # plain dicts back to EasyConfig sections
 
 
-def _fit_classes(cfg, synthetic: SyntheticSet):
-    """Size num_classes and the model head to the artifact's classes (e.g. 10 for the embedded dataset)."""
-    k = synthetic.num_classes
+def _fit_classes(cfg, k: int):
+    """Size num_classes and the model head to the data's k classes (e.g. 10 for the embedded dataset)."""
     cfg.num_classes = k
     model = cfg.model
     if 'num_classes' in model:

@@ -223,7 +223,16 @@ def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
 
 # ============================================================================================ the trainer
 class _Trainer:
-    """One call of `train_classifier`: holds the built objects; `run()` does the work."""
+    """One call of `train_classifier`: holds the built objects; `run()` does the work.
+
+    Subclasses (engine/train_seg.py) change the task through `METRIC` (the validation figure that picks
+    the best epoch), `HEADLINE` (the figures logged and kept per epoch) and the hooks `_check_head`,
+    `_check_dataset`, `_prepare` and `evaluate`.
+    """
+
+    METRIC = 'oa'
+    HEADLINE: tuple[str, ...] = ('oa', 'macc')
+    BEST_NOTE = BEST_NOTE
 
     def __init__(self, cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] | None):
         self.t0 = time.perf_counter()
@@ -332,14 +341,15 @@ class _Trainer:
         for section in list(dataset_cfg):
             if dataset_cfg[section] is None:
                 dataset_cfg[section] = EasyConfig()
-            data_dir = dataset_cfg[section].get('data_dir')
-            if isinstance(data_dir, str):
-                resolved = resolve_path(data_dir)
-                if not os.path.exists(resolved):
-                    raise FileNotFoundError(
-                        f'dataset.{section}.data_dir {data_dir!r} not found (looked in the cwd {os.getcwd()} and '
-                        f'the repository root). Fix the path or override it: dataset.{section}.data_dir=/path')
-                dataset_cfg[section].data_dir = resolved
+            for key in ('data_dir', 'data_root'):      # data_root: openpoints' ShapeNetPartNormal
+                data_dir = dataset_cfg[section].get(key)
+                if isinstance(data_dir, str):
+                    resolved = resolve_path(data_dir)
+                    if not os.path.exists(resolved):
+                        raise FileNotFoundError(
+                            f'dataset.{section}.{key} {data_dir!r} not found (looked in the cwd {os.getcwd()} and '
+                            f'the repository root). Fix the path or override it: dataset.{section}.{key}=/path')
+                    dataset_cfg[section][key] = resolved
         return dataset_cfg
 
     def _loader(self, split: str, batch_size: int):
@@ -419,8 +429,8 @@ class _Trainer:
                          'lr': optimizer.param_groups[0]['lr']}
                 if epoch % int(cfg.val_freq) == 0 or epoch == epochs:
                     val = self.evaluate(model, val_loader)
-                    entry.update(val_oa=val['oa'], val_macc=val['macc'])
-                    if best is None or val['oa'] > best['oa']:
+                    entry.update({f'val_{k}': val[k] for k in self.HEADLINE})
+                    if best is None or val[self.METRIC] > best[self.METRIC]:
                         best = {'epoch': epoch, **val}
                         self._save(model, 'best', {'epoch': epoch, 'metrics': val})
                     self.last_val = val
@@ -431,8 +441,9 @@ class _Trainer:
                 trackers.log(entry, epoch)
                 logger.info('epoch %d/%d | train loss %.4f oa %.2f | %s | lr %.2e | %.1f s', epoch, epochs,
                             train['loss'], train['oa'],
-                            f"val oa {entry['val_oa']:.2f} macc {entry['val_macc']:.2f} | best oa {best['oa']:.2f} "
-                            f"@{best['epoch']}" if 'val_oa' in entry else 'no val', entry['lr'], entry['seconds'])
+                            f"val {self._describe(val)} | best {self.METRIC} {best[self.METRIC]:.2f} "
+                            f"@{best['epoch']}" if f'val_{self.METRIC}' in entry else 'no val', entry['lr'],
+                            entry['seconds'])
                 self._save(model, 'last', {'epoch': epoch, 'history': history, 'best': best},
                            optimizer=optimizer, scheduler=scheduler)
         finally:
@@ -441,26 +452,22 @@ class _Trainer:
         if best is None:
             raise ValueError(f'nothing to report: start epoch {start_epoch} is past epochs {epochs} and the '
                              f'checkpoint holds no validation. Raise epochs= to train further.')
-        validated = [h for h in history if 'val_oa' in h]
+        validated = [h for h in history if f'val_{self.METRIC}' in h]
         last_epoch = validated[-1]['epoch']
-        last = self.last_val or {'oa': validated[-1]['val_oa'], 'macc': validated[-1]['val_macc'],
-                                                   'acc_per_class': None}
-        result = {
-            'mode': cfg.mode,
-            'last_epoch': last_epoch, 'last_oa': last['oa'], 'last_macc': last['macc'],
-            'last_acc_per_class': last.get('acc_per_class'),
-            'best_epoch': best['epoch'], 'best_oa': best['oa'], 'best_macc': best['macc'],
-            'best_acc_per_class': best.get('acc_per_class'),
-            'best_note': BEST_NOTE,
+        last = self.last_val or {k: validated[-1].get(f'val_{k}') for k in best if k != 'epoch'}
+        result = {'mode': cfg.mode, 'last_epoch': last_epoch, **{f'last_{k}': last.get(k) for k in best if k != 'epoch'},
+                  'best_epoch': best['epoch'], **{f'best_{k}': v for k, v in best.items() if k != 'epoch'}}
+        result.update({
+            'best_note': self.BEST_NOTE,
             'eval_split': self._split_name('val'),
             'classes': self.classes,
-        }
+        })
         if self._has_separate_test():
             result.update(self._final_test(model))
         result.update(self._run_info(num_params, history))
         self._write_metrics(result)
-        logger.info('final | last epoch %d: oa %.2f macc %.2f | best epoch %d (papers\' protocol): oa %.2f macc %.2f',
-                    last_epoch, last['oa'], last['macc'], best['epoch'], best['oa'], best['macc'])
+        logger.info("final | last epoch %d: %s | best epoch %d (papers' protocol): %s", last_epoch,
+                    self._describe(last), best['epoch'], self._describe(best))
         return result
 
     def _train_one_epoch(self, model: nn.Module, loader, optimizer, scheduler, epoch: int) -> dict:
@@ -546,8 +553,8 @@ class _Trainer:
         loader = self._loader(split, int(cfg.val_batch_size or cfg.batch_size))
         self.classes = self._check_dataset(loader.dataset, split)
         metrics = self.evaluate(model, loader)
-        logger.info('%s | %s (epoch %s) on split %r: oa %.2f macc %.2f', split, path, info.get('epoch', '?'),
-                    self._split_name(split), metrics['oa'], metrics['macc'])
+        logger.info('%s | %s (epoch %s) on split %r: %s', split, path, info.get('epoch', '?'),
+                    self._split_name(split), self._describe(metrics))
         result = {'mode': split, **metrics, 'split': self._split_name(split), 'checkpoint': str(path),
                   'checkpoint_epoch': info.get('epoch'), 'classes': self.classes}
         result.update(self._run_info(num_params, []))
@@ -563,10 +570,14 @@ class _Trainer:
         last = self.evaluate(model, loader)
         load_model_weights(model, self.ckpt_dir / 'best.safetensors')
         best = self.evaluate(model, loader)
-        logger.info('test split %r | last model: oa %.2f macc %.2f | best model: oa %.2f macc %.2f',
-                    self._split_name('test'), last['oa'], last['macc'], best['oa'], best['macc'])
-        return {'test_split': self._split_name('test'), 'test_last_oa': last['oa'], 'test_last_macc': last['macc'],
-                'test_best_oa': best['oa'], 'test_best_macc': best['macc']}
+        logger.info('test split %r | last model: %s | best model: %s', self._split_name('test'),
+                    self._describe(last), self._describe(best))
+        return {'test_split': self._split_name('test'), **{f'test_last_{k}': last[k] for k in self.HEADLINE},
+                **{f'test_best_{k}': best[k] for k in self.HEADLINE}}
+
+    def _describe(self, metrics: Mapping[str, Any]) -> str:
+        """'oa 91.20 macc 88.00': the headline figures of a validation, for the log."""
+        return ' '.join(f'{k} {metrics[k]:.2f}' for k in self.HEADLINE if metrics.get(k) is not None)
 
     def _split_name(self, split: str) -> str:
         """The `split` value the dataset receives, after openpoints' val<->test fallback."""

@@ -23,7 +23,10 @@ class PartPointGenerator(PointGenerator):
 
     Args:
         num_classes: K object categories; cpc: clouds per category.
-        part_proportions: K lists, the fraction of points of each part of a category (>= 0, sum > 0).
+        part_proportions: K lists, the fraction of points of each part of a category (>= 0, sum > 0); or K·cpc
+            lists, one per slot (category-major), so the slots of a category can show different parts (a 0
+            leaves a part out of that slot: `PartPool.part_proportions(cpc)` reproduces the data's part
+            presence rates, e.g. a table whose optional part most tables lack).
         cls2parts: K lists of global part ids; default consecutive ids, category 0 first (ShapeNet-part order).
         **kwargs: the `PointGenerator` arguments (hidden_dim, num_layers, w0_initial, w0, init, ...).
     """
@@ -31,44 +34,81 @@ class PartPointGenerator(PointGenerator):
     def __init__(self, *, num_classes: int, cpc: int, part_proportions: Sequence[Sequence[float]],
                  cls2parts: Sequence[Sequence[int]] | None = None, **kwargs):
         super().__init__(num_classes=num_classes, cpc=cpc, **kwargs)
-        if part_proportions is None or len(part_proportions) != num_classes:
-            raise ValueError(f'PartPointGenerator: part_proportions needs one list per category ({num_classes}), got '
-                             f'{None if part_proportions is None else len(part_proportions)}; the segmentation '
-                             f'engine fills it from the real training data (PartPool.part_proportions)')
+        if part_proportions is None or len(part_proportions) not in (num_classes, num_classes * cpc):
+            raise ValueError(f'PartPointGenerator: part_proportions needs one list per category ({num_classes}) or per '
+                             f'slot ({num_classes * cpc}), got {None if part_proportions is None else len(part_proportions)}; '
+                             f'the segmentation engine fills it from the real training data (PartPool.part_proportions)')
+        given = [[float(v) for v in q] for q in part_proportions]
+        per_slot = given if len(given) == num_classes * cpc else [given[c] for c in range(num_classes) for _ in range(cpc)]
         if cls2parts is None:
-            starts = torch.tensor([0] + [len(q) for q in part_proportions]).cumsum(0).tolist()
+            starts = torch.tensor([0] + [len(q) for q in per_slot[::cpc]]).cumsum(0).tolist()
             cls2parts = [list(range(starts[c], starts[c + 1])) for c in range(num_classes)]
-        if [len(ids) for ids in cls2parts] != [len(q) for q in part_proportions]:
+        if len(cls2parts) != num_classes or any(len(q) != len(cls2parts[slot // cpc]) for slot, q in enumerate(per_slot)):
             raise ValueError('PartPointGenerator: cls2parts and part_proportions must list the same number of parts '
-                             'per category')
-        max_parts = max(len(q) for q in part_proportions)
-        # interior boundaries cum_0 .. cum_{P-2} per category, padded with 2 (never reached: u < 1)
-        boundaries = torch.full((num_classes, max(max_parts - 1, 1)), 2.0, dtype=torch.float64)
+                             'per category (and every slot of a category as many as its category)')
+        max_parts = max(len(q) for q in per_slot)
+        # interior boundaries cum_0 .. cum_{P-2} per slot, padded with 2 (never reached: u < 1)
+        boundaries = torch.full((len(per_slot), max(max_parts - 1, 1)), 2.0, dtype=torch.float64)
         ids = torch.full((num_classes, max_parts), -1, dtype=torch.long)
-        for c, (q, part_ids) in enumerate(zip(part_proportions, cls2parts)):
+        for c, part_ids in enumerate(cls2parts):
+            ids[c, :len(part_ids)] = torch.tensor([int(p) for p in part_ids])
+        for slot, q in enumerate(per_slot):
             q = torch.tensor([float(v) for v in q], dtype=torch.float64)
             if len(q) == 0 or (q < 0).any() or not torch.isfinite(q).all() or q.sum() <= 0:
-                raise ValueError(f'PartPointGenerator: the proportions of category {c} must be finite, >= 0 and '
-                                 f'not all 0, got {q.tolist()}')
-            boundaries[c, :len(q) - 1] = (q / q.sum()).cumsum(0)[:-1]
-            ids[c, :len(q)] = torch.tensor([int(p) for p in part_ids])
-        self.part_proportions = [[float(v) for v in q] for q in part_proportions]
+                raise ValueError(f'PartPointGenerator: the proportions of category {slot // cpc} (slot {slot}) must '
+                                 f'be finite, >= 0 and not all 0, got {q.tolist()}')
+            boundaries[slot, :len(q) - 1] = (q / q.sum()).cumsum(0)[:-1]
+        self.part_proportions = given                  # as given: per category or per slot
+        self.slot_proportions = per_slot
         self.cls2parts = [[int(p) for p in part_ids] for part_ids in cls2parts]
         self.register_buffer('boundaries', boundaries.float(), persistent=False)
         self.register_buffer('part_ids', ids, persistent=False)
 
-    def partition(self, noise: Tensor, categories: Tensor) -> Tensor:
-        """(S, N, 1) noise in [0, 1) and (S,) categories -> (S, N) global part ids."""
-        boundaries = self.boundaries.to(noise.device)[categories]                     # (S, P-1)
+    def partition(self, noise: Tensor, slots: Tensor) -> Tensor:
+        """(S, N, 1) noise in [0, 1) and (S,) slots -> (S, N) global part ids (at cpc 1 slots are categories)."""
+        boundaries = self.boundaries.to(noise.device)[slots]                          # (S, P-1)
         local = (noise.float() >= boundaries.unsqueeze(1)).sum(-1)                    # (S, N)
+        categories = self.labels.to(noise.device)[slots]
         return self.part_ids.to(noise.device)[categories].gather(1, local)
 
-    def synthesize_with_parts(self, slots: Tensor, num_points: int,
-                              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(S,) slots -> points (S, N, 3), differentiable, and their part ids (S, N)."""
-        noise = torch.rand(len(slots), num_points, 1, generator=generator).to(self.output.weight.device)
-        categories = self.labels.to(noise.device)[slots.to(noise.device)]
-        return self.generate_from_noise(slots.to(noise.device), noise), self.partition(noise, categories)
+    def synthesize_with_parts(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None,
+                              balance: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(S,) slots -> points (S, N, 3), differentiable, and their part ids (S, N).
+
+        `balance` 1: u ~ U[0, 1), so parts get points in proportion to their share of the real data (the
+        matching's draw). b < 1: `balanced_noise`, part p gets a share proportional to q_p^b (0: equal shares)
+        of the N points, drawn uniformly inside its own interval: the same part surfaces, denser on small parts.
+        """
+        if float(balance) == 1.0:
+            noise = torch.rand(len(slots), num_points, 1, generator=generator)
+        else:
+            noise = self.balanced_noise(slots.cpu(), num_points, float(balance), generator)
+        noise = noise.to(self.output.weight.device)
+        slots = slots.to(noise.device)
+        return self.generate_from_noise(slots, noise), self.partition(noise, slots)
+
+    def balanced_noise(self, slots: Tensor, num_points: int, balance: float,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """(S,) slots -> (S, N, 1) noise in [0, 1) with round(N q_p^b / sum_k q_k^b) values (largest
+        remainders, so they add up to N) drawn uniformly in part p's interval [cum_{p-1}, cum_p)."""
+        if not 0.0 <= balance <= 1.0:
+            raise ValueError(f'part balance must be in [0, 1] (1: the data proportions, 0: equal points per part), '
+                             f'got {balance}')
+        rows = []
+        for slot in slots.tolist():
+            q = torch.tensor(self.slot_proportions[slot], dtype=torch.float64)
+            q = q / q.sum()
+            edges = torch.cat([q.new_zeros(1), q.cumsum(0)])
+            edges[-1] = 1.0
+            share = torch.where(q > 0, q.clamp_min(1e-12) ** balance, q.new_zeros(()))
+            exact = num_points * share / share.sum()
+            counts = exact.floor().long()
+            counts[torch.argsort(exact - counts, descending=True)[:num_points - int(counts.sum())]] += 1
+            u = torch.rand(num_points, generator=generator, dtype=torch.float64)
+            lo = torch.repeat_interleave(edges[:-1], counts)
+            hi = torch.repeat_interleave(edges[1:], counts)
+            rows.append((lo + (hi - lo) * u).clamp(max=1 - 1e-7).float())
+        return torch.stack(rows).unsqueeze(-1)
 
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
         return self.synthesize_with_parts(slots, num_points, generator)[0]

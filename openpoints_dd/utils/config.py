@@ -192,11 +192,23 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> EasyConfig:
     return cfg
 
 
+COMPONENT_SECTIONS = ('backbone', 'synthesizer', 'objective', 'rotator')
+
+
 def _merge(cfg: EasyConfig, other: Mapping[str, Any]) -> None:
-    """Recursive merge as `EasyConfig.update(dict)`: mappings merge, everything else replaces."""
+    """Recursive merge as `EasyConfig.update(dict)`: mappings merge, everything else replaces.
+
+    One exception: a distillation component section (backbone, synthesizer, objective, rotator: their keys are
+    the constructor arguments of that NAME) whose `NAME` changes is replaced, not merged, so that a file switching
+    to `rotator: {NAME: IdentityRotator}` over a base's EulerRotator does not inherit the Euler arguments.
+    Other sections merge as in openpoints (a dataset section switching NAME keeps e.g. its data_dir).
+    """
     for key, value in other.items():
         if isinstance(value, Mapping):
-            if not isinstance(cfg.get(key), EasyConfig):
+            current = cfg.get(key)
+            switched = (key in COMPONENT_SECTIONS and isinstance(current, Mapping) and 'NAME' in value
+                        and current.get('NAME') != value['NAME'])
+            if switched or not isinstance(current, EasyConfig):
                 cfg[key] = EasyConfig()
             _merge(cfg[key], value)
         else:

@@ -118,3 +118,31 @@ def test_real_section_turns_a_distilled_dataset_back_into_its_real_one():
                     'val': {'split': 'test'}}
     assert distilled['common']['NAME'] == 'DistilledDataset'          # the caller's config is not modified
     assert _real_section(EMBEDDED)['common'] == EMBEDDED['common']
+
+
+def test_full_train_row_trains_the_model_on_the_real_train_set(files, tmp_path, caplog):
+    caplog.set_level('INFO')
+    out = tmp_path / 'out'
+    model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
+    assert evaluate_main(['--cfg', str(files['cfg']), '--model', model, '--full-train', '--full-epochs', '1',
+                          '--seeds', '2', '--out', str(out), 'epochs=3', 'num_points=64', 'batch_size=10',
+                          'val_batch_size=100', 'model.widths=[8,16,32]', 'dataset.train.num_points=64']) == 0
+    (row,) = json.loads((out / 'results.json').read_text())['rows']
+    assert (row['set'], row['mode'], row['cpc']) == ('full train set', 'real train set', 'all')
+    assert row['final_oa']['n'] == 2 and row['budget'].startswith('1 epochs, 64 points')
+    metrics = json.loads((Path(row['runs'][0]['run_dir']) / 'metrics.json').read_text())
+    real_train = RealPool.from_dataset_cfg(_real_section(EMBEDDED), split='train')
+    assert metrics['last_epoch'] == 1 and f'data EmbeddedShapes | train {len(real_train.labels)} clouds' in caplog.text
+
+
+def test_full_train_without_a_model_is_a_clear_error(files, tmp_path):
+    with pytest.raises(ValueError, match='--full-train trains the --model YAMLs'):
+        evaluate_main(['--cfg', str(files['cfg']), '--full-train', '--out', str(tmp_path / 'out')])
+
+
+def test_generator_modes_select_the_rows_of_a_generator(files, tmp_path):
+    out = tmp_path / 'out'
+    assert evaluate_main(['--cfg', str(files['cfg']), '--set', f"gen={files['generator']}", '--seeds', '1',
+                          '--generator-modes', 'resampled', '--out', str(out), 'evaluation.epochs=1']) == 0
+    rows = json.loads((out / 'results.json').read_text())['rows']
+    assert [(r['set'], r['mode']) for r in rows] == [('gen', 'resampled each epoch')]

@@ -66,3 +66,37 @@ def test_embedded_part_pool_and_proportions():
         assert q == pytest.approx((counts / counts.sum()).tolist())
     with pytest.raises(ValueError, match='outside its parts'):
         PartPool(pool.pos, torch.zeros_like(pool.parts), pool.labels.flip(0), pool.class_names, [[1], [0]], 'x')
+
+
+def test_complete_per_class_picks_clouds_with_every_part():
+    """Category 0 (parts 0, 1): only cloud 2 shows both; category 1 (part 2): any of its clouds. With too few
+    complete clouds, the next most complete come after them."""
+    parts = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    pool = PartPool(torch.randn(5, 4, 3), parts, labels, ['a', 'b'], [[0, 1], [2]], 'hand')
+    for seed in range(5):
+        _, index = pool.complete_per_class(1, torch.Generator().manual_seed(seed))
+        assert index[0].item() == 2 and index[1].item() in (3, 4)
+    _, index = pool.complete_per_class(2, torch.Generator().manual_seed(0))
+    assert index[0].item() == 2 and index[1].item() in (0, 1)
+    with pytest.raises(ValueError, match='fewer than 3'):
+        pool.complete_per_class(3)
+
+
+def test_per_slot_proportions_reproduce_part_presence():
+    """Category 0 (parts 0, 1): part 1 shown by 1 cloud of 4 (rate 1/4); category 1 (part 2) always. At cpc 1
+    the slot leaves part 1 out and takes the proportions of the clouds without it (all part 0); at cpc 4 one
+    slot of four shows it, with the proportions of the cloud that does (3:1)."""
+    parts = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1],
+                          [2, 2, 2, 2], [2, 2, 2, 2], [2, 2, 2, 2], [2, 2, 2, 2]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    pool = PartPool(torch.randn(8, 4, 3), parts, labels, ['a', 'b'], [[0, 1], [2]], 'hand')
+    assert pool.part_proportions() == [[15 / 16, 1 / 16], [1.0]]
+    assert pool.part_proportions(1) == [[1.0, 0.0], [1.0]]
+    assert pool.part_proportions(4) == [[0.75, 0.25]] + [[1.0, 0.0]] * 3 + [[1.0]] * 4
+    # selection follows the slots: at cpc 1 never the cloud with part 1; at cpc 4 it goes to the slot showing it
+    for seed in range(4):
+        _, index = pool.select_by_parts(pool.part_proportions(1), 1, torch.Generator().manual_seed(seed))
+        assert index[0].item() in (0, 1, 2) and index[1].item() in (4, 5, 6, 7)
+    _, index = pool.select_by_parts(pool.part_proportions(4), 4, torch.Generator().manual_seed(0))
+    assert index[0].item() == 3 and sorted(index[1:4].tolist()) == [0, 1, 2] and sorted(index[4:].tolist()) == [4, 5, 6, 7]

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from openpoints_dd.models import DistillPointNet
+from openpoints_dd.models.pointnet import first_argmax_over_points, max_point_search
 
 
 def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def _matching_penalty(logits_fn, model, pos, target):
 def test_pooled_layer_matches_the_plain_network_to_second_order():
     torch.manual_seed(0)
     model = DistillPointNet(num_classes=5, widths=(16, 32, 64)).double()
-    pos = torch.randn(4, 50, 3, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(4, 64, 3, dtype=torch.float64, requires_grad=True)   # 64 points: the two-level search runs
     target = torch.tensor([0, 1, 2, 3])
     torch.testing.assert_close(model(pos), _naive_logits(model, pos))
     fast_grads, fast_second = _matching_penalty(model, model, pos, target)
@@ -49,3 +50,20 @@ def test_bf16_argmax_search_stays_close_to_the_exact_layer():
 def test_unknown_argmax_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match='argmax_dtype'):
         DistillPointNet(argmax_dtype='float16')
+
+
+@pytest.mark.parametrize('n_points', [1024, 96, 50])
+def test_two_level_argmax_picks_the_same_first_index_as_argmax(n_points):
+    torch.manual_seed(0)
+    values = torch.randint(0, 7, (3, n_points, 40)).float()   # many ties: the first max must win, as in argmax
+    torch.testing.assert_close(first_argmax_over_points(values), values.argmax(dim=1), rtol=0, atol=0)
+    values = torch.randn(3, n_points, 40)
+    torch.testing.assert_close(first_argmax_over_points(values), values.argmax(dim=1), rtol=0, atol=0)
+
+
+def test_chunked_max_point_search_equals_one_full_search():
+    torch.manual_seed(0)
+    h, weight = torch.randn(5, 64, 8), torch.randn(16, 8)
+    full = torch.matmul(h, weight.t()).argmax(dim=1)
+    for chunk_rows in (64, 128, 4096):   # 1 cloud, 2 clouds (the last chunk holds one), all at once
+        torch.testing.assert_close(max_point_search(h, weight, chunk_rows=chunk_rows), full, rtol=0, atol=0)

@@ -78,3 +78,35 @@ def test_part_aware_real_init_lowers_the_part_chamfer_distance():
     assert report['part_chamfer_end'] < 0.5 * report['part_chamfer_start']
     fake, fake_parts = gen.synthesize_with_parts(torch.tensor([0]), 64)
     assert fake[fake_parts == 0][:, 0].mean() > fake[fake_parts == 1][:, 0].mean()   # part 0 went to +x
+
+
+def test_balanced_noise_gives_exact_counts_per_part():
+    """balance 0: equal points per part (10 points, 3 parts -> 4, 3, 3 by largest remainder); balance 0.5:
+    shares proportional to sqrt(q); balance 1 is the plain uniform draw (same random numbers as before)."""
+    gen = _generator()
+    _, parts = gen.synthesize_with_parts(torch.arange(4), 10, torch.Generator().manual_seed(0), balance=0.0)
+    for slot, ids in enumerate([(0, 1, 2), (0, 1, 2), (3, 4), (3, 4)]):
+        counts = sorted(((parts[slot] == p).sum().item() for p in ids), reverse=True)
+        assert counts == ([4, 3, 3] if len(ids) == 3 else [5, 5])
+    # category 1, q = (0.9, 0.1): sqrt shares 0.949 : 0.316 -> 75 : 25 of 100 points
+    _, parts = gen.synthesize_with_parts(torch.tensor([2]), 100, torch.Generator().manual_seed(0), balance=0.5)
+    assert (parts[0] == 3).sum().item() == 75 and (parts[0] == 4).sum().item() == 25
+    plain = gen.synthesize_with_parts(torch.arange(4), 16, torch.Generator().manual_seed(3))
+    assert torch.equal(plain[0], gen.synthesize_with_parts(torch.arange(4), 16, torch.Generator().manual_seed(3),
+                                                           balance=1.0)[0])
+    with pytest.raises(ValueError, match='balance must be in'):
+        gen.synthesize_with_parts(torch.arange(4), 16, balance=1.5)
+
+
+def test_per_slot_proportions_leave_a_part_out_of_one_slot():
+    """K·cpc lists: slot 1 of category 0 never shows part 2 (proportion 0); category-level lists are repeated."""
+    per_slot = [[0.5, 0.3, 0.2], [0.5, 0.5, 0.0], [0.9, 0.1], [0.9, 0.1]]
+    gen = build_synthesizer({'NAME': 'PartPointGenerator', 'hidden_dim': 16}, num_classes=2, cpc=2,
+                            part_proportions=per_slot)
+    _, parts = gen.synthesize_with_parts(torch.arange(4), 4000, torch.Generator().manual_seed(0))
+    assert (parts[0] == 2).any() and not (parts[1] == 2).any()
+    assert abs((parts[1] == 1).float().mean().item() - 0.5) < 0.05
+    assert gen.slot_proportions == per_slot and _generator().slot_proportions == [PROPORTIONS[0]] * 2 + [PROPORTIONS[1]] * 2
+    with pytest.raises(ValueError, match='per slot'):
+        build_synthesizer({'NAME': 'PartPointGenerator', 'hidden_dim': 8}, num_classes=2, cpc=2,
+                          part_proportions=per_slot[:3])
