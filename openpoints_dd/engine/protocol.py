@@ -201,8 +201,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
     rows = []
     for name, base in model_cfgs.items():
         base = _with_real_data(base, data_cfg)
-        budget = (f"{base.epochs} epochs, {base.num_points} points, batch {base.batch_size}, "
-                  f"tested every {min(int(base.val_freq), int(base.epochs))} epochs")
+        budget = _budget(base)
         cut = {k: base.get(k) for k in ('max_train_batches', 'max_val_batches') if base.get(k)}
         if cut:
             budget += f" (smoke run, cut short: {', '.join(f'{k}={v}' for k, v in cut.items())})"
@@ -212,9 +211,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
             if item.selection is not None:
                 path = out_dir / 'random' / f'cpc{item.cpc}-selection{item.selection}.safetensors'
                 if not path.is_file():
-                    if pool is None:
-                        real = (data_cfg or base)['dataset']
-                        pool = RealPool.from_dataset_cfg(_real_section(real), split='train')
+                    pool = pool or RealPool.from_dataset_cfg(_real_section((data_cfg or base)['dataset']), split='train')
                     save_random_artifact(pool, item.cpc, item.selection, path)
                 run_seeds = [item.selection]
             runs = []
@@ -232,16 +229,16 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
             grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
         rows += [_row(label, mode, cpc, name, budget, runs) for (label, mode, cpc), runs in grouped.items()]
         if full_epochs != 0:
-            rows.append(_full_train_row(name, base, data_cfg, seeds, full_epochs, device, out_dir))
+            pool = pool or RealPool.from_dataset_cfg(_real_section((data_cfg or base)['dataset']), split='train')
+            rows.append(_full_train_row(name, base, data_cfg, pool.num_classes, seeds, full_epochs, device, out_dir))
     return rows
 
 
-def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, seeds: int, epochs: int | None,
-                    device: str, out_dir: Path) -> dict:
+def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, num_classes: int, seeds: int,
+                    epochs: int | None, device: str, out_dir: Path) -> dict:
     """The model trained on the whole real train set: what a distilled set is measured against."""
     dataset = _real_section((data_cfg or base)['dataset'])
     dataset['val'] = dict(base.dataset.get('val') or dataset.get('val') or {'split': 'test'})
-    num_classes = RealPool.from_dataset_cfg(dataset, split='train').num_classes
     runs = []
     for seed in range(seeds):
         cfg = _fit_classes(copy.deepcopy(base), num_classes)
@@ -256,9 +253,13 @@ def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, seeds: 
         cfg.run_dir = str(run_dir)
         logger.info('protocol | %s | full train set | seed %d', name, seed)
         runs.append(_metrics_run(train_classifier(cfg, run_dir), seed, None))
-    budget = (f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}, "
-              f"tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs")
-    return _row(FULL_TRAIN_LABEL, 'real train set', 'all', name, budget, runs)
+    return _row(FULL_TRAIN_LABEL, 'real train set', 'all', name, _budget(cfg), runs)
+
+
+def _budget(cfg) -> str:
+    """A trainer config's budget, as the table states it."""
+    return (f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}, "
+            f"tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs")
 
 
 def _real_section(dataset: Mapping[str, Any]) -> dict:
