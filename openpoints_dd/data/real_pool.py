@@ -100,13 +100,26 @@ class RealPool:
         return normalize_to_unit_sphere(self.pos[index]), index
 
 
+def dataset_labels(dataset) -> np.ndarray:
+    """(M,) int64 class labels of an openpoints classification dataset, without loading its clouds when it keeps
+    them as an array (our EmbeddedShapes and DistilledDataset's val/test, openpoints' ModelNet40Ply2048)."""
+    real = getattr(dataset, 'real', None)                                # DistilledDataset's val/test split
+    if real is not None:
+        return dataset_labels(real)
+    for name in ('labels', 'label'):                                     # EmbeddedShapes / ModelNet40Ply2048
+        if hasattr(dataset, name):
+            return np.asarray(getattr(dataset, name)).reshape(-1).astype(np.int64)
+    items = (dataset[i] for i in range(len(dataset)))                   # 'cls': part datasets' shape category
+    return np.array([int(np.asarray(item.get('cls', item['y'])).reshape(-1)[0]) for item in items], dtype=np.int64)
+
+
 def _dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
     """(M, N, 3) float32 points and (M,) int64 labels of an openpoints dataset, fast path when possible."""
     if hasattr(dataset, 'points') and hasattr(dataset, 'labels'):       # our EmbeddedShapes
-        return np.asarray(dataset.points)[..., :3], np.asarray(dataset.labels).reshape(-1).astype(np.int64)
+        return np.asarray(dataset.points)[..., :3], dataset_labels(dataset)
     if hasattr(dataset, 'data') and hasattr(dataset, 'label'):          # ModelNet40Ply2048
         num_points = getattr(dataset, 'num_points', None)
-        return np.asarray(dataset.data)[:, :num_points, :3], np.asarray(dataset.label).reshape(-1).astype(np.int64)
+        return np.asarray(dataset.data)[:, :num_points, :3], dataset_labels(dataset)
     items = [dataset[i] for i in range(len(dataset))]                    # generic: any openpoints dataset
     pos = np.stack([np.asarray(item['pos'])[:, :3] for item in items])
     labels = np.array([int(np.asarray(item['y']).reshape(-1)[0]) for item in items], dtype=np.int64)

@@ -30,7 +30,7 @@ from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.run import write_json
 from . import distributed
 from .distill import Distiller, resolve_device
-from .evaluate import format_mean_std, random_selections, summarize
+from .evaluate import format_mean_std, generator_modes, random_selections, summarize
 from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
         rows = {}
-        modes = [True, False] if settings.get('resample', True) else [False]
+        modes = generator_modes(settings.get('generator_modes'))
         for resample in modes:
             sampler = generator_sampler(synthetic.synthesizer, eval_points, resample,
                                         float(settings.get('part_balance', 1.0)))

@@ -23,21 +23,24 @@ from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
 
 logger = logging.getLogger(__name__)
 
+GENERATOR_MODES = ('resampled', 'fixed')   # fresh generator clouds every epoch; one fixed draw
+
 #: (epoch, generator) -> (pos (S, N, 3), y (S,)): a fixed set ignores the epoch, a generator resamples
 TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
 DEFAULTS = {'model': {'NAME': 'DistillPointNet'}, 'epochs': 200, 'batch_size': 256, 'lr': 1e-3,
             'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0,
             'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05}}
+#: evaluation keys read by the distillation run itself, not by one training
+RUN_KEYS = ('seeds', 'generator_modes', 'random_selections', 'eval_epochs_during_distill')
 
 
 def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
     """The evaluation section with defaults filled in (unknown keys are errors)."""
     settings = {**DEFAULTS, **dict(cfg or {})}
-    unknown = set(settings) - set(DEFAULTS) - {'seeds', 'resample', 'random_selections', 'eval_epochs_during_distill'}
+    unknown = set(settings) - set(DEFAULTS) - set(RUN_KEYS)
     if unknown:
-        raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + seeds, resample, '
-                       f'random_selections, eval_epochs_during_distill')
+        raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + {", ".join(RUN_KEYS)}')
     return settings
 
 
@@ -131,6 +134,15 @@ def summarize(results: list[dict], key: str = 'oa') -> dict:
 
 def format_mean_std(summary: Mapping[str, Any]) -> str:
     return f"{summary['mean']:.2f} ± {summary['std']:.2f}" if not math.isnan(summary['mean']) else 'n/a'
+
+
+def generator_modes(modes: Sequence[str] | None = None) -> list[bool]:
+    """The rows a generator set gets, as `resample` flags: 'resampled' (fresh clouds every epoch) and/or 'fixed'
+    (one draw), each at most once, in the given order. None: both (`evaluation.generator_modes` unset)."""
+    modes = list(GENERATOR_MODES if modes is None else modes)
+    if not modes or set(modes) - set(GENERATOR_MODES) or len(set(modes)) != len(modes):
+        raise ValueError(f'generator modes must be resampled and/or fixed, each once; got {modes}')
+    return [mode == 'resampled' for mode in modes]
 
 
 def random_selections(settings: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:

@@ -28,7 +28,8 @@ PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
 SEG_DEFAULTS = {'model': {'NAME': 'DistillPointNetSeg'}, 'epochs': 200, 'batch_size': 32, 'optimizer': 'adam',
                 'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024,
                 'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05},
-                'seeds': [0, 1, 2], 'random_selections': 3, 'resample': True, 'part_balance': 1.0}
+                'seeds': [0, 1, 2], 'random_selections': 3, 'generator_modes': ['resampled', 'fixed'],
+                'part_balance': 1.0}
 _IGNORED = {'test_every', 'eval_epochs_during_distill'}   # classification keys inherited from default.yaml
 
 

@@ -12,7 +12,8 @@ from ..data.synthetic_set import SyntheticSet
 from ..utils.run import write_json
 from . import distributed
 from .distill import Distiller, resolve_device
-from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, random_selections, summarize, train_and_test
+from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, random_selections,
+                       summarize, train_and_test)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         cpc = synthetic.cpc
         rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
         rows = {}
-        modes = [True, False] if synthetic.is_generator else [False]
+        modes = generator_modes(settings.get('generator_modes')) if synthetic.is_generator else [False]
         for resample in modes:
             name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
             runs = evaluate_set(synthetic_sampler(synthetic, settings['num_points'], resample), test, settings,

@@ -26,7 +26,8 @@ from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
 from ..registry import build_rotator
 from ..utils.config import load_config, resolve_path
-from .evaluate import evaluation_settings, fixed_sampler, format_mean_std, summarize
+from .evaluate import (GENERATOR_MODES, evaluation_settings, fixed_sampler, format_mean_std, generator_modes,
+                       summarize)
 from .pipeline import evaluate_set, synthetic_sampler, test_pool
 from .train_cls import train_classifier, with_defaults
 
@@ -72,16 +73,14 @@ def parse_set_args(items: Sequence[str]) -> dict[str, Path]:
     return sets
 
 
-def expand_sets(sets: Mapping[str, Path], generator_modes: Sequence[str] = ('resampled', 'fixed')
+def expand_sets(sets: Mapping[str, Path], modes: Sequence[str] = GENERATOR_MODES
                 ) -> tuple[list[EvalSet], dict[str, SyntheticSet]]:
     """One EvalSet per artifact (per mode for a generator: resampled, fixed); the artifacts are read and validated here."""
-    unknown = set(generator_modes) - {'resampled', 'fixed'}
-    if unknown or not generator_modes:
-        raise ValueError(f'generator modes must be a non-empty subset of resampled, fixed; got {list(generator_modes)}')
+    flags = generator_modes(modes)
     loaded = {label: SyntheticSet(path) for label, path in sets.items()}
     out = []
     for label, synthetic in loaded.items():
-        modes = [mode == 'resampled' for mode in generator_modes] if synthetic.is_generator else [None]
+        modes = flags if synthetic.is_generator else [None]
         out += [EvalSet(label, Path(synthetic.path), synthetic.cpc, resample=mode) for mode in modes]
     return out, loaded
 
@@ -106,7 +105,7 @@ def save_random_artifact(pool: RealPool, cpc: int, selection: int, path: Path) -
 def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None, random_k: int = 0,
                  cpc: int | None = None, models: Sequence[str] = (), data_cfg: Mapping[str, Any] | None = None,
                  seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu', full_train: bool = False,
-                 full_epochs: int | None = None, generator_modes: Sequence[str] = ('resampled', 'fixed')) -> dict:
+                 full_epochs: int | None = None, generator_modes: Sequence[str] = GENERATOR_MODES) -> dict:
     """Train every (set, model) pair for `seeds` seeds and write results.{json,csv,md} into `out_dir`.
 
     Args:
@@ -202,9 +201,6 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
     for name, base in model_cfgs.items():
         base = _with_real_data(base, data_cfg)
         budget = _budget(base)
-        cut = {k: base.get(k) for k in ('max_train_batches', 'max_val_batches') if base.get(k)}
-        if cut:
-            budget += f" (smoke run, cut short: {', '.join(f'{k}={v}' for k, v in cut.items())})"
         grouped: dict[tuple, list[dict]] = {}
         for item in eval_sets:
             path, run_seeds = item.path, list(range(seeds))
@@ -257,9 +253,16 @@ def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, num_cla
 
 
 def _budget(cfg) -> str:
-    """A trainer config's budget, as the table states it."""
-    return (f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}, "
-            f"tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs")
+    """A trainer config's budget, as the table states it (with every cut that makes it smaller)."""
+    budget = f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}"
+    if cfg.get('max_train_batches'):
+        budget += f", at most {cfg.max_train_batches} batches per epoch"
+    budget += f", tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs"
+    if cfg.get('val_per_class'):
+        budget += f" on the first {cfg.val_per_class} test clouds of every class"
+    if cfg.get('max_val_batches'):
+        budget += f" (smoke run: evaluations cut to {cfg.max_val_batches} batches)"
+    return budget
 
 
 def _real_section(dataset: Mapping[str, Any]) -> dict:

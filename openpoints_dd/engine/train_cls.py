@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from openpoints.dataset import build_dataloader_from_cfg
@@ -32,6 +33,7 @@ from openpoints.optim import build_optimizer_from_cfg
 from openpoints.scheduler import build_scheduler_from_cfg
 from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
 
+from ..data.real_pool import dataset_labels
 from ..utils.config import config_hash, resolve_path, save_config
 
 logger = logging.getLogger(__name__)
@@ -65,8 +67,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'print_freq': 50,
     'progress': True,
     'point_resampling': 'fps',  # fps | random | first: how training clouds with > num_points are reduced
-    'max_train_batches': None,  # smoke tests only: cut every epoch (and every evaluation) short
+    'max_train_batches': None,  # cut every epoch short: smoke tests, or the full train set at a small step budget
     'max_val_batches': None,
+    'val_per_class': None,      # CPU-scale budgets: validate/test on the first k clouds of every class only
     'root_dir': 'runs',
     'run_dir': None,
     'artifact': None,           # DistilledDataset only: the artifact of the train split (sets its distilled_path)
@@ -122,6 +125,17 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_log_file(run_dir / 'log.txt'):
         return _Trainer(cfg, run_dir, overrides).run()
+
+
+def per_class_loader(loader: DataLoader, per_class: int) -> DataLoader:
+    """The same loader over the first `per_class` clouds of every class (in the dataset's order), so a CPU-scale
+    evaluation tests every class equally and every run on the same clouds."""
+    if per_class < 1:
+        raise ValueError(f'val_per_class must be >= 1 (or null for the whole split), got {per_class}')
+    labels = dataset_labels(loader.dataset)
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+    return DataLoader(Subset(loader.dataset, keep.tolist()), batch_size=loader.batch_size, shuffle=False,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
 
 def resample_points(points: Tensor, num_points: int, method: Resampling = 'fps',
@@ -359,6 +373,8 @@ class _Trainer:
         loader = build_dataloader_from_cfg(batch_size, self._dataset_cfg(), dataloader_cfg,
                                            datatransforms_cfg=transforms, split=split, distributed=False)
         loader.pin_memory = self.device.type == 'cuda'  # openpoints hard-codes True; it only warns on CPU
+        if split != 'train' and self.cfg.val_per_class:
+            loader = per_class_loader(loader, int(self.cfg.val_per_class))
         return loader
 
     def _check_dataset(self, dataset, split: str) -> list[str]:

@@ -37,6 +37,13 @@ def test_distill_cli_writes_artifact_metrics_and_table(tmp_path):
     assert synthetic.is_generator and synthetic.metadata['dataset']['name'] == 'EmbeddedShapes'
     assert 'final-epoch OA' in (run_dir / 'log.txt').read_text()
 
+    # evaluation.generator_modes picks the rows of a generator set
+    run_dir = tmp_path / 'resampled-only'
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, "evaluation.generator_modes=['resampled']",
+                            'evaluation.random_selections=0']) == 0
+    rows = json.loads((run_dir / 'metrics.json').read_text())['evaluation']
+    assert set(rows) == {'synthetic (resampled each epoch)'}
+
 
 @pytest.mark.parametrize('override, error, match', [
     ('distill.iteratons=3', ValueError, "Closest existing key: 'distill.iterations'"),

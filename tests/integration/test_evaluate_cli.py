@@ -126,13 +126,18 @@ def test_full_train_row_trains_the_model_on_the_real_train_set(files, tmp_path, 
     model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
     assert evaluate_main(['--cfg', str(files['cfg']), '--model', model, '--full-train', '--full-epochs', '1',
                           '--seeds', '2', '--out', str(out), 'epochs=3', 'num_points=64', 'batch_size=10',
-                          'val_batch_size=100', 'model.widths=[8,16,32]', 'dataset.train.num_points=64']) == 0
+                          'val_batch_size=100', 'model.widths=[8,16,32]', 'dataset.train.num_points=64',
+                          'max_train_batches=2', 'val_per_class=1']) == 0
     (row,) = json.loads((out / 'results.json').read_text())['rows']
     assert (row['set'], row['mode'], row['cpc']) == ('full train set', 'real train set', 'all')
-    assert row['final_oa']['n'] == 2 and row['budget'].startswith('1 epochs, 64 points')
+    assert row['final_oa']['n'] == 2 and row['budget'] == ('1 epochs, 64 points, batch 10, at most 2 batches per '
+                                                           'epoch, tested every 1 epochs on the first 1 test clouds '
+                                                           'of every class')
     metrics = json.loads((Path(row['runs'][0]['run_dir']) / 'metrics.json').read_text())
     real_train = RealPool.from_dataset_cfg(_real_section(EMBEDDED), split='train')
-    assert metrics['last_epoch'] == 1 and f'data EmbeddedShapes | train {len(real_train.labels)} clouds' in caplog.text
+    log = f'data EmbeddedShapes | train {len(real_train.labels)} clouds ({len(real_train.labels) // 10} batches of 10)'
+    assert metrics['last_epoch'] == 1 and log in caplog.text
+    assert f'| val {real_train.num_classes} clouds' in caplog.text
 
 
 def test_full_train_without_a_model_is_a_clear_error(files, tmp_path):

@@ -18,7 +18,7 @@ import torch
 import openpoints_dd  # noqa: F401
 from conftest import make_fake_modelnet40
 from openpoints.utils import EasyConfig
-from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS
+from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS, per_class_loader
 from openpoints_dd.utils.config import REPO_ROOT, config_hash, load_config, resolve_path, save_config
 
 TRAIN_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('*.yaml'))
@@ -232,6 +232,21 @@ def test_main_default_run_dir_holds_stem_date_and_hash(fake_data, tmp_path, monk
     stamp_date, stamp_time, short_hash = run_dir.name.split('-')
     assert len(stamp_date) == 8 and len(stamp_time) == 6 and len(short_hash) == 8
     assert json.loads((run_dir / 'metrics.json').read_text())['cfg_hash'] == short_hash
+
+
+def test_val_per_class_keeps_the_first_clouds_of_every_class(fake_data, tmp_path):
+    with h5py.File(fake_data / 'modelnet40_ply_hdf5_2048' / 'ply_data_test0.h5') as f:
+        labels = f['label'][:].reshape(-1)
+    cfg = str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')
+    run_dir = tmp_path / 'run'
+    assert train_tool.main(['--cfg', cfg, *tiny_overrides(fake_data, run_dir, 'val_per_class=1')]) == 0
+    assert f'val {len(np.unique(labels))} clouds' in (run_dir / 'log.txt').read_text()
+
+    loader = torch.utils.data.DataLoader([{'y': np.int64(y)} for y in [3, 1, 3, 3, 0, 1]], batch_size=4)
+    subset = per_class_loader(loader, 2)
+    assert list(subset.dataset.indices) == [0, 1, 2, 4, 5] and subset.batch_size == 4
+    with pytest.raises(ValueError, match='val_per_class must be >= 1'):
+        per_class_loader(loader, 0)
 
 
 def test_main_rejects_unknown_keys_before_creating_anything(tmp_path):
