@@ -1,6 +1,10 @@
 """Times every cfgs/models model, the point ops and DistillPointNet's two layouts on one device.
 
     python benchmarks/bm_models.py [--device cpu] [--models pointnet pct] [--repeats 3] [--out FILE]
+    # one train step (batch 32) and one test batch (64) at 256 points of the cross-architecture table's models,
+    # with the top ops of each model's step
+    python benchmarks/bm_models.py --models-only --train-cfgs cfgs/train/xarch-cpc10-cpu90m --points 256 \
+        --batch 32 --val-batch 64 --profile
 
 Each number is the mean of `--repeats` runs after one warm-up run (the naive twins: one run, no
 warm-up, on small inputs). Prints a table and writes JSON with the device, torch version and threads.
@@ -11,17 +15,23 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import openpoints_dd  # noqa: F401  (point-op fallbacks, registers our models)
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 from openpoints_dd.compat import point_ops
 from openpoints_dd.models import DistillPointNet, pointnet_conv1d_forward
+from openpoints_dd.utils.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_step import _matmul_peak  # noqa: E402  (the same peak measurement as the distill-step benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,28 +55,59 @@ def _timer(device: torch.device, repeats: int, warmup: int = 1) -> Callable[[Cal
     return measure
 
 
-def bench_models(device: torch.device, names: list[str] | None, repeats: int) -> dict[str, dict]:
-    """Forward+backward (train mode, loss from `get_logits_loss`) on (8, 1024, 3) for every model YAML."""
+def bench_models(device: torch.device, names: list[str] | None, repeats: int, points: int = 1024, batch: int = 8,
+                 val_batch: int = 0, profile: bool = False, train_cfgs: Path | None = None) -> dict[str, dict]:
+    """Forward+backward (train mode, loss from `get_logits_loss`) on (batch, points, 3) for every model YAML;
+    with `val_batch`, also a no-grad eval-mode forward on (val_batch, points, 3); with `profile`, the ops that
+    take the most CPU time in one train step and the step's matmul/conv FLOPs (torch's FlopCounterMode) over
+    its measured time. `train_cfgs`: a folder of train YAMLs whose model sections
+    (with their bases) are timed instead of cfgs/models, e.g. a table's CPU-scale configs."""
     measure = _timer(device, repeats)
     results = {}
-    for path in sorted((REPO / 'cfgs' / 'models').glob('*.yaml')):
+    for path in sorted((train_cfgs or REPO / 'cfgs' / 'models').glob('*.yaml')):
         if names and path.stem not in names:
             continue
-        cfg = EasyConfig()
-        cfg.load(str(path), recursive=False)
+        if train_cfgs:
+            cfg = load_config(str(path), [])
+        else:
+            cfg = EasyConfig()
+            cfg.load(str(path), recursive=False)
+            if 'points' in cfg.model:       # PointMLP sizes its stages by the input's point count
+                cfg.model.points = points
         if cfg.model.get('criterion_args') is None:
             cfg.model.criterion_args = cfg.criterion_args
         model = build_model_from_cfg(cfg.model).to(device).train()
-        pos = torch.rand(8, 1024, 3, device=device)
-        target = torch.arange(8, device=device) % 40
+        pos = torch.rand(batch, points, 3, device=device)
+        target = torch.arange(batch, device=device) % 40
 
         def step():
             model.zero_grad(set_to_none=True)
             _, loss = model.get_logits_loss({'pos': pos, 'x': pos.transpose(1, 2).contiguous()}, target)
             loss.backward()
 
-        results[path.stem] = {'forward_backward_s': measure(step),
-                              'params': sum(p.numel() for p in model.parameters())}
+        result = {'forward_backward_s': measure(step), 'params': sum(p.numel() for p in model.parameters())}
+        if val_batch:
+            val_pos = torch.rand(val_batch, points, 3, device=device)
+            val_target = torch.arange(val_batch, device=device) % 40
+
+            def infer():
+                with torch.no_grad():
+                    model.get_logits_loss({'pos': val_pos, 'x': val_pos.transpose(1, 2).contiguous()}, val_target)
+            model.eval()
+            result['eval_forward_s'] = measure(infer)
+            model.train()
+        if profile:
+            with FlopCounterMode(display=False) as flops:   # matmul/conv FLOPs of one train step
+                step()
+            result['step_gflop'] = flops.get_total_flops() / 1e9
+            result['achieved_gflops_per_s'] = result['step_gflop'] / result['forward_backward_s']
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                step()
+            total = sum(e.self_cpu_time_total for e in prof.key_averages())
+            top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
+            result['profile_top_ops'] = [{'op': e.key, 'self_cpu_share': round(e.self_cpu_time_total / total, 3),
+                                          'calls': e.count} for e in top]
+        results[path.stem] = result
     return results
 
 
@@ -135,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--models', nargs='*', help='YAML stems in cfgs/models (default: all)')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', default=str(REPO / 'runs' / 'benchmarks' / 'bm_models.json'))
+    parser.add_argument('--points', type=int, default=1024, help='points per cloud for the models. Default 1024')
+    parser.add_argument('--batch', type=int, default=8, help='train batch for the models. Default 8')
+    parser.add_argument('--val-batch', type=int, default=0, help='also time an eval forward of this batch')
+    parser.add_argument('--profile', action='store_true', help="each model's top ops in one train step")
+    parser.add_argument('--models-only', action='store_true', help='skip the point ops and DistillPointNet layouts')
+    parser.add_argument('--train-cfgs', default=None, help='time the model sections of the train YAMLs in this folder')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -145,24 +192,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {report['device']} ({device.type}) | torch {report['torch']} | threads {report['threads']} | "
           f"mean of {args.repeats} after 1 warm-up")
 
-    report['ops'] = bench_ops(device, args.repeats)
-    print('\npoint ops')
-    for name, value in report['ops'].items():
-        if name != 'naive_vs_vectorised_small':
+    if not args.models_only:
+        report['ops'] = bench_ops(device, args.repeats)
+        print('\npoint ops')
+        for name, value in report['ops'].items():
+            if name != 'naive_vs_vectorised_small':
+                print(f'  {name:40s} {value:8.4f} s')
+        print('  naive vs vectorised (one run each, small inputs, CPU)')
+        for name, (slow, fast) in report['ops']['naive_vs_vectorised_small'].items():
+            print(f'    {name:38s} {slow:8.4f} s  vs {fast:8.5f} s')
+
+        report['distill_pointnet'] = bench_pointnet_layouts(device, args.repeats)
+        print('\nDistillPointNet forward+backward, (8, 1024, 3)')
+        for name, value in report['distill_pointnet'].items():
             print(f'  {name:40s} {value:8.4f} s')
-    print('  naive vs vectorised (one run each, small inputs, CPU)')
-    for name, (slow, fast) in report['ops']['naive_vs_vectorised_small'].items():
-        print(f'    {name:38s} {slow:8.4f} s  vs {fast:8.5f} s')
 
-    report['distill_pointnet'] = bench_pointnet_layouts(device, args.repeats)
-    print('\nDistillPointNet forward+backward, (8, 1024, 3)')
-    for name, value in report['distill_pointnet'].items():
-        print(f'  {name:40s} {value:8.4f} s')
-
-    report['models'] = bench_models(device, args.models, args.repeats)
-    print('\nmodels (cfgs/models) forward+backward, (8, 1024, 3), train mode')
+    report['models'] = bench_models(device, args.models, args.repeats, args.points, args.batch, args.val_batch,
+                                    args.profile, Path(args.train_cfgs) if args.train_cfgs else None)
+    report['model_inputs'] = {'points': args.points, 'batch': args.batch, 'val_batch': args.val_batch}
+    if args.profile and device.type == 'cpu':
+        report['matmul_peak_fp32_gflops'] = _matmul_peak('float32')
+        print(f"\nfp32 matmul peak on {report['threads']} thread(s): {report['matmul_peak_fp32_gflops']:.1f} GFLOP/s")
+    print(f'\nmodels (cfgs/models) forward+backward, ({args.batch}, {args.points}, 3), train mode'
+          + (f'; eval forward ({args.val_batch}, {args.points}, 3)' if args.val_batch else ''))
     for name, result in report['models'].items():
-        print(f"  {name:40s} {result['forward_backward_s']:8.4f} s   {result['params'] / 1e6:7.3f} M params")
+        evaluation = f"   eval {result['eval_forward_s']:8.4f} s" if 'eval_forward_s' in result else ''
+        print(f"  {name:40s} {result['forward_backward_s']:8.4f} s{evaluation}   {result['params'] / 1e6:7.3f} M params")
+        if 'step_gflop' in result:
+            print(f"      {result['step_gflop']:.1f} GFLOP (matmul/conv) per train step: "
+                  f"{result['achieved_gflops_per_s']:.1f} GFLOP/s")
+        for op in result.get('profile_top_ops', []):
+            print(f"      {op['op']:50s} {100 * op['self_cpu_share']:5.1f} %  ({op['calls']} calls)")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@
     # ... and the same models on the whole real train set (the upper bound), at a stated epoch budget
     python tools/evaluate.py --cfg cfgs/distill/modelnet40/default.yaml --set dd3d=runs/<run>/artifact.safetensors \
         --random 3 --seeds 3 --model cfgs/train/distilled-pointnet-cpu.yaml --full-train --full-epochs 5
+    # ... two trainings at a time, one thread each (all cores busy, one table)
+    python tools/evaluate.py ... --model cfgs/train/distilled-pointnet-cpu.yaml --workers 2
 
 `key=value` overrides apply to every --model YAML (e.g. epochs=10), or to --cfg when no --model is given
 (e.g. evaluation.epochs=50). Writes results.json, results.csv and results.md into --out and prints the table.
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--generator-modes', nargs='+', default=['resampled', 'fixed'], choices=['resampled', 'fixed'],
                         help='rows of a generator artifact: fresh clouds every epoch and/or one fixed draw. Default both')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | auto. Default cpu')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='--model trainings run this many at a time, in separate processes that share the '
+                             'threads evenly (e.g. 2 on 2 cores: two single-threaded trainings). Default 1')
     parser.add_argument('--out', default=None, help='output folder. Default runs/evaluate/<date-time>')
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if o.startswith('--') and '=' not in o]
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_protocol(out_dir=out, sets=sets, random_k=args.random, cpc=args.cpc, models=args.model,
                           data_cfg=data_cfg, seeds=args.seeds, overrides=overrides if args.model else [],
                           device=args.device, full_train=args.full_train, full_epochs=args.full_epochs,
-                          generator_modes=args.generator_modes)
+                          generator_modes=args.generator_modes, workers=args.workers)
     print(result['table'])
     print(f'\nwrote {out}/results.json, results.csv, results.md')
     return 0

@@ -9,11 +9,13 @@ papers' (optimistic) protocol. Generator artifacts get two rows: fresh clouds ev
 """
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import csv
 import json
 import logging
 import math
+import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +107,8 @@ def save_random_artifact(pool: RealPool, cpc: int, selection: int, path: Path) -
 def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None, random_k: int = 0,
                  cpc: int | None = None, models: Sequence[str] = (), data_cfg: Mapping[str, Any] | None = None,
                  seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu', full_train: bool = False,
-                 full_epochs: int | None = None, generator_modes: Sequence[str] = GENERATOR_MODES) -> dict:
+                 full_epochs: int | None = None, generator_modes: Sequence[str] = GENERATOR_MODES,
+                 workers: int = 1) -> dict:
     """Train every (set, model) pair for `seeds` seeds and write results.{json,csv,md} into `out_dir`.
 
     Args:
@@ -123,6 +126,8 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         full_train: also train every model on the whole real train set (`seeds` seeds): the upper bound row.
         full_epochs: epochs of that row (default: the model YAML's); the budget column states it.
         generator_modes: which rows a generator artifact gets: fresh clouds every epoch, one fixed draw, or both.
+        workers: trainings of the YAML models run this many at a time, each in its own process with an even
+            share of the threads. Default 1 (in this process).
 
     Returns:
         {'rows': [...], 'table': markdown text, 'settings': {...}}; rows hold per-seed runs and summaries.
@@ -138,6 +143,10 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     if not eval_sets and not random_k and not full_train:
         raise ValueError('nothing to evaluate: give at least one --set label=artifact.safetensors, --random K or '
                          '--full-train')
+    if int(workers) < 1:
+        raise ValueError(f'--workers must be >= 1, got {workers}')
+    if int(workers) > 1 and not models:
+        raise ValueError('--workers runs the --model trainings in parallel; the fast CPU protocol runs in one process')
     if full_train and not models:
         raise ValueError('--full-train trains the --model YAMLs on the real train set; give at least one --model')
     for c in cpcs:
@@ -147,12 +156,13 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     t0 = time.perf_counter()
     if models:
         rows = _run_models(models, eval_sets, loaded, data_cfg, int(seeds), list(overrides), device, out_dir,
-                           full_epochs=full_epochs if full_train else 0)
+                           full_epochs=full_epochs if full_train else 0, workers=int(workers))
     else:
         rows = _run_fast(eval_sets, data_cfg, int(seeds), device)
     table = markdown_table(rows)
     settings = {'seeds': int(seeds), 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
                 'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
+                'workers': int(workers), 'threads': torch.get_num_threads(),
                 'seconds': round(time.perf_counter() - t0, 1)}
     result = {'settings': settings, 'rows': rows, 'table': table}
     (out_dir / 'results.json').write_text(json.dumps(result, indent=1, default=str))
@@ -189,19 +199,33 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, devi
 
 
 # ---------------------------------------------------------------------------------------------- YAML models
+@dataclass
+class _Job:
+    """One training of the table: a (model, set row) pair at one seed, with its full config."""
+    model: str
+    row: tuple           # (set label, mode, cpc) or the full-train-set key
+    budget: str
+    seed: int
+    selection: int | None
+    cfg: dict
+    run_dir: Path
+
+
+FULL_TRAIN_ROW = (FULL_TRAIN_LABEL, 'real train set', 'all')
+
+
 def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping[str, SyntheticSet],
                 data_cfg: Mapping[str, Any] | None, seeds: int, overrides: list[str], device: str,
-                out_dir: Path, full_epochs: int | None = 0) -> list[dict]:
+                out_dir: Path, full_epochs: int | None = 0, workers: int = 1) -> list[dict]:
     """`full_epochs` 0: no full-train-set row; None: that row with the YAML's epochs; N: with N epochs."""
     model_cfgs = {Path(m).stem: load_config(m, overrides) for m in models}   # bad keys fail before any training
     if len(model_cfgs) != len(models):
         raise ValueError(f'--model files must have distinct names (they label the rows): {list(models)}')
     pool = None
-    rows = []
+    jobs: list[_Job] = []
     for name, base in model_cfgs.items():
         base = _with_real_data(base, data_cfg)
         budget = _budget(base)
-        grouped: dict[tuple, list[dict]] = {}
         for item in eval_sets:
             path, run_seeds = item.path, list(range(seeds))
             if item.selection is not None:
@@ -210,46 +234,89 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
                     pool = pool or RealPool.from_dataset_cfg(_real_section((data_cfg or base)['dataset']), split='train')
                     save_random_artifact(pool, item.cpc, item.selection, path)
                 run_seeds = [item.selection]
-            runs = []
             for seed in run_seeds:
                 cfg = _fit_classes(copy.deepcopy(base), (loaded.get(item.label) or SyntheticSet(path)).num_classes)
                 cfg.artifact = str(path)
                 cfg.dataset.train.resample = bool(item.resample) if item.resample is not None else True
-                cfg.seed, cfg.device, cfg.progress = seed, device, False
-                mode_dir = item.mode.replace(' ', '-')
-                run_dir = out_dir / 'runs' / name / _safe(item.label) / mode_dir / f'seed{seed}'
-                cfg.run_dir = str(run_dir)
-                logger.info('protocol | %s | %s (%s) | seed %d', name, item.label, item.mode, seed)
-                metrics = train_classifier(cfg, run_dir)
-                runs.append(_metrics_run(metrics, seed, item.selection))
-            grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
-        rows += [_row(label, mode, cpc, name, budget, runs) for (label, mode, cpc), runs in grouped.items()]
+                run_dir = out_dir / 'runs' / name / _safe(item.label) / item.mode.replace(' ', '-') / f'seed{seed}'
+                jobs.append(_Job(name, (item.label, item.mode, item.cpc), budget, seed, item.selection,
+                                 _finish(cfg, seed, device, run_dir), run_dir))
         if full_epochs != 0:
             pool = pool or RealPool.from_dataset_cfg(_real_section((data_cfg or base)['dataset']), split='train')
-            rows.append(_full_train_row(name, base, data_cfg, pool.num_classes, seeds, full_epochs, device, out_dir))
-    return rows
+            jobs += _full_train_jobs(name, base, data_cfg, pool.num_classes, seeds, full_epochs, device, out_dir)
+    results = _execute(jobs, workers)
+    grouped: dict[tuple, list[dict]] = {}
+    for job, run in zip(jobs, results):
+        grouped.setdefault((job.model, job.row, job.budget), []).append(run)
+    return [_row(*row, model, budget, runs) for (model, row, budget), runs in grouped.items()]
 
 
-def _full_train_row(name: str, base, data_cfg: Mapping[str, Any] | None, num_classes: int, seeds: int,
-                    epochs: int | None, device: str, out_dir: Path) -> dict:
+def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_classes: int, seeds: int,
+                     epochs: int | None, device: str, out_dir: Path) -> list[_Job]:
     """The model trained on the whole real train set: what a distilled set is measured against."""
     dataset = _real_section((data_cfg or base)['dataset'])
     dataset['val'] = dict(base.dataset.get('val') or dataset.get('val') or {'split': 'test'})
-    runs = []
+    cfg = _fit_classes(copy.deepcopy(base), num_classes)
+    cfg.dataset = dataset
+    cfg = with_defaults(cfg)
+    if epochs is not None:
+        cfg.epochs = int(epochs)
+        if 't_max' in cfg:
+            cfg.t_max = int(epochs)
+    jobs = []
     for seed in range(seeds):
-        cfg = _fit_classes(copy.deepcopy(base), num_classes)
-        cfg.dataset = dataset
-        cfg = with_defaults(cfg)
-        if epochs is not None:
-            cfg.epochs = int(epochs)
-            if 't_max' in cfg:
-                cfg.t_max = int(epochs)
-        cfg.seed, cfg.device, cfg.progress = seed, device, False
         run_dir = out_dir / 'runs' / name / 'full-train-set' / f'seed{seed}'
-        cfg.run_dir = str(run_dir)
-        logger.info('protocol | %s | full train set | seed %d', name, seed)
-        runs.append(_metrics_run(train_classifier(cfg, run_dir), seed, None))
-    return _row(FULL_TRAIN_LABEL, 'real train set', 'all', name, _budget(cfg), runs)
+        jobs.append(_Job(name, FULL_TRAIN_ROW, _budget(cfg), seed, None,
+                         _finish(copy.deepcopy(cfg), seed, device, run_dir), run_dir))
+    return jobs
+
+
+def _finish(cfg, seed: int, device: str, run_dir: Path) -> dict:
+    """The job's config as plain dicts (it may cross a process boundary), with its seed, device and folder."""
+    cfg.seed, cfg.device, cfg.progress, cfg.run_dir = seed, device, False, str(run_dir)
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _train_job(job: _Job) -> dict:
+    logger.info('protocol | %s | %s (%s) | seed %d', job.model, job.row[0], job.row[1], job.seed)
+    return _metrics_run(train_classifier(job.cfg, job.run_dir), job.seed, job.selection)
+
+
+def _init_worker(threads: int) -> None:
+    """A pool worker: its share of the cores, and the parent's log format (spawned processes start bare)."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s [worker] %(message)s',
+                        datefmt='%H:%M:%S')
+
+
+def _execute(jobs: list[_Job], workers: int) -> list[dict]:
+    """Run the trainings in order, or `workers` at a time in spawned processes that split the cores evenly.
+
+    Independent single-threaded trainings use a many-core CPU better than one training on all cores (small
+    point-cloud batches do not scale across threads). Results come back in job order either way; the first
+    failure stops the table and is raised.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        return [_train_job(job) for job in jobs]
+    threads = max(1, torch.get_num_threads() // workers)
+    logger.info('protocol | %d trainings on %d worker processes, %d thread(s) each', len(jobs), workers, threads)
+    context = multiprocessing.get_context('spawn')   # fork after torch's thread pools start is unsafe
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                initargs=(threads,)) as executor:
+        futures = [executor.submit(_train_job, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _budget(cfg) -> str:

@@ -6,7 +6,7 @@ the upstream layers and parameter names and supplies a working forward plus open
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +34,26 @@ class PCTClassifier(Pct):
         in_channels: input channels per point; the first 3 of `x` must be xyz. Default 3.
         dropout: dropout probability of the two hidden head layers. Default 0.5.
         criterion_args: openpoints criterion cfg used by `get_logits_loss`; default plain cross-entropy.
+        centres: FPS centres of the two neighbour-embedding stages. Default (512, 256), the paper's for 1024
+            input points; scale them with the input (e.g. (128, 64) for 256 points): more centres than points
+            would only repeat points at full cost.
 
     Raises:
-        ValueError: if `in_channels` < 3 or `dropout` is outside [0, 1).
+        ValueError: if `in_channels` < 3, `dropout` is outside [0, 1) or `centres` is not two decreasing
+            positive counts; in forward, if the input has fewer points than the first stage's centres.
     """
 
     def __init__(self, *, num_classes: int = 40, in_channels: int = 3, dropout: float = 0.5,
-                 criterion_args: Mapping[str, Any] | None = None):
+                 criterion_args: Mapping[str, Any] | None = None, centres: Sequence[int] = (512, 256)):
         if in_channels < 3:
             raise ValueError(f'PCTClassifier: in_channels must be >= 3 (xyz first), got {in_channels}')
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f'PCTClassifier: dropout must be in [0, 1), got {dropout}')
+        centres = [int(c) for c in centres]
+        if len(centres) != 2 or not 0 < centres[1] <= centres[0]:
+            raise ValueError(f'PCTClassifier: centres must be two counts, first >= second > 0, got {centres}')
         super().__init__(output_channels=num_classes, dropout=dropout)
+        self.subsample1.num_groups, self.subsample2.num_groups = centres
         if in_channels != 3:
             self.conv1 = nn.Conv1d(in_channels, 64, kernel_size=1, bias=False)
         self.num_classes, self.in_channels, self.dropout = num_classes, in_channels, dropout
@@ -64,14 +72,17 @@ class PCTClassifier(Pct):
             ValueError: if the shapes do not match the above.
         """
         pos, x = _pos_and_features(data, x, self.in_channels)
-        B = pos.shape[0]
+        B, N = pos.shape[:2]
+        if N < self.subsample1.num_groups:
+            raise ValueError(f'PCTClassifier: {N} input points but {self.subsample1.num_groups} FPS centres in the '
+                             f'first stage; set model.centres for this point count (e.g. [{N // 2}, {N // 4}])')
         h = F.relu(self.bn1(self.conv1(x)))
         h = F.relu(self.bn2(self.conv2(h)))
         center, grouped = _neighbour_embedding_input(self.subsample1, pos, h)
-        h = self.gather_local_0(grouped)                                        # (B, 128, 512)
+        h = self.gather_local_0(grouped)                                        # (B, 128, centres[0])
         center, grouped = _neighbour_embedding_input(self.subsample2, center, h)
-        h = self.gather_local_1(grouped)                                        # (B, 256, 256)
-        h = self.conv_fuse(torch.cat([_attention_stack(self.pt_last, h), h], dim=1))  # (B, 1024, 256)
+        h = self.gather_local_1(grouped)                                        # (B, 256, centres[1])
+        h = self.conv_fuse(torch.cat([_attention_stack(self.pt_last, h), h], dim=1))  # (B, 1024, centres[1])
         h = F.adaptive_max_pool1d(h, 1).view(B, -1)
         h = self.dp1(F.leaky_relu(self.bn6(self.linear1(h)), negative_slope=0.2))
         h = self.dp2(F.leaky_relu(self.bn7(self.linear2(h)), negative_slope=0.2))
@@ -83,7 +94,8 @@ class PCTClassifier(Pct):
         return logits, self.criterion(logits, target.long())
 
     def extra_repr(self) -> str:
-        return f'num_classes={self.num_classes}, in_channels={self.in_channels}, dropout={self.dropout}'
+        return (f'num_classes={self.num_classes}, in_channels={self.in_channels}, dropout={self.dropout}, '
+                f'centres={[self.subsample1.num_groups, self.subsample2.num_groups]}')
 
 
 def _pos_and_features(data: Tensor | Mapping[str, Tensor], x: Tensor | None,

@@ -1,4 +1,5 @@
-"""Every cfgs/train/distilled-*-cpu.yaml builds its model and its DistilledDataset loaders, and predicts 40 classes."""
+"""Every cfgs/train/distilled-*-cpu.yaml (and the cross-architecture table's 256-point versions) builds its model and
+its DistilledDataset loaders, and predicts 40 classes at its own point count."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from openpoints_dd.engine.train_cls import _Trainer
 from openpoints_dd.utils.config import REPO_ROOT, load_config
 
 DISTILLED_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml'))
+TABLE_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10-cpu90m').glob('*.yaml'))
 
 
 @pytest.fixture(scope='module')
@@ -27,16 +29,15 @@ def test_all_six_backbones_have_a_config():
     assert len(DISTILLED_CFGS) == 6 and names == {'DistillPointNet', 'BaseCls', 'PCTClassifier', 'PointMLP'}
     encoders = {load_config(p).model.get('encoder_args', {}).get('NAME') for p in DISTILLED_CFGS}
     assert {'PointNet2Encoder', 'DGCNN', 'PointNextEncoder'} <= encoders
+    assert [f'distilled-{p.stem}-cpu' for p in TABLE_CFGS] == [p.stem for p in DISTILLED_CFGS]
 
 
-@pytest.mark.parametrize('path', DISTILLED_CFGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize('path', DISTILLED_CFGS + TABLE_CFGS, ids=lambda p: f'{p.parent.name}/{p.stem}')
 def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
     cfg = load_config(path, [f"dataset.common.data_dir={data['data_dir']}", f"artifact={data['artifact']}",
                              'device=cpu', 'progress=False', 'seed=0'])
     assert cfg.dataset.common.NAME == 'DistilledDataset' and cfg.epochs < 600   # a CPU-scale budget
-    cfg.num_points = cfg.dataset.train.num_points = 256                       # test speed only
-    if 'points' in cfg.model:                                                  # PointMLP's fixed point count
-        cfg.model.points = 256
+    assert cfg.dataset.train.num_points == cfg.num_points == cfg.model.get('points', cfg.num_points)
     trainer = _Trainer(cfg, tmp_path, None)
     model = trainer._build_model()
     trainer._check_head(model)                      # 40 logits for random clouds

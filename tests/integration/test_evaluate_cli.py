@@ -151,3 +151,31 @@ def test_generator_modes_select_the_rows_of_a_generator(files, tmp_path):
                           '--generator-modes', 'resampled', '--out', str(out), 'evaluation.epochs=1']) == 0
     rows = json.loads((out / 'results.json').read_text())['rows']
     assert [(r['set'], r['mode']) for r in rows] == [('gen', 'resampled each epoch')]
+
+
+def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
+    """Two single-threaded worker processes give the table of one single-threaded process, run for run."""
+    model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
+    args = ['--cfg', str(files['cfg']), '--model', model, '--set', f"real1={files['points']}", '--random', '1',
+            '--seeds', '2', '--full-train', '--full-epochs', '1', 'epochs=2', 'num_points=64', 'batch_size=5',
+            'val_batch_size=10', 'model.widths=[8,16,32]', 'dataset.train.num_points=64', 'max_train_batches=2']
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert evaluate_main(args + ['--out', str(tmp_path / 'one')]) == 0
+        torch.set_num_threads(2)
+        assert evaluate_main(args + ['--out', str(tmp_path / 'two'), '--workers', '2']) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (json.loads((tmp_path / name / 'results.json').read_text()) for name in ('one', 'two'))
+    assert two['settings']['workers'] == 2
+    assert [(r['model'], r['set'], r['mode'], r['budget'], r['final_oa']['n']) for r in two['rows']] == \
+        [(r['model'], r['set'], r['mode'], r['budget'], r['final_oa']['n']) for r in one['rows']]
+    assert [r['set'] for r in two['rows']] == ['real1', 'random cpc1', 'full train set']
+    for row_one, row_two in zip(one['rows'], two['rows']):
+        assert [(run['seed'], run['oa'], run['best_oa']) for run in row_two['runs']] == \
+            [(run['seed'], run['oa'], run['best_oa']) for run in row_one['runs']]
+        for run in row_two['runs']:   # each worker wrote its own run folder
+            assert json.loads((Path(run['run_dir']) / 'metrics.json').read_text())['last_oa'] == run['oa']
+    with pytest.raises(ValueError, match='--workers must be >= 1'):
+        evaluate_main(args + ['--out', str(tmp_path / 'bad'), '--workers', '0'])

@@ -15,8 +15,9 @@ CONFIGS = sorted(p for p in (ROOT / 'cfgs' / 'distill').rglob('*.yaml') if p.nam
 
 def test_the_baseline_grid_is_shipped():
     names = {p.name for p in CONFIGS}
-    expected = {f'{m}-cpc{k}{s}.yaml' for m in ('random', 'herding', 'kcenter', 'dm') for k in (1, 10) for s in ('', '-cpu30m')}
-    expected |= {f'sadm-cpc{k}.yaml' for k in (1, 3, 10)} | {f'sadm-cpc{k}-cpu30m.yaml' for k in (1, 10)}
+    expected = {f'{m}-cpc{k}{s}.yaml' for m in ('random', 'herding', 'kcenter', 'dm', 'gm', 'tm') for k in (1, 10)
+                for s in ('', '-cpu30m')}
+    expected |= {f'{m}-cpc{k}.yaml' for m in ('sadm', 'gm') for k in (1, 3, 10)} | {f'sadm-cpc{k}-cpu30m.yaml' for k in (1, 10)}
     expected |= {'dd3d-generator-dm-cpc10-cpu30m.yaml'}
     assert expected <= names, sorted(expected - names)
 
