@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.engine.protocol import parse_set_args, run_protocol  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.utils.memory import keep_freed_memory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f'unknown options {unknown}; overrides are key=value')
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+    keep_freed_memory()
     sets = parse_set_args(args.set)
     data_cfg = None
     if args.cfg:

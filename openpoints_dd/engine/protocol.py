@@ -28,6 +28,7 @@ from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
 from ..registry import build_rotator
 from ..utils.config import load_config, resolve_path
+from ..utils.memory import keep_freed_memory
 from .evaluate import (GENERATOR_MODES, evaluation_settings, fixed_sampler, format_mean_std, generator_modes,
                        summarize)
 from .pipeline import evaluate_set, synthetic_sampler, test_pool
@@ -293,6 +294,7 @@ def _train_job(job: _Job) -> dict:
 def _init_worker(threads: int) -> None:
     """A pool worker: its share of the cores, and the parent's log format (spawned processes start bare)."""
     torch.set_num_threads(threads)
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s [worker] %(message)s',
                         datefmt='%H:%M:%S')
 

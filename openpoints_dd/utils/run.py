@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import config_hash, save_config
+from .memory import keep_freed_memory
 
 
 def make_run_dir(cfg: Mapping[str, Any], cfg_path: str) -> Path:
@@ -45,6 +46,7 @@ def start_run(cfg, cfg_path: str, overrides: list[str]) -> Path:
     Under torchrun every rank gets rank 0's run dir; only rank 0 writes there and logs below warnings.
     """
     from ..engine import distributed
+    kept = keep_freed_memory()
     run_dir = Path(distributed.object_of_main(str(make_run_dir(cfg, cfg_path))))
     if not distributed.is_main():
         logging.basicConfig(level=logging.WARNING, format=f'rank {distributed.rank()} %(levelname)s %(message)s')
@@ -57,6 +59,8 @@ def start_run(cfg, cfg_path: str, overrides: list[str]) -> Path:
                 distributed.world_size())
     if overrides:
         logger.info('overrides: %s', ' '.join(overrides))
+    if not kept:
+        logger.info('allocator: the glibc setting that keeps freed memory was not applied (slower steps, same results)')
     return run_dir
 
 
