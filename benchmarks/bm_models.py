@@ -60,8 +60,8 @@ def bench_models(device: torch.device, names: list[str] | None, repeats: int, po
     """Forward+backward (train mode, loss from `get_logits_loss`) on (batch, points, 3) for every model YAML;
     with `val_batch`, also a no-grad eval-mode forward on (val_batch, points, 3); with `profile`, the ops that
     take the most CPU time in one train step and the step's matmul/conv FLOPs (torch's FlopCounterMode) over
-    its measured time. `train_cfgs`: a folder of train YAMLs whose model sections
-    (with their bases) are timed instead of cfgs/models, e.g. a table's CPU-scale configs."""
+    its measured time. `train_cfgs`: a folder of train YAMLs whose model sections (with their bases) are timed
+    instead of cfgs/models, e.g. a table's CPU-scale configs."""
     measure = _timer(device, repeats)
     results = {}
     for path in sorted((train_cfgs or REPO / 'cfgs' / 'models').glob('*.yaml')):

@@ -202,14 +202,13 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, devi
 # ---------------------------------------------------------------------------------------------- YAML models
 @dataclass
 class _Job:
-    """One training of the table: a (model, set row) pair at one seed, with its full config."""
+    """One training of the table: a (model, set row) pair at one seed, with its full config (run_dir included)."""
     model: str
     row: tuple           # (set label, mode, cpc) or the full-train-set key
     budget: str
     seed: int
     selection: int | None
     cfg: dict
-    run_dir: Path
 
 
 FULL_TRAIN_ROW = (FULL_TRAIN_LABEL, 'real train set', 'all')
@@ -241,7 +240,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
                 cfg.dataset.train.resample = bool(item.resample) if item.resample is not None else True
                 run_dir = out_dir / 'runs' / name / _safe(item.label) / item.mode.replace(' ', '-') / f'seed{seed}'
                 jobs.append(_Job(name, (item.label, item.mode, item.cpc), budget, seed, item.selection,
-                                 _finish(cfg, seed, device, run_dir), run_dir))
+                                 _finish(cfg, seed, device, run_dir)))
         if full_epochs != 0:
             pool = pool or RealPool.from_dataset_cfg(_real_section((data_cfg or base)['dataset']), split='train')
             jobs += _full_train_jobs(name, base, data_cfg, pool.num_classes, seeds, full_epochs, device, out_dir)
@@ -264,12 +263,9 @@ def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_cl
         cfg.epochs = int(epochs)
         if 't_max' in cfg:
             cfg.t_max = int(epochs)
-    jobs = []
-    for seed in range(seeds):
-        run_dir = out_dir / 'runs' / name / 'full-train-set' / f'seed{seed}'
-        jobs.append(_Job(name, FULL_TRAIN_ROW, _budget(cfg), seed, None,
-                         _finish(copy.deepcopy(cfg), seed, device, run_dir), run_dir))
-    return jobs
+    budget, run_dirs = _budget(cfg), out_dir / 'runs' / name / 'full-train-set'
+    return [_Job(name, FULL_TRAIN_ROW, budget, seed, None,
+                 _finish(copy.deepcopy(cfg), seed, device, run_dirs / f'seed{seed}')) for seed in range(seeds)]
 
 
 def _finish(cfg, seed: int, device: str, run_dir: Path) -> dict:
@@ -288,7 +284,7 @@ def _plain(value: Any) -> Any:
 
 def _train_job(job: _Job) -> dict:
     logger.info('protocol | %s | %s (%s) | seed %d', job.model, job.row[0], job.row[1], job.seed)
-    return _metrics_run(train_classifier(job.cfg, job.run_dir), job.seed, job.selection)
+    return _metrics_run(train_classifier(job.cfg, job.cfg['run_dir']), job.seed, job.selection)
 
 
 def _init_worker(threads: int) -> None:
