@@ -24,9 +24,19 @@ def centred_moments(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
-    """(B, C_out) variance over the points of h @ weight.T, from h's covariance (B, C_in, C_in)."""
-    # einsum over a shared (C_out, C_in) weight runs as a batched matmul: ~3x faster than mul + sum here
-    return torch.einsum('boc,oc->bo', torch.matmul(weight, covariance), weight)
+    """(B, C_out) variance over the points of h @ weight.T, from h's covariance (B, C_in, C_in).
+
+    var[b, o] = sum_cd w[o, c] w[o, d] cov[b, c, d]. From B = C_in clouds on, as one plain (B, C_in²) x (C_in², C_out)
+    matrix multiply against the weight's per-channel outer products (C_out·C_in² floats, whatever B): 2x faster
+    (first order) to 3.5x (second order) at 256 clouds. Fewer clouds take W Cov W^T row by row (B·C_out·C_in),
+    which is cheaper there: the outer products dominated a 32-cloud double backward (+40 %).
+    """
+    B, C_in, _ = covariance.shape
+    if B < C_in:
+        # einsum over the shared (C_out, C_in) weight runs as a batched matmul: ~3x faster than mul + sum here
+        return torch.einsum('boc,oc->bo', torch.matmul(weight, covariance), weight)
+    outer = (weight.unsqueeze(2) * weight.unsqueeze(1)).reshape(weight.shape[0], C_in * C_in)
+    return torch.matmul(covariance.reshape(B, C_in * C_in), outer.t())
 
 
 def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -118,6 +128,8 @@ class DistillPointNet(nn.Module):
         *hidden, last = self.layers
         for layer in hidden:
             h = F.relu(instance_norm_linear(h, layer.weight, layer.bias, self.eps))
+        if not hidden:   # raw coordinates: centre them (exact under InstanceNorm), see pooled_instance_norm_linear
+            h = h - h.mean(dim=1, keepdim=True)
         return pooled_instance_norm_linear(h, last.weight, last.bias, self.eps, self.argmax_dtype)
 
     def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -140,7 +152,8 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
     `torch.autograd.grad` over all parameters works as with the plain layer.
 
     Args:
-        h: (B, N, C_in) per-point features.
+        h: (B, N, C_in) per-point features with values of order 1 around the origin (a ReLU of normalised features,
+            or centred coordinates): the covariance is taken as E[h h^T] - mean mean^T.
         weight: (C_out, C_in) linear weight; bias: (C_out,) or None.
         argmax_dtype: dtype of the gradient-free search for each channel's max point (see DistillPointNet).
 
@@ -149,10 +162,16 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
     """
     B, N, C_in = h.shape
     argmax = max_point_search(h, weight, argmax_dtype)                                 # (B, C_out)
-    mean, _, covariance = centred_moments(h)
+    # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
+    # around the origin the subtraction loses no significant digits
+    mean = h.mean(dim=1, keepdim=True)
+    covariance = torch.matmul(h.transpose(1, 2), h) / N - mean.transpose(1, 2) * mean
     variance = projected_variance(weight, covariance)                                # (B, C_out)
-    at_max = h.gather(1, argmax.unsqueeze(-1).expand(B, -1, C_in))                  # (B, C_out, C_in)
-    max_value, mean_value = torch.einsum('boc,oc->bo', at_max, weight), torch.matmul(mean.squeeze(1), weight.t())
+    # the rows at the max points as one index_select over all clouds' points: ~1.5x faster than gather with
+    # an expanded (B, C_out, C_in) index, forward and backward
+    rows = (argmax + torch.arange(B, device=h.device).unsqueeze(1) * N).reshape(-1)
+    at_max = h.reshape(B * N, C_in).index_select(0, rows).view(B, -1, C_in)        # (B, C_out, C_in)
+    max_value, mean_value = (at_max * weight).sum(-1), torch.matmul(mean.squeeze(1), weight.t())
     if bias is not None:
         max_value, mean_value = max_value + bias, mean_value + bias
     return (max_value - mean_value) * torch.rsqrt(variance + eps)

@@ -47,6 +47,21 @@ def test_budget_stops_cleanly_and_exports(tmp_path):
     assert SyntheticSet(result.artifact_path).metadata['iterations_done'] == result.iterations_done
 
 
+def test_budget_is_a_cap_an_iteration_starts_only_if_it_fits(tmp_path, monkeypatch):
+    """Iterations of 7 s on a fake clock against a 30 s budget: 4 iterations (28 s), not a 5th ending at 35 s."""
+    clock = [0.0]
+    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
+
+    def seven_second_iteration(self, iteration, outer, inner):
+        clock[0] += 7.0
+        return 1.0
+
+    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5)
+    _, result = _run(cfg)
+    assert result.stopped_by_budget and result.iterations_done == 4 and result.seconds == 28.0
+
+
 def test_nan_loss_names_step_and_class(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, iterations=1)
     distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'])

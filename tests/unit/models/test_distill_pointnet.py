@@ -20,11 +20,12 @@ def _matching_penalty(logits_fn, model, pos, target):
     return grads, torch.autograd.grad(penalty, pos)[0]
 
 
-def test_pooled_layer_matches_the_plain_network_to_second_order():
+@pytest.mark.parametrize('clouds', [4, 40])   # variances row by row (4 < 16, 32 channels in) or by outer products
+def test_pooled_layer_matches_the_plain_network_to_second_order(clouds):
     torch.manual_seed(0)
     model = DistillPointNet(num_classes=5, widths=(16, 32, 64)).double()
-    pos = torch.randn(4, 64, 3, dtype=torch.float64, requires_grad=True)   # 64 points: the two-level search runs
-    target = torch.tensor([0, 1, 2, 3])
+    pos = torch.randn(clouds, 64, 3, dtype=torch.float64, requires_grad=True)   # 64 points: the two-level search runs
+    target = torch.arange(clouds) % 5
     torch.testing.assert_close(model(pos), _naive_logits(model, pos))
     fast_grads, fast_second = _matching_penalty(model, model, pos, target)
     naive_grads, naive_second = _matching_penalty(lambda p: _naive_logits(model, p), model, pos, target)
@@ -32,6 +33,17 @@ def test_pooled_layer_matches_the_plain_network_to_second_order():
         torch.testing.assert_close(fast, naive)
     torch.testing.assert_close(fast_second, naive_second)
     assert fast_second.abs().sum() > 0
+
+
+@pytest.mark.parametrize('widths', [(16, 32, 64), (64,)])
+def test_fp32_embedding_is_translation_invariant_as_instance_norm_is(widths):
+    """The pooled layer's covariance is E[h h^T] - mean mean^T: far-off clouds must not lose digits to it."""
+    torch.manual_seed(0)
+    model = DistillPointNet(num_classes=5, widths=widths)
+    pos = torch.randn(4, 64, 3)
+    reference = model.double()(pos.double())
+    model.float()
+    torch.testing.assert_close(model(pos + 1000.0).double(), reference, rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_argmax_search_stays_close_to_the_exact_layer():
