@@ -147,14 +147,32 @@ def ConvPointNet(num_classes: int):
     return Net()
 
 
-def _matmul_peak(dtype_name: str, n: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n×n matrix multiply (best of `repeats`), on this process's threads."""
+def _matmul_peak(dtype_name: str, n: int = 4096, repeats: int = 5, seconds: float = 0.5) -> float:
+    """GFLOP/s of an n×n×n matrix multiply (best of `repeats`), on this process's threads.
+
+    A 512³ probe first shrinks n to what runs in about `seconds`: a CPU without bf16 units (AVX2 only) emulates
+    bf16 at under 1 GFLOP/s, where a 4096³ product would take minutes.
+    """
     import torch
     dtype = getattr(torch, dtype_name)
+    probe = torch.randn(512, 512).to(dtype)
+    probe_gflops = 2 * 512 ** 3 / min(_timed(lambda: torch.mm(probe, probe)) for _ in range(2)) / 1e9
+    n = max(512, min(n, int((seconds * probe_gflops * 1e9 / 2) ** (1 / 3)) // 256 * 256))
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux): figures from different machines are not comparable."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _timed(fn) -> float:
@@ -193,7 +211,8 @@ def main() -> int:
 
     import torch
     peak = {'fp32': _matmul_peak('float32'), 'bf16': _matmul_peak('bfloat16')}
-    print(f'matmul peak on {torch.get_num_threads()} threads: fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.0f} GFLOP/s')
+    print(f'matmul peak on {torch.get_num_threads()} threads: fp32 {peak["fp32"]:.0f} GFLOP/s, bf16 {peak["bf16"]:.1f} GFLOP/s',
+          flush=True)
     rows = []
     for points in args.points:
         for cpc in args.cpc:
@@ -209,9 +228,13 @@ def main() -> int:
                         'synthesizer': synthesizer, 'repeats': args.repeats}
                 with tempfile.TemporaryDirectory() as tmp:
                     row['ours'] = _in_subprocess({**spec, 'method': 'ours', 'save_first_step': f'{tmp}/fp32.safetensors'})
-                    row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16',
-                                                       'save_first_step': f'{tmp}/bf16.safetensors'})
-                    row['bf16_check'] = bf16_search_check(row['ours'], row['ours_bf16'], tmp)
+                    if peak['bf16'] > peak['fp32']:
+                        row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16',
+                                                           'save_first_step': f'{tmp}/bf16.safetensors'})
+                        row['bf16_check'] = bf16_search_check(row['ours'], row['ours_bf16'], tmp)
+                    else:   # the bf16 search is an option for CPUs (AMX) and GPUs that multiply bf16 faster
+                        row['ours_bf16'] = {'error': f'skipped: bf16 matmul {peak["bf16"]:.1f} GFLOP/s, slower than '
+                                                     f'fp32 ({peak["fp32"]:.0f}) on this CPU'}
                 row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
                                    else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
                 for side in ('ours', 'ours_bf16', 'baseline'):
@@ -233,7 +256,7 @@ def main() -> int:
                 'synthesizer': args.synthesizers[0], 'repeats': 1}
         scan.append({**spec, **_in_subprocess(spec)})
         print(f'ours, {classes} classes, cpc {spec["cpc"]}, {spec["points"]} points: {scan[-1]}', flush=True)
-    report = {'machine': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
+    report = {'machine': _cpu_name(), 'threads': torch.get_num_threads(),
               'torch': torch.__version__, 'matmul_peak_gflops': peak, 'rows': rows, 'memory_vs_classes': scan,
               'synthesizer_storage': storage,
               'command': ' '.join(sys.argv)}
@@ -276,14 +299,15 @@ def synthesizer_storage(classes: int, cpcs: list[int], points: int) -> list[str]
 def _row_line(row: dict) -> str:
     def side(r):
         return r.get('error') or f'{r["seconds"]:.2f} s, {r["peak_mib"]:.0f} MiB, {r["model_gflops"]:.0f} GFLOP/s'
-    speed = f'{row["speedup"]:.1f}x / {row.get("speedup_bf16", 0):.1f}x' if 'speedup' in row else '-'
+    speed = (f'{row["speedup"]:.1f}x' + (f' / {row["speedup_bf16"]:.1f}x' if 'speedup_bf16' in row else '')
+             if 'speedup' in row else '-')
     return (f'{row["synthesizer"]:14s} cpc {row["cpc"]:3d} {row["points"]:5d} pts | ours {side(row["ours"])} | '
             f'ours bf16 search {side(row["ours_bf16"])} | baseline {side(row["baseline"])} | {speed}')
 
 
 def markdown(report: dict) -> str:
     peak = report['matmul_peak_gflops']['fp32']
-    lines = [f'fp32 matmul peak {peak:.0f} GFLOP/s (bf16 {report["matmul_peak_gflops"]["bf16"]:.0f}), '
+    lines = [f'{report["machine"]}: fp32 matmul peak {peak:.0f} GFLOP/s (bf16 {report["matmul_peak_gflops"]["bf16"]:.1f}), '
              f'{report["threads"]} threads, torch {report["torch"]}', '',
              '| synthesizer | cpc | points | model GFLOP/step | baseline s | baseline MiB | ours s | ours MiB | speed-up '
              '| ours model GFLOP/s (% of fp32 peak) | ours, bf16 search: s | speed-up |',
@@ -295,11 +319,11 @@ def markdown(report: dict) -> str:
         lines.append(f'| {r["synthesizer"]} | {r["cpc"]} | {r["points"]} | {r["model_gflop_per_step"]} | '
                      f'{cell(b, "seconds", "{:.2f}")} | {cell(b, "peak_mib", "{:.0f}")} | {cell(o, "seconds", "{:.2f}")} | '
                      f'{cell(o, "peak_mib", "{:.0f}")} | {r.get("speedup", 0):.1f}x | {gf} | '
-                     f'{cell(r["ours_bf16"], "seconds", "{:.2f}")} | {r.get("speedup_bf16", 0):.1f}x |')
+                     f'{cell(r["ours_bf16"], "seconds", "{:.2f}")} | {cell(r, "speedup_bf16", "{:.1f}x")} |')
     lines += ['', 'bf16 max-point search against fp32, same first step: relative change of the matching distance / '
               'cosine and relative change of the synthesizer gradient']
     for r in report['rows']:
-        c = r.get('bf16_check', {})
+        c = r.get('bf16_check') or {'error': r['ours_bf16'].get('error', '-')}
         lines.append(f'- {r["synthesizer"]} cpc {r["cpc"]}, {r["points"]} points: ' + (c['error'] if 'error' in c else
                      f'{c["distance_relative_change"]:.2e} / {c["gradient_cosine"]:.4f}, {c["gradient_relative_change"]:.3f}'))
     lines += [''] + report['synthesizer_storage']

@@ -27,9 +27,9 @@ def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
     """(B, C_out) variance over the points of h @ weight.T, from h's covariance (B, C_in, C_in).
 
     var[b, o] = sum_cd w[o, c] w[o, d] cov[b, c, d]. From B = C_in clouds on, as one plain (B, C_in²) x (C_in², C_out)
-    matrix multiply against the weight's per-channel outer products (C_out·C_in² floats, whatever B): 2x faster
-    (first order) to 3.5x (second order) at 256 clouds. Fewer clouds take W Cov W^T row by row (B·C_out·C_in),
-    which is cheaper there: the outer products dominated a 32-cloud double backward (+40 %).
+    matrix multiply against the weight's per-channel outer products (C_out·C_in² floats, whatever B): this op
+    ran 2x (first order) to 3.5x (second order) faster so at 256 clouds. Fewer clouds take W Cov W^T row by row
+    (B·C_out·C_in), cheaper there: the outer products made a 32-cloud double backward ~40 % slower.
     """
     B, C_in, _ = covariance.shape
     if B < C_in:
@@ -93,6 +93,7 @@ class DistillPointNet(nn.Module):
         argmax_dtype: 'float32' (default, exact) or 'bfloat16': the dtype of the gradient-free matrix
             multiply that finds each channel's max point. bf16 is several times faster on CPUs with AMX
             (and on GPUs), but near-ties may then pick a point whose value is within bf16 rounding of the max.
+            A CPU without bf16 units (AVX2 only) emulates it some 50x slower than fp32: keep float32 there.
     """
 
     def __init__(self, *, num_classes: int = 40, in_channels: int = 3, widths: Sequence[int] = (64, 128, 1024),
