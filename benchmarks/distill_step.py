@@ -94,9 +94,8 @@ def _measure(spec: dict) -> dict:
             real_pos = pool.sample(c, real, points, g_real)
             syn = normalize_to_unit_sphere(distiller.synthesizer.synthesize(
                 distiller.synthesizer.slots_of_class(c), points, distiller._generator(0, 2, i, c)))
-            target = torch.full((real,), c)
-            gr = torch.autograd.grad(F.cross_entropy(net(real_pos), target), params)
-            gs = torch.autograd.grad(F.cross_entropy(net(syn), target[:cpc].expand(cpc)), params, create_graph=True)
+            gr = torch.autograd.grad(F.cross_entropy(net(real_pos), torch.full((real,), c)), params)
+            gs = torch.autograd.grad(F.cross_entropy(net(syn), torch.full((cpc,), c)), params, create_graph=True)
             return gradient_distance(gs, [g.detach() for g in gr], 'layerwise_cosine')
 
         def step(i: int) -> None:

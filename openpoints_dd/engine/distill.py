@@ -91,6 +91,9 @@ class Distiller:
         self.iteration = 0
         self.elapsed = 0.0
         self.objective_optimizer = self._prepare_objective()
+        # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients)
+        self.matched_parameters = [p for p in self.parameters + list(getattr(self.objective, 'parameters', list)())
+                                   if p.requires_grad] or None
 
     # ------------------------------------------------------------------------------------ helpers
     def _generator(self, *key: int) -> torch.Generator:
@@ -246,7 +249,9 @@ class Distiller:
                 raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
                                          f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
                                          f'(class {label}). Lower the synthesizer learning rate or check the data.')
-            losses.sum().backward()   # frees this chunk's graph: memory does not grow with the classes
+            # frees this chunk's graph (memory does not grow with the classes); `inputs` skips the backbone's
+            # weight gradients of the second-order graph, which nothing uses
+            losses.sum().backward(inputs=self.matched_parameters)
             total += losses.detach().sum().item()
         distributed.all_reduce_gradients(self.parameters)
         return distributed.sum_scalar(total, self.device)

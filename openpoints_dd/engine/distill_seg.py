@@ -137,7 +137,7 @@ class SegDistiller(Distiller):
                 raise FloatingPointError(f'objective {type(self.objective).__name__} returned {loss.item()} at '
                                          f'iteration {iteration}, outer step {step} (category '
                                          f'{self.pool.class_names[c]}). Lower the synthesizer learning rate.')
-            loss.backward()   # frees this category's graph
+            loss.backward(inputs=self.matched_parameters)   # frees this category's graph; no backbone gradients
             total += loss.detach().item()
         backbone.train()
         distributed.all_reduce_gradients(self.parameters)

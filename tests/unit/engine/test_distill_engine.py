@@ -40,6 +40,23 @@ def test_vectorized_classes_match_per_class_loop(tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+def test_matching_backward_reaches_the_synthesizer_only(tmp_path, monkeypatch):
+    """The restricted backward gives the synthesizer the gradient of a full backward, the backbone none."""
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1)
+    distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'])
+    backbone = distiller.build_backbone()
+    distiller.accumulate_matching_gradients(backbone, 0, 0, 64)
+    restricted = [p.grad.clone() for p in distiller.synthesizer.parameters()]
+    assert all(p.grad is None for p in backbone.parameters())
+
+    distiller.synthesizer.zero_grad(set_to_none=True)
+    monkeypatch.setattr(distiller, 'matched_parameters', None)   # a plain backward into every leaf
+    distiller.accumulate_matching_gradients(backbone, 0, 0, 64)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+    for a, p in zip(restricted, distiller.synthesizer.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-8)
+
+
 def test_budget_stops_cleanly_and_exports(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.02)
     _, result = _run(cfg)
