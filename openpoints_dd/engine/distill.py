@@ -91,7 +91,8 @@ class Distiller:
         self.iteration = 0
         self.elapsed = 0.0
         self.objective_optimizer = self._prepare_objective()
-        # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients)
+        # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients);
+        # None (nothing trainable) falls back to a plain backward
         self.matched_parameters = [p for p in self.parameters + list(getattr(self.objective, 'parameters', list)())
                                    if p.requires_grad] or None
 
