@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cpc', type=int, default=None, help='clouds per class for --random without --set')
     parser.add_argument('--model', action='append', default=[], metavar='YAML',
                         help='a classification config (cfgs/train/*.yaml); repeatable. None: the fast CPU protocol')
-    parser.add_argument('--seeds', type=int, default=3, help='seeds per artifact set (0..N-1). Default 3')
+    parser.add_argument('--seeds', type=int, default=3, help='seeds per artifact set (S..S+N-1, S from --first-seed). Default 3')
+    parser.add_argument('--first-seed', type=int, default=0, metavar='S',
+                        help='first seed: one table\'s seeds split over processes or machines. Default 0')
     parser.add_argument('--cfg', default=None,
                         help='distill or train YAML whose dataset section gives the real data (and, for the fast '
                              'protocol, whose evaluation section gives its settings)')
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_protocol(out_dir=out, sets=sets, random_k=args.random, cpc=args.cpc, models=args.model,
                           data_cfg=data_cfg, seeds=args.seeds, overrides=overrides if args.model else [],
                           device=args.device, full_train=args.full_train, full_epochs=args.full_epochs,
-                          generator_modes=args.generator_modes, workers=args.workers)
+                          generator_modes=args.generator_modes, workers=args.workers,
+                          first_seed=args.first_seed)
     print(result['table'])
     print(f'\nwrote {out}/results.json, results.csv, results.md')
     return 0

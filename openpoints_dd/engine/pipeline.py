@@ -29,6 +29,7 @@ def evaluate_set(sampler, test: RealPool, settings: Mapping[str, Any], seeds, ro
     for seed in seeds:
         runs.append(train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
                                    seed=int(seed), rotator=rotator, device=device, epochs=epochs))
+        runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
         logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
                     runs[-1]['best_oa'], runs[-1]['seconds'])
     return runs

@@ -109,7 +109,7 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
                  cpc: int | None = None, models: Sequence[str] = (), data_cfg: Mapping[str, Any] | None = None,
                  seeds: int = 3, overrides: Sequence[str] = (), device: str = 'cpu', full_train: bool = False,
                  full_epochs: int | None = None, generator_modes: Sequence[str] = GENERATOR_MODES,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, first_seed: int = 0) -> dict:
     """Train every (set, model) pair for `seeds` seeds and write results.{json,csv,md} into `out_dir`.
 
     Args:
@@ -121,7 +121,8 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         data_cfg: a distill or train config whose `dataset` section gives the real data (train split for random
             selections, test split for testing) and, for the fast protocol, whose `evaluation` section gives its
             settings. Required without models; with models it replaces their real dataset.
-        seeds: seeds 0..seeds-1 per artifact set; random selection i is trained once, with seed i.
+        seeds: seeds first_seed..first_seed+seeds-1 per artifact set; random selection i is trained once, with
+            seed i.
         overrides: `key=value` for the model YAMLs (with models) or for `data_cfg` (without).
         device: 'cpu' | 'cuda' | 'auto' for the fast protocol and the trainer.
         full_train: also train every model on the whole real train set (`seeds` seeds): the upper bound row.
@@ -129,6 +130,7 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         generator_modes: which rows a generator artifact gets: fresh clouds every epoch, one fixed draw, or both.
         workers: trainings of the YAML models run this many at a time, each in its own process with an even
             share of the threads. Default 1 (in this process).
+        first_seed: the first seed, so one table's seeds can be split over processes or machines. Default 0.
 
     Returns:
         {'rows': [...], 'table': markdown text, 'settings': {...}}; rows hold per-seed runs and summaries.
@@ -137,6 +139,9 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     if int(seeds) < 1:
         raise ValueError(f'--seeds must be >= 1, got {seeds}')
+    if int(first_seed) < 0:
+        raise ValueError(f'--first-seed must be >= 0, got {first_seed}')
+    seed_list = list(range(int(first_seed), int(first_seed) + int(seeds)))
     eval_sets, loaded = expand_sets(sets or {}, generator_modes)
     cpcs = sorted({s.cpc for s in eval_sets}) or ([int(cpc)] if cpc else [])
     if random_k and not cpcs:
@@ -156,12 +161,12 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         raise ValueError('the fast CPU protocol needs --cfg (a distill config with dataset and evaluation sections)')
     t0 = time.perf_counter()
     if models:
-        rows = _run_models(models, eval_sets, loaded, data_cfg, int(seeds), list(overrides), device, out_dir,
+        rows = _run_models(models, eval_sets, loaded, data_cfg, seed_list, list(overrides), device, out_dir,
                            full_epochs=full_epochs if full_train else 0, workers=int(workers))
     else:
-        rows = _run_fast(eval_sets, data_cfg, int(seeds), device)
+        rows = _run_fast(eval_sets, data_cfg, seed_list, device)
     table = markdown_table(rows)
-    settings = {'seeds': int(seeds), 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
+    settings = {'seeds': seed_list, 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
                 'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
                 'workers': int(workers), 'threads': torch.get_num_threads(),
                 'seconds': round(time.perf_counter() - t0, 1)}
@@ -173,7 +178,7 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
 
 
 # ---------------------------------------------------------------------------------------------- fast path
-def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, device: str) -> list[dict]:
+def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int], device: str) -> list[dict]:
     settings = evaluation_settings(cfg.get('evaluation'))
     num_points = int(settings['num_points'])
     dataset = _real_section(cfg['dataset'])   # a train YAML on DistilledDataset names its real dataset
@@ -189,7 +194,7 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: int, devi
         if item.selection is None:
             synthetic = SyntheticSet(item.path)
             sampler = synthetic_sampler(synthetic, num_points, bool(item.resample))
-            runs = evaluate_set(sampler, test, settings, list(range(seeds)), synthetic.build_rotator().to(device), device)
+            runs = evaluate_set(sampler, test, settings, seeds, synthetic.build_rotator().to(device), device)
         else:
             train = train or RealPool.from_dataset_cfg(dataset, split='train', num_points=num_points)
             clouds, labels, _ = random_selection(train, item.cpc, item.selection)
@@ -215,7 +220,7 @@ FULL_TRAIN_ROW = (FULL_TRAIN_LABEL, 'real train set', 'all')
 
 
 def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping[str, SyntheticSet],
-                data_cfg: Mapping[str, Any] | None, seeds: int, overrides: list[str], device: str,
+                data_cfg: Mapping[str, Any] | None, seeds: list[int], overrides: list[str], device: str,
                 out_dir: Path, full_epochs: int | None = 0, workers: int = 1) -> list[dict]:
     """`full_epochs` 0: no full-train-set row; None: that row with the YAML's epochs; N: with N epochs."""
     model_cfgs = {Path(m).stem: load_config(m, overrides) for m in models}   # bad keys fail before any training
@@ -227,7 +232,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
         base = _with_real_data(base, data_cfg)
         budget = _budget(base)
         for item in eval_sets:
-            path, run_seeds = item.path, list(range(seeds))
+            path, run_seeds = item.path, seeds
             if item.selection is not None:
                 path = out_dir / 'random' / f'cpc{item.cpc}-selection{item.selection}.safetensors'
                 if not path.is_file():
@@ -251,7 +256,7 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
     return [_row(*row, model, budget, runs) for (model, row, budget), runs in grouped.items()]
 
 
-def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_classes: int, seeds: int,
+def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_classes: int, seeds: list[int],
                      epochs: int | None, device: str, out_dir: Path) -> list[_Job]:
     """The model trained on the whole real train set: what a distilled set is measured against."""
     dataset = _real_section((data_cfg or base)['dataset'])
@@ -265,7 +270,7 @@ def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_cl
             cfg.t_max = int(epochs)
     budget, run_dirs = _budget(cfg), out_dir / 'runs' / name / 'full-train-set'
     return [_Job(name, FULL_TRAIN_ROW, budget, seed, None,
-                 _finish(copy.deepcopy(cfg), seed, device, run_dirs / f'seed{seed}')) for seed in range(seeds)]
+                 _finish(copy.deepcopy(cfg), seed, device, run_dirs / f'seed{seed}')) for seed in seeds]
 
 
 def _finish(cfg, seed: int, device: str, run_dir: Path) -> dict:
