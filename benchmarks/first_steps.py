@@ -30,7 +30,7 @@ from openpoints_dd.utils.config import load_config  # noqa: E402
 
 
 def exported_clouds(distiller: Distiller, num_points: int) -> torch.Tensor:
-    """Every slot as it would be exported: synthesized with a fixed draw, normalised, canonicalised."""
+    """Every slot as matching and training see it (synthesized with a fixed draw, normalised, canonicalised)."""
     with torch.no_grad():
         slots = torch.arange(distiller.synthesizer.num_slots)
         return distiller.synthetic_clouds(slots, num_points, torch.Generator().manual_seed(0)).cpu()
@@ -77,13 +77,10 @@ def main(argv: list[str] | None = None) -> int:
           f'{num_points} exported points)')
     print(f'{"step":>4} {"loss before":>12} {"s":>6} {"moved: median":>14} {"mean":>9} {"max":>8} '
           f'{"from start":>11} {"median radius":>14}')
-    for r in rows:
-        loss = '' if r['loss_before'] is None else f'{r["loss_before"]:.4g}'
-        if r['step'] == 0:
-            print(f'{0:>4} {"start":>12} {"":>6} {"":>14} {"":>9} {"":>8} {"":>11} {r["median_radius"]:>14.4f}')
-            continue
-        print(f'{r["step"]:>4} {loss:>12} {r["seconds"]:>6.1f} {r["moved_median"]:>14.5f} {r["moved_mean"]:>9.5f} '
-              f'{r["moved_max"]:>8.4f} {r["from_start_mean"]:>11.5f} {r["median_radius"]:>14.4f}')
+    print(f'{0:>4} {"start":>12} {"":>6} {"":>14} {"":>9} {"":>8} {"":>11} {rows[0]["median_radius"]:>14.4f}')
+    for r in rows[1:]:
+        print(f'{r["step"]:>4} {r["loss_before"]:>12.4g} {r["seconds"]:>6.1f} {r["moved_median"]:>14.5f} '
+              f'{r["moved_mean"]:>9.5f} {r["moved_max"]:>8.4f} {r["from_start_mean"]:>11.5f} {r["median_radius"]:>14.4f}')
     if args.json:
         Path(args.json).write_text(json.dumps({'cfg': args.cfg, 'overrides': overrides, 'rows': rows}, indent=1))
     return 0

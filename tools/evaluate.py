@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cpc', type=int, default=None, help='clouds per class for --random without --set')
     parser.add_argument('--model', action='append', default=[], metavar='YAML',
                         help='a classification config (cfgs/train/*.yaml); repeatable. None: the fast CPU protocol')
-    parser.add_argument('--seeds', type=int, default=3, help='seeds per artifact set (S..S+N-1, S from --first-seed). Default 3')
+    parser.add_argument('--seeds', type=int, default=3,
+                        help='seeds per artifact set (S..S+N-1, S from --first-seed). Default 3')
     parser.add_argument('--first-seed', type=int, default=0, metavar='S',
                         help='first seed: one table\'s seeds split over processes or machines. Default 0')
     parser.add_argument('--cfg', default=None,

@@ -153,7 +153,6 @@ def test_generator_modes_select_the_rows_of_a_generator(files, tmp_path):
     assert [(r['set'], r['mode']) for r in rows] == [('gen', 'resampled each epoch')]
 
 
-
 def test_first_seed_splits_one_table_over_processes(files, tmp_path):
     """Seeds 0 and 1 in one call are, run for run, seed 0 in one call and seed 1 (--first-seed 1) in another."""
     base = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", 'evaluation.epochs=1']
@@ -166,6 +165,7 @@ def test_first_seed_splits_one_table_over_processes(files, tmp_path):
     assert runs(both) == runs(first) + runs(second) and [s for s, _ in runs(both)] == [0, 1]
     with pytest.raises(ValueError, match='--first-seed must be >= 0'):
         evaluate_main(base + ['--first-seed', '-1', '--out', str(tmp_path / 'bad')])
+
 
 def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
     """Two single-threaded worker processes give the table of one single-threaded process, run for run."""
