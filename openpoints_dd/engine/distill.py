@@ -112,16 +112,9 @@ class Distiller:
         return self.rotator(normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator)), slots=slots)
 
     def initialize(self) -> dict:
-        """Start the synthesizer from real clouds when its `init` asks for it.
-
-        A synthesizer with `select_from_pool(pool, generator)` picks its clouds itself (ExplicitPoints: random,
-        herding, k-center; None = no real init); otherwise `init == 'real'` means random clouds per class.
-        """
-        select = getattr(self.synthesizer, 'select_from_pool', None)
-        if select is None and self.synthesizer.init != 'real':
-            return {}
-        generator = torch.Generator().manual_seed(self.seed)
-        selection = select(self.pool, generator) if select is not None else self.pool.random_per_class(self.synthesizer.cpc, generator)
+        """Start the synthesizer from the real clouds its `select_from_pool` picks (random, herding, k-center),
+        if any; the engine's seed draws them."""
+        selection = self.synthesizer.select_from_pool(self.pool, torch.Generator().manual_seed(self.seed))
         if selection is None:
             return {}
         clouds, index = selection

@@ -15,9 +15,8 @@ class Synthesizer(nn.Module, ABC):
         cpc: synthetic clouds per class.
     """
 
-    #: 'real' if `initialize_from_real` must be called with random real clouds before matching, else 'none'.
-    #: A synthesizer that defines `select_from_pool(pool, generator)` chooses its real clouds itself
-    #: (ExplicitPoints: random / herding / kcenter) and the engine ignores this value.
+    #: How the synthesizer starts: 'noise' / 'none' (no real clouds) or a real start ('real' = random clouds,
+    #: 'herding', 'kcenter'); `select_from_pool` picks the clouds that `initialize_from_real` then takes.
     init: str = 'none'
 
     def __init__(self, *, num_classes: int, cpc: int):
@@ -38,6 +37,18 @@ class Synthesizer(nn.Module, ABC):
     @abstractmethod
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
         """Clouds of the given slots: (S,) int64 -> (S, num_points, 3), differentiable w.r.t. parameters."""
+
+    def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        """The real clouds this synthesizer starts from, by its `init` rule, or None (no real start).
+
+        Args:
+            pool: the `RealPool` of training clouds.
+            generator: seeds the draw ('real' / 'random'), the selection network and its point subsets.
+
+        Returns:
+            ((K·cpc, N, 3) unit-sphere clouds, class-major; (K·cpc,) their pool indices), or None.
+        """
+        return None
 
     def initialize_from_real(self, clouds: Tensor) -> dict:
         """Start from real clouds (S, N, 3), one per slot, unit-sphere normalised. Returns a small report."""

@@ -1,12 +1,13 @@
 """Coreset selection rules (Random, Herding, K-Center greedy) and the embedding they select in.
 
-Used by `ExplicitPoints` to pick its initial clouds from the real pool (baselines spec §B.6); with
-`distill.iterations: 0` the selection itself is the distilled set (the coreset baselines).
+Used by `ExplicitPoints` and `PointGenerator` to pick their initial clouds from the real pool (baselines
+spec §B.6); with `distill.iterations: 0` an ExplicitPoints selection is the distilled set (the coreset baselines).
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,58 @@ from torch import Tensor
 from ..utils.geometry import normalize_to_unit_sphere, subsample_points
 
 logger = logging.getLogger(__name__)
+
+
+RULES = ('random', 'herding', 'kcenter')
+
+
+@dataclass(frozen=True)
+class CoresetSelection:
+    """Which real clouds of each class a synthesizer starts from.
+
+    'random' draws uniformly; 'herding' and 'kcenter' pick greedily in the embedding of a DistillPointNet
+    trained for `embed_epochs` on the whole real set (`embed_*` are its settings). `kcenter_first`: the first
+    K-Center pick, 'mean' (the cloud nearest the class mean, as SADM) or 'random' (DeepCore).
+    """
+
+    rule: str = 'random'
+    kcenter_first: str = 'mean'
+    embed_epochs: int = 5
+    embed_points: int = 256
+    embed_batch: int = 64
+    embed_lr: float = 1e-3
+    embed_widths: tuple[int, ...] = (64, 128, 1024)
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f'coreset selection: rule must be one of {RULES}, got {self.rule!r}')
+        if self.kcenter_first not in ('mean', 'random'):
+            raise ValueError(f"coreset selection: kcenter_first must be 'mean' or 'random', got {self.kcenter_first!r}")
+        if int(self.embed_epochs) < 0 or int(self.embed_points) < 1 or int(self.embed_batch) < 1:
+            raise ValueError(f'coreset selection: need embed_epochs >= 0, embed_points >= 1 and embed_batch >= 1, '
+                             f'got {self.embed_epochs}, {self.embed_points}, {self.embed_batch}')
+        object.__setattr__(self, 'embed_widths', tuple(int(w) for w in self.embed_widths))
+
+    def select(self, pool, cpc: int, generator: torch.Generator,
+               device: torch.device | str = 'cpu') -> tuple[Tensor, Tensor]:
+        """((K·cpc, N, 3) unit-sphere clouds, class-major; (K·cpc,) their pool indices), seeded by `generator`."""
+        if self.rule == 'random':
+            return pool.random_per_class(cpc, generator)
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        net = train_embedding_net(pool, epochs=self.embed_epochs, num_points=self.embed_points,
+                                  batch_size=self.embed_batch, lr=self.embed_lr, widths=list(self.embed_widths),
+                                  seed=seed, device=device)
+        features = embed_pool(net, pool, num_points=self.embed_points, batch_size=self.embed_batch, seed=seed)
+        index = select_per_class(features, pool, cpc, self.rule, self.kcenter_first, generator)
+        return gather_clouds(pool, index), index
+
+    def describe(self) -> str:
+        """The settings that matter for `rule`, for a module's repr."""
+        if self.rule == 'random':
+            return ''
+        return (f'kcenter_first={self.kcenter_first!r}, embed_epochs={self.embed_epochs}, '
+                f'embed_points={self.embed_points}, embed_batch={self.embed_batch}, embed_lr={self.embed_lr}, '
+                f'embed_widths={list(self.embed_widths)}')
 
 
 def random(num_items: int, k: int, generator: torch.Generator | None = None) -> Tensor:

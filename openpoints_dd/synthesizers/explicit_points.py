@@ -47,16 +47,12 @@ class ExplicitPoints(Synthesizer):
         super().__init__(num_classes=num_classes, cpc=cpc)
         if init not in _INITS:
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
-        if kcenter_first not in ('mean', 'random'):
-            raise ValueError(f"ExplicitPoints: kcenter_first must be 'mean' or 'random', got {kcenter_first!r}")
-        if int(embed_epochs) < 0 or int(embed_points) < 1 or int(embed_batch) < 1:
-            raise ValueError(f'ExplicitPoints: need embed_epochs >= 0, embed_points >= 1 and embed_batch >= 1, '
-                             f'got {embed_epochs}, {embed_points}, {embed_batch}')
         self.init = 'random' if init == 'real' else init
-        self.num_points, self.kcenter_first = int(num_points), kcenter_first
-        self.embed_epochs, self.embed_points, self.embed_batch = int(embed_epochs), int(embed_points), int(embed_batch)
-        self.embed_lr = float(embed_lr)
-        self.embed_widths = [int(w) for w in (embed_widths if embed_widths is not None else (64, 128, 1024))]
+        self.selection = coresets.CoresetSelection(
+            'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_epochs=int(embed_epochs),
+            embed_points=int(embed_points), embed_batch=int(embed_batch), embed_lr=float(embed_lr),
+            embed_widths=tuple(embed_widths) if embed_widths is not None else (64, 128, 1024))
+        self.num_points = int(num_points)
         self.points = nn.Parameter(_uniform_in_ball(self.num_slots, self.num_points))
 
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
@@ -70,26 +66,9 @@ class ExplicitPoints(Synthesizer):
         return clouds[:, keep]
 
     def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
-        """Pick the real clouds this synthesizer starts from, by its `init` rule (None for 'noise').
-
-        Args:
-            pool: the `RealPool` of training clouds.
-            generator: seeds the draw ('random'), the selection network and its point subsets.
-
-        Returns:
-            ((K·cpc, N, 3) unit-sphere clouds, class-major; (K·cpc,) their pool indices), or None.
-        """
         if self.init == 'noise':
             return None
-        if self.init == 'random':
-            return pool.random_per_class(self.cpc, generator)
-        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
-        net = coresets.train_embedding_net(pool, epochs=self.embed_epochs, num_points=self.embed_points,
-                                           batch_size=self.embed_batch, lr=self.embed_lr,
-                                           widths=self.embed_widths, seed=seed, device=self.points.device)
-        features = coresets.embed_pool(net, pool, num_points=self.embed_points, batch_size=self.embed_batch, seed=seed)
-        index = coresets.select_per_class(features, pool, self.cpc, self.init, self.kcenter_first, generator)
-        return coresets.gather_clouds(pool, index), index
+        return self.selection.select(pool, self.cpc, generator, device=self.points.device)
 
     def initialize_from_real(self, clouds: Tensor) -> dict:
         if clouds.shape[0] != self.num_slots or clouds.shape[1] < self.num_points:
@@ -99,12 +78,7 @@ class ExplicitPoints(Synthesizer):
         return {'init': self.init}
 
     def extra_repr(self) -> str:
-        text = f'{super().extra_repr()}, num_points={self.num_points}'
-        if self.init in ('herding', 'kcenter'):
-            text += (f', kcenter_first={self.kcenter_first!r}, embed_epochs={self.embed_epochs}, '
-                     f'embed_points={self.embed_points}, embed_batch={self.embed_batch}, embed_lr={self.embed_lr}, '
-                     f'embed_widths={self.embed_widths}')
-        return text
+        return ', '.join(filter(None, [super().extra_repr(), f'num_points={self.num_points}', self.selection.describe()]))
 
 
 def _uniform_in_ball(num_clouds: int, num_points: int) -> Tensor:

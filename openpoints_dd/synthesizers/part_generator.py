@@ -28,12 +28,16 @@ class PartPointGenerator(PointGenerator):
             leaves a part out of that slot: `PartPool.part_proportions(cpc)` reproduces the data's part
             presence rates, e.g. a table whose optional part most tables lack).
         cls2parts: K lists of global part ids; default consecutive ids, category 0 first (ShapeNet-part order).
-        **kwargs: the `PointGenerator` arguments (hidden_dim, num_layers, w0_initial, w0, init, ...).
+        **kwargs: the `PointGenerator` arguments (hidden_dim, num_layers, w0_initial, w0, init, ...); init
+            'noise' or 'real' only.
     """
 
     def __init__(self, *, num_classes: int, cpc: int, part_proportions: Sequence[Sequence[float]],
                  cls2parts: Sequence[Sequence[int]] | None = None, **kwargs):
         super().__init__(num_classes=num_classes, cpc=cpc, **kwargs)
+        if self.init not in ('noise', 'real'):
+            raise ValueError(f"PartPointGenerator: init must be 'noise' or 'real' (the segmentation engine picks the "
+                             f"real clouds by their parts, distill.init_selection), got {self.init!r}")
         if part_proportions is None or len(part_proportions) not in (num_classes, num_classes * cpc):
             raise ValueError(f'PartPointGenerator: part_proportions needs one list per category ({num_classes}) or per '
                              f'slot ({num_classes * cpc}), got {None if part_proportions is None else len(part_proportions)}; '

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,10 @@ from torch import Tensor, nn
 
 from ..registry import SYNTHESIZERS
 from ..utils.geometry import normalize_to_unit_sphere
+from . import coresets
 from .base import Synthesizer
+
+_INITS = ('noise', 'real', 'herding', 'kcenter')
 
 
 class _SirenLayer(nn.Module):
@@ -47,26 +50,37 @@ class PointGenerator(Synthesizer):
         w0_initial: first-layer frequency; the reference uses 100 for ModelNet40, 50 for ScanObjectNN,
             400 for ShapeNet-part. Default 100.
         w0: frequency of the other layers. Default 1.
-        init: 'noise' (train from scratch, as DD3D) or 'real' (first fit every slot to a real cloud of
-            its class by Chamfer distance; the DD3D paper's stated open limitation). Default 'noise'.
+        init: 'noise' (train from scratch, as DD3D) or a real start, where every slot is first fitted to a
+            real cloud of its class by Chamfer distance (the DD3D paper's stated open limitation): 'real'
+            (random clouds), 'herding' or 'kcenter' (the coreset rules, see `coresets.CoresetSelection`).
+            Default 'noise'.
         init_steps: Adam steps of the Chamfer fit. Default 300.
         init_lr: learning rate of the Chamfer fit. Default 1e-3.
         init_num_points: points per cloud in the Chamfer fit. Default 256.
+        kcenter_first, embed_epochs, embed_points, embed_batch, embed_lr, embed_widths: the selection of
+            'herding' / 'kcenter' (`coresets.CoresetSelection`, as in `ExplicitPoints`).
     """
 
     def __init__(self, *, num_classes: int, cpc: int, hidden_dim: int = 256, num_layers: int = 2,
-                 w0_initial: float = 100.0, w0: float = 1.0, init: Literal['noise', 'real'] = 'noise',
-                 init_steps: int = 300, init_lr: float = 1e-3, init_num_points: int = 256):
+                 w0_initial: float = 100.0, w0: float = 1.0,
+                 init: Literal['noise', 'real', 'herding', 'kcenter'] = 'noise', init_steps: int = 300,
+                 init_lr: float = 1e-3, init_num_points: int = 256, kcenter_first: Literal['mean', 'random'] = 'mean',
+                 embed_epochs: int = 5, embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
+                 embed_widths: Sequence[int] = (64, 128, 1024)):
         super().__init__(num_classes=num_classes, cpc=cpc)
-        if init not in ('noise', 'real'):
-            raise ValueError(f"PointGenerator: init must be 'noise' or 'real', got {init!r}")
+        if init not in _INITS:
+            raise ValueError(f'PointGenerator: init must be one of {_INITS}, got {init!r}')
         if num_layers < 1:
             raise ValueError(f'PointGenerator: num_layers must be >= 1, got {num_layers}')
-        if init == 'real' and int(init_steps) < 1:
-            raise ValueError(f"PointGenerator: init 'real' needs init_steps >= 1, got {init_steps} "
+        if init != 'noise' and int(init_steps) < 1:
+            raise ValueError(f"PointGenerator: init {init!r} needs init_steps >= 1, got {init_steps} "
                              f"(for no fit, use init: noise)")
         self.hidden_dim, self.w0_initial, self.w0 = hidden_dim, float(w0_initial), float(w0)
         self.init, self.init_steps, self.init_lr, self.init_num_points = init, init_steps, init_lr, init_num_points
+        self.selection = coresets.CoresetSelection(
+            'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_epochs=int(embed_epochs),
+            embed_points=int(embed_points), embed_batch=int(embed_batch), embed_lr=float(embed_lr),
+            embed_widths=tuple(embed_widths))
         self.embedding = nn.Embedding(self.num_slots, hidden_dim)
         self.modulators = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers - 1))
         self.siren = nn.ModuleList([_SirenLayer(1, hidden_dim, self.w0_initial, is_first=True)] +
@@ -89,6 +103,11 @@ class PointGenerator(Synthesizer):
                 modulation = F.relu(self.modulators[k - 1](modulation))
             h = layer(h) * modulation.unsqueeze(1)
         return torch.tanh(self.output(h))
+
+    def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
+        if self.init == 'noise':
+            return None
+        return self.selection.select(pool, self.cpc, generator, device=self.output.weight.device)
 
     def initialize_from_real(self, clouds: Tensor) -> dict:
         """Fit all slots (embeddings and shared weights) to `clouds` (S, N, 3) by Chamfer distance."""
@@ -119,8 +138,9 @@ class PointGenerator(Synthesizer):
                 'seconds': time.perf_counter() - start}
 
     def extra_repr(self) -> str:
-        return (f'{super().extra_repr()}, hidden_dim={self.hidden_dim}, num_layers={len(self.siren)}, '
+        text = (f'{super().extra_repr()}, hidden_dim={self.hidden_dim}, num_layers={len(self.siren)}, '
                 f'w0_initial={self.w0_initial}, w0={self.w0}')
+        return ', '.join(filter(None, [text, self.selection.describe()]))
 
 
 def chamfer_distance(a: Tensor, b: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Coreset rules (Random, Herding, K-Center) and ExplicitPoints' coreset initialisations."""
+"""Coreset rules (Random, Herding, K-Center) and the coreset starts of ExplicitPoints and PointGenerator."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from openpoints_dd.data import RealPool
 from openpoints_dd.registry import build_synthesizer
-from openpoints_dd.synthesizers import ExplicitPoints, coresets
+from openpoints_dd.synthesizers import ExplicitPoints, PartPointGenerator, PointGenerator, coresets
 from openpoints_dd.utils.geometry import normalize_to_unit_sphere
 
 
@@ -108,3 +108,28 @@ def test_noise_init_selects_nothing_and_bad_keys_fail():
 def test_explicit_points_repr_shows_selection_settings():
     text = repr(ExplicitPoints(num_classes=2, cpc=1, init='kcenter', embed_epochs=2))
     assert "init='kcenter'" in text and 'embed_epochs=2' in text and "kcenter_first='mean'" in text
+
+
+@pytest.mark.parametrize('init, rule', [('real', 'random'), ('herding', 'herding'), ('kcenter', 'kcenter')])
+def test_generator_starts_from_the_same_selection_as_explicit_points(init, rule):
+    pool = _pool()
+    embedding = dict(embed_epochs=1, embed_points=32, embed_batch=4, embed_widths=[8, 16, 32])
+    generator = PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init=init, **embedding)
+    clouds, index = generator.select_from_pool(pool, torch.Generator().manual_seed(0))
+    explicit = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=rule, **embedding)
+    same_clouds, same_index = explicit.select_from_pool(pool, torch.Generator().manual_seed(0))
+    assert torch.equal(index, same_index) and torch.equal(clouds, same_clouds)
+    assert pool.labels[index].tolist() == [0, 0, 1, 1, 2, 2]
+    if init == 'real':   # the engine's draw before coreset starts existed: random clouds per class
+        assert torch.equal(index, pool.random_per_class(2, torch.Generator().manual_seed(0))[1])
+
+
+def test_generator_from_noise_selects_nothing_and_part_generator_refuses_coreset_starts():
+    assert PointGenerator(num_classes=3, cpc=2, hidden_dim=8).select_from_pool(_pool(), torch.Generator()) is None
+    with pytest.raises(ValueError, match='init must be one of'):
+        PointGenerator(num_classes=3, cpc=2, init='kmeans')
+    with pytest.raises(ValueError, match="kcenter_first must be 'mean' or 'random'"):
+        PointGenerator(num_classes=3, cpc=2, init='kcenter', kcenter_first='far')
+    with pytest.raises(ValueError, match="PartPointGenerator: init must be 'noise' or 'real'"):
+        PartPointGenerator(num_classes=2, cpc=1, part_proportions=[[1.0], [1.0]], init='herding')
+    assert 'embed_epochs=2' in repr(PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init='herding', embed_epochs=2))
