@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .coresets import CoresetSelection
 
 
 class Synthesizer(nn.Module, ABC):
@@ -18,6 +22,8 @@ class Synthesizer(nn.Module, ABC):
     #: How the synthesizer starts: 'noise' / 'none' (no real clouds) or a real start ('real' = random clouds,
     #: 'herding', 'kcenter'); `select_from_pool` picks the clouds that `initialize_from_real` then takes.
     init: str = 'none'
+    #: The rule `select_from_pool` follows; None: no real start.
+    selection: CoresetSelection | None = None
 
     def __init__(self, *, num_classes: int, cpc: int):
         super().__init__()
@@ -48,11 +54,14 @@ class Synthesizer(nn.Module, ABC):
         Returns:
             ((K·cpc, N, 3) unit-sphere clouds, class-major; (K·cpc,) their pool indices), or None.
         """
-        return None
+        if self.selection is None:
+            return None
+        return self.selection.select(pool, self.cpc, generator, device=self.labels.device)
 
     def initialize_from_real(self, clouds: Tensor) -> dict:
         """Start from real clouds (S, N, 3), one per slot, unit-sphere normalised. Returns a small report."""
         raise NotImplementedError(f'{type(self).__name__} cannot start from real clouds')
 
     def extra_repr(self) -> str:
-        return f'num_classes={self.num_classes}, cpc={self.cpc}, init={self.init!r}'
+        text = f'num_classes={self.num_classes}, cpc={self.cpc}, init={self.init!r}'
+        return ', '.join(filter(None, [text, self.selection.describe() if self.selection is not None else '']))

@@ -46,6 +46,8 @@ class CoresetSelection:
         if int(self.embed_epochs) < 0 or int(self.embed_points) < 1 or int(self.embed_batch) < 1:
             raise ValueError(f'coreset selection: need embed_epochs >= 0, embed_points >= 1 and embed_batch >= 1, '
                              f'got {self.embed_epochs}, {self.embed_points}, {self.embed_batch}')
+        for name, kind in (('embed_epochs', int), ('embed_points', int), ('embed_batch', int), ('embed_lr', float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))   # YAML may give strings or floats
         object.__setattr__(self, 'embed_widths', tuple(int(w) for w in self.embed_widths))
 
     def select(self, pool, cpc: int, generator: torch.Generator,

@@ -48,10 +48,11 @@ class ExplicitPoints(Synthesizer):
         if init not in _INITS:
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
         self.init = 'random' if init == 'real' else init
-        self.selection = coresets.CoresetSelection(
-            'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_epochs=int(embed_epochs),
-            embed_points=int(embed_points), embed_batch=int(embed_batch), embed_lr=float(embed_lr),
-            embed_widths=tuple(embed_widths) if embed_widths is not None else (64, 128, 1024))
+        selection = coresets.CoresetSelection(
+            'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_epochs=embed_epochs,
+            embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr,
+            embed_widths=embed_widths if embed_widths is not None else (64, 128, 1024))
+        self.selection = None if self.init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.num_points = int(num_points)
         self.points = nn.Parameter(_uniform_in_ball(self.num_slots, self.num_points))
 
@@ -65,11 +66,6 @@ class ExplicitPoints(Synthesizer):
         keep = torch.randperm(self.num_points, generator=generator)[:num_points].to(clouds.device)
         return clouds[:, keep]
 
-    def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
-        if self.init == 'noise':
-            return None
-        return self.selection.select(pool, self.cpc, generator, device=self.points.device)
-
     def initialize_from_real(self, clouds: Tensor) -> dict:
         if clouds.shape[0] != self.num_slots or clouds.shape[1] < self.num_points:
             raise ValueError(f'need ({self.num_slots}, >={self.num_points}, 3) real clouds, got {tuple(clouds.shape)}')
@@ -78,7 +74,7 @@ class ExplicitPoints(Synthesizer):
         return {'init': self.init}
 
     def extra_repr(self) -> str:
-        return ', '.join(filter(None, [super().extra_repr(), f'num_points={self.num_points}', self.selection.describe()]))
+        return f'{super().extra_repr()}, num_points={self.num_points}'
 
 
 def _uniform_in_ball(num_clouds: int, num_points: int) -> Tensor:

@@ -77,10 +77,10 @@ class PointGenerator(Synthesizer):
                              f"(for no fit, use init: noise)")
         self.hidden_dim, self.w0_initial, self.w0 = hidden_dim, float(w0_initial), float(w0)
         self.init, self.init_steps, self.init_lr, self.init_num_points = init, init_steps, init_lr, init_num_points
-        self.selection = coresets.CoresetSelection(
-            'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_epochs=int(embed_epochs),
-            embed_points=int(embed_points), embed_batch=int(embed_batch), embed_lr=float(embed_lr),
-            embed_widths=tuple(embed_widths))
+        selection = coresets.CoresetSelection(
+            'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_epochs=embed_epochs,
+            embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr, embed_widths=embed_widths)
+        self.selection = None if init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.embedding = nn.Embedding(self.num_slots, hidden_dim)
         self.modulators = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers - 1))
         self.siren = nn.ModuleList([_SirenLayer(1, hidden_dim, self.w0_initial, is_first=True)] +
@@ -103,11 +103,6 @@ class PointGenerator(Synthesizer):
                 modulation = F.relu(self.modulators[k - 1](modulation))
             h = layer(h) * modulation.unsqueeze(1)
         return torch.tanh(self.output(h))
-
-    def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
-        if self.init == 'noise':
-            return None
-        return self.selection.select(pool, self.cpc, generator, device=self.output.weight.device)
 
     def initialize_from_real(self, clouds: Tensor) -> dict:
         """Fit all slots (embeddings and shared weights) to `clouds` (S, N, 3) by Chamfer distance."""
@@ -138,9 +133,8 @@ class PointGenerator(Synthesizer):
                 'seconds': time.perf_counter() - start}
 
     def extra_repr(self) -> str:
-        text = (f'{super().extra_repr()}, hidden_dim={self.hidden_dim}, num_layers={len(self.siren)}, '
+        return (f'{super().extra_repr()}, hidden_dim={self.hidden_dim}, num_layers={len(self.siren)}, '
                 f'w0_initial={self.w0_initial}, w0={self.w0}')
-        return ', '.join(filter(None, [text, self.selection.describe()]))
 
 
 def chamfer_distance(a: Tensor, b: Tensor) -> Tensor:
