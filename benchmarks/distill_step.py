@@ -8,8 +8,9 @@ matching, back-propagated into the synthesizer, then one synthesizer update. Mea
 
 - `ours`: `Distiller.accumulate_matching_gradients` (points-last DistillPointNet: InstanceNorm folded into
   per-cloud weights, the pooled last layer with a chunked two-level max-point search, graphs freed class by
-  class) + the optimizer step; `ours_bf16` the same with the max-point search in bf16
-  (`DistillPointNet(argmax_dtype='bfloat16')`), and the first step of both compared (distance, gradient);
+  class) + the optimizer step; and its bf16 variants (`BF16_VARIANTS`: the max-point search in bf16, the real
+  pass under bf16 autocast, both passes), each one's first step compared with fp32's (distance, gradient) and
+  with the yardstick of fp32's own step-to-step noise (the same step on another real batch and noise draw);
 - `baseline`: the DD3D reference's way, written here: a Conv1d PointNet with InstanceNorm and max-pool,
   per-class forwards in fp32, every class's graph kept until one backward.
 
@@ -35,6 +36,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# bf16 options of our step, measured only on CPUs whose bf16 matmul is faster than fp32 (spec keys of `_measure`)
+BF16_VARIANTS = {
+    'bf16 search': {'argmax_dtype': 'bfloat16'},                                   # DistillPointNet(argmax_dtype)
+    'bf16 real pass': {'argmax_dtype': 'bfloat16', 'autocast': 'real'},           # GradientMatching(autocast)
+    'bf16 both passes': {'autocast': 'all'},
+}
 
 
 # ------------------------------------------------------------------------------------------ one measurement
@@ -68,7 +75,8 @@ def _measure(spec: dict) -> dict:
                    if spec['synthesizer'] == 'PointGenerator' else {'NAME': 'ExplicitPoints', 'num_points': points, 'init': 'noise'})
     cfg = EasyConfig({'seed': 0, 'device': 'cpu', 'distill': {
         'cpc': cpc, 'iterations': 10, 'outer_loop': 1, 'inner_loop': 1, 'batch_real': real, 'num_points': points,
-        'backbone': {'NAME': 'DistillPointNet', 'argmax_dtype': spec.get('argmax_dtype', 'float32')}, 'synthesizer': synthesizer, 'objective': {'NAME': 'GradientMatching'},
+        'backbone': {'NAME': 'DistillPointNet', 'argmax_dtype': spec.get('argmax_dtype', 'float32')}, 'synthesizer': synthesizer,
+        'objective': {'NAME': 'GradientMatching', 'autocast': spec.get('autocast')},
         'rotator': {'NAME': 'IdentityRotator'}, 'syn_optimizer': {'NAME': 'adam', 'lr': 1e-3},
         'vectorize_classes': spec.get('vectorize', False)}})
     distiller = Distiller(cfg, pool, '/nonexistent-unused')
@@ -77,12 +85,19 @@ def _measure(spec: dict) -> dict:
     if spec['method'] == 'ours':
         first_step = {}
 
+        def synthesizer_grad() -> torch.Tensor:
+            return torch.cat([p.grad.flatten() for p in distiller.synthesizer.parameters() if p.grad is not None])
+
         def step(i: int) -> None:
+            saved = {}
+            if i == 0 and spec.get('save_first_step') and spec.get('resampled_yardstick'):
+                # the same synthesizer and backbone on another real batch and noise draw: fp32's own noise
+                distiller.accumulate_matching_gradients(backbone, 0, 10_000, points)
+                saved['resampled'] = synthesizer_grad()
             distiller.optimizer.zero_grad(set_to_none=True)
             loss = distiller.accumulate_matching_gradients(backbone, 0, i, points)
-            if i == 0 and spec.get('save_first_step'):   # the bf16 check compares these with the fp32 search
-                grad = torch.cat([p.grad.flatten() for p in distiller.synthesizer.parameters() if p.grad is not None])
-                save_file({'grad': grad}, spec['save_first_step'])
+            if i == 0 and spec.get('save_first_step'):   # the bf16 check compares these with fp32's
+                save_file({**saved, 'grad': synthesizer_grad()}, spec['save_first_step'])
                 first_step['loss'] = loss
             distiller.optimizer.step()
     else:
@@ -225,25 +240,27 @@ def main() -> int:
                        'real': args.real, 'model_gflop_per_step': round(step_gflop, 1)}
                 spec = {'classes': args.classes, 'cpc': cpc, 'points': points, 'real': args.real,
                         'synthesizer': synthesizer, 'repeats': args.repeats}
+                row['bf16'], row['bf16_check'] = {}, {}
                 with tempfile.TemporaryDirectory() as tmp:
-                    row['ours'] = _in_subprocess({**spec, 'method': 'ours', 'save_first_step': f'{tmp}/fp32.safetensors'})
-                    if peak['bf16'] > peak['fp32']:
-                        row['ours_bf16'] = _in_subprocess({**spec, 'method': 'ours', 'argmax_dtype': 'bfloat16',
-                                                           'save_first_step': f'{tmp}/bf16.safetensors'})
-                        row['bf16_check'] = bf16_search_check(row['ours'], row['ours_bf16'], tmp)
-                    else:   # the bf16 search is an option for CPUs (AMX) and GPUs that multiply bf16 faster
-                        row['ours_bf16'] = {'error': f'skipped: bf16 matmul {peak["bf16"]:.1f} GFLOP/s, slower than '
-                                                     f'fp32 ({peak["fp32"]:.0f}) on this CPU'}
+                    row['ours'] = _in_subprocess({**spec, 'method': 'ours', 'save_first_step': f'{tmp}/fp32.safetensors',
+                                                  'resampled_yardstick': True})
+                    for k, (name, options) in enumerate(BF16_VARIANTS.items()):
+                        if peak['bf16'] <= peak['fp32']:   # bf16 options are for CPUs (AVX512-BF16, AMX) and GPUs
+                            row['bf16'][name] = {'error': f'skipped: bf16 matmul {peak["bf16"]:.1f} GFLOP/s, slower '
+                                                          f'than fp32 ({peak["fp32"]:.0f}) on this CPU'}
+                            continue
+                        row['bf16'][name] = _in_subprocess({**spec, **options, 'method': 'ours',
+                                                            'save_first_step': f'{tmp}/bf16_{k}.safetensors'})
+                        row['bf16_check'][name] = bf16_check(row['ours'], row['bf16'][name], f'{tmp}/fp32.safetensors',
+                                                             f'{tmp}/bf16_{k}.safetensors')
                 row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
                                    else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
-                for side in ('ours', 'ours_bf16', 'baseline'):
-                    if 'seconds' in row[side]:
-                        row[side]['model_gflops'] = step_gflop / row[side]['seconds']
-                        row[side]['of_fp32_peak'] = row[side]['model_gflops'] / peak['fp32']
-                if 'seconds' in row['ours'] and 'seconds' in row['baseline']:
-                    row['speedup'] = row['baseline']['seconds'] / row['ours']['seconds']
-                    if 'seconds' in row['ours_bf16']:
-                        row['speedup_bf16'] = row['baseline']['seconds'] / row['ours_bf16']['seconds']
+                for side in (row['ours'], row['baseline'], *row['bf16'].values()):
+                    if 'seconds' in side:
+                        side['model_gflops'] = step_gflop / side['seconds']
+                        side['of_fp32_peak'] = side['model_gflops'] / peak['fp32']
+                        if 'seconds' in row['baseline']:
+                            side['speedup'] = row['baseline']['seconds'] / side['seconds']
                 rows.append(row)
                 print(_row_line(row), flush=True)
     storage = synthesizer_storage(args.classes, args.cpc, max(args.points))
@@ -264,18 +281,21 @@ def main() -> int:
     return 0
 
 
-def bf16_search_check(fp32: dict, bf16: dict, folder: str) -> dict:
-    """Does the bf16 max-point search keep the matching? Same first step (same data, same synthesizer):
-    relative change of the matching distance and cosine between the synthesizer gradients."""
+def bf16_check(fp32: dict, bf16: dict, fp32_file: str, bf16_file: str) -> dict:
+    """Does a bf16 option keep the matching? Same first step (same data, same synthesizer): relative change of
+    the matching distance, cosine between the synthesizer gradients, and the yardstick: the cosine between
+    fp32's gradient and fp32's on another real batch and noise draw (what every step varies by anyway)."""
     if 'first_step_loss' not in fp32 or 'first_step_loss' not in bf16:
         return {'error': 'a measurement failed'}
     import torch
     from safetensors.torch import load_file
-    a, b = (load_file(f'{folder}/{name}.safetensors')['grad'].double() for name in ('fp32', 'bf16'))
+    ref, other = load_file(fp32_file), load_file(bf16_file)
+    a, b = ref['grad'].double(), other['grad'].double()
+    cosine = (lambda x, y: float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
     return {'distance_fp32': fp32['first_step_loss'], 'distance_bf16': bf16['first_step_loss'],
             'distance_relative_change': abs(bf16['first_step_loss'] - fp32['first_step_loss']) / abs(fp32['first_step_loss']),
-            'gradient_cosine': float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-            'gradient_relative_change': float((a - b).norm() / a.norm())}
+            'gradient_cosine': cosine(a, b), 'gradient_relative_change': float((a - b).norm() / a.norm()),
+            'fp32_resampled_gradient_cosine': cosine(a, ref['resampled'].double()) if 'resampled' in ref else None}
 
 
 def synthesizer_storage(classes: int, cpcs: list[int], points: int) -> list[str]:
@@ -297,11 +317,10 @@ def synthesizer_storage(classes: int, cpcs: list[int], points: int) -> list[str]
 
 def _row_line(row: dict) -> str:
     def side(r):
-        return r.get('error') or f'{r["seconds"]:.2f} s, {r["peak_mib"]:.0f} MiB, {r["model_gflops"]:.0f} GFLOP/s'
-    speed = (f'{row["speedup"]:.1f}x' + (f' / {row["speedup_bf16"]:.1f}x' if 'speedup_bf16' in row else '')
-             if 'speedup' in row else '-')
-    return (f'{row["synthesizer"]:14s} cpc {row["cpc"]:3d} {row["points"]:5d} pts | ours {side(row["ours"])} | '
-            f'ours bf16 search {side(row["ours_bf16"])} | baseline {side(row["baseline"])} | {speed}')
+        return r.get('error') or (f'{r["seconds"]:.2f} s, {r["peak_mib"]:.0f} MiB, {r["model_gflops"]:.0f} GFLOP/s'
+                                  + (f', {r["speedup"]:.1f}x' if 'speedup' in r else ''))
+    return (f'{row["synthesizer"]:14s} cpc {row["cpc"]:3d} {row["points"]:5d} pts | baseline {side(row["baseline"])} | '
+            + ' | '.join(f'{name} {side(r)}' for name, r in (('ours', row['ours']), *row['bf16'].items())))
 
 
 def markdown(report: dict) -> str:
@@ -309,22 +328,26 @@ def markdown(report: dict) -> str:
     lines = [f'{report["machine"]}: fp32 matmul peak {peak:.0f} GFLOP/s (bf16 {report["matmul_peak_gflops"]["bf16"]:.1f}), '
              f'{report["threads"]} threads, torch {report["torch"]}', '',
              '| synthesizer | cpc | points | model GFLOP/step | baseline s | baseline MiB | ours s | ours MiB | speed-up '
-             '| ours model GFLOP/s (% of fp32 peak) | ours, bf16 search: s | speed-up |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| ours model GFLOP/s (% of fp32 peak) | ' + ' | '.join(f'ours, {name}: s (speed-up)' for name in BF16_VARIANTS)
+             + ' |', '|---' * (10 + len(BF16_VARIANTS)) + '|']
+    cell = (lambda x, k, f: f.format(x[k]) if k in x else x.get('error', '-'))
     for r in report['rows']:
         b, o = r['baseline'], r['ours']
-        cell = (lambda x, k, f: f.format(x[k]) if k in x else x.get('error', '-'))
         gf = f'{o["model_gflops"]:.0f} ({100 * o["of_fp32_peak"]:.0f} %)' if 'model_gflops' in o else '-'
+        variants = [cell(v, 'seconds', '{:.2f}') + (f' ({v["speedup"]:.1f}x)' if 'speedup' in v else '')
+                    for v in r['bf16'].values()]
         lines.append(f'| {r["synthesizer"]} | {r["cpc"]} | {r["points"]} | {r["model_gflop_per_step"]} | '
                      f'{cell(b, "seconds", "{:.2f}")} | {cell(b, "peak_mib", "{:.0f}")} | {cell(o, "seconds", "{:.2f}")} | '
-                     f'{cell(o, "peak_mib", "{:.0f}")} | {r.get("speedup", 0):.1f}x | {gf} | '
-                     f'{cell(r["ours_bf16"], "seconds", "{:.2f}")} | {cell(r, "speedup_bf16", "{:.1f}x")} |')
-    lines += ['', 'bf16 max-point search against fp32, same first step: relative change of the matching distance / '
-              'cosine and relative change of the synthesizer gradient']
+                     f'{cell(o, "peak_mib", "{:.0f}")} | {cell(o, "speedup", "{:.1f}x")} | {gf} | ' + ' | '.join(variants) + ' |')
+    lines += ['', 'bf16 options against fp32, same first step: relative change of the matching distance / cosine and '
+              "relative change of the synthesizer gradient; yardstick: cosine of fp32's gradient with fp32's on "
+              'another real batch and noise draw']
     for r in report['rows']:
-        c = r.get('bf16_check') or {'error': r['ours_bf16'].get('error', '-')}
-        lines.append(f'- {r["synthesizer"]} cpc {r["cpc"]}, {r["points"]} points: ' + (c['error'] if 'error' in c else
-                     f'{c["distance_relative_change"]:.2e} / {c["gradient_cosine"]:.4f}, {c["gradient_relative_change"]:.3f}'))
+        for name, c in r['bf16_check'].items():
+            lines.append(f'- {r["synthesizer"]} cpc {r["cpc"]}, {r["points"]} points, {name}: ' + (
+                c['error'] if 'error' in c else
+                f'{c["distance_relative_change"]:.2e} / {c["gradient_cosine"]:.4f}, {c["gradient_relative_change"]:.3f}; '
+                f'yardstick {c["fp32_resampled_gradient_cosine"]:.4f}'))
     lines += [''] + report['synthesizer_storage']
     if report['memory_vs_classes']:
         lines += ['', 'ours, peak memory against the number of classes: ' + ', '.join(

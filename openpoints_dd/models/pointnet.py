@@ -39,6 +39,22 @@ def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
     return torch.matmul(covariance.reshape(B, C_in * C_in), outer.t())
 
 
+def fp32_statistics(h: Tensor) -> torch.autocast:
+    """Autocast off for a layer's per-cloud statistics, so that under a bf16 autocast they stay fp32.
+
+    A variance is a difference (E[h h^T] - mean mean^T) or a quadratic form w^T Cov w whose terms cancel: with
+    bf16's 8-bit mantissa it can come out negative and rsqrt makes it NaN (observed: DD3D at 1 cloud per class,
+    16 iterations into a 30-minute run). Only the per-point products and the max-point search, the bulk of
+    the work, are rounded; everything inside this region reads its input as at least fp32 (`at_least_fp32`).
+    """
+    return torch.autocast(h.device.type, enabled=False)
+
+
+def at_least_fp32(h: Tensor) -> Tensor:
+    """h as fp32 if it is a reduced-precision (autocast) output; fp32 and fp64 stay as they are."""
+    return h.to(torch.promote_types(h.dtype, torch.float32))
+
+
 def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """InstanceNorm (no affine) over the points of h @ weight.T + bias, as one batched matrix multiply.
 
@@ -46,13 +62,15 @@ def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, 
     small (C_in, C_in) covariance and the scale folds into per-cloud weights, so the (B, N, C_out) map is
     written once by the matmul instead of being re-read by var_mean, sub and mul (and again, twice over, in
     backward and double backward): on CPU those memory-bound passes cost more than the matmul itself.
-    The bias cancels; it stays in the graph with gradient exactly 0, as in the plain layer.
+    The bias cancels; it stays in the graph with gradient exactly 0, as in the plain layer. Under a bf16
+    autocast the statistics stay fp32 (`fp32_statistics`) and only the per-point product is rounded.
     """
-    _, centred, covariance = centred_moments(h)
-    scale = torch.rsqrt(projected_variance(weight, covariance) + eps)                   # (B, C_out)
-    folded = weight * scale.unsqueeze(-1)                                                # (B, C_out, C_in)
-    if bias is not None:
-        folded = folded + 0 * bias.unsqueeze(-1)
+    with fp32_statistics(h):
+        _, centred, covariance = centred_moments(at_least_fp32(h))
+        scale = torch.rsqrt(projected_variance(weight, covariance) + eps)               # (B, C_out)
+        folded = weight * scale.unsqueeze(-1)                                            # (B, C_out, C_in)
+        if bias is not None:
+            folded = folded + 0 * bias.unsqueeze(-1)
     return torch.matmul(centred, folded.transpose(1, 2))
 
 
@@ -160,22 +178,25 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
 
     Returns:
         (B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h`, `weight` and `bias`.
+        Under a bf16 autocast only the max-point search is rounded (`fp32_statistics`).
     """
     B, N, C_in = h.shape
     argmax = max_point_search(h, weight, argmax_dtype)                                 # (B, C_out)
-    # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
-    # around the origin the subtraction loses no significant digits
-    mean = h.mean(dim=1, keepdim=True)
-    covariance = torch.matmul(h.transpose(1, 2), h) / N - mean.transpose(1, 2) * mean
-    variance = projected_variance(weight, covariance)                                # (B, C_out)
-    # the rows at the max points as one index_select over all clouds' points: ~1.5x faster than gather with
-    # an expanded (B, C_out, C_in) index, forward and backward
-    rows = (argmax + torch.arange(B, device=h.device).unsqueeze(1) * N).reshape(-1)
-    at_max = h.reshape(B * N, C_in).index_select(0, rows).view(B, -1, C_in)        # (B, C_out, C_in)
-    max_value, mean_value = (at_max * weight).sum(-1), torch.matmul(mean.squeeze(1), weight.t())
-    if bias is not None:
-        max_value, mean_value = max_value + bias, mean_value + bias
-    return (max_value - mean_value) * torch.rsqrt(variance + eps)
+    with fp32_statistics(h):
+        h = at_least_fp32(h)
+        # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
+        # around the origin the subtraction loses no significant digits
+        mean = h.mean(dim=1, keepdim=True)
+        covariance = torch.matmul(h.transpose(1, 2), h) / N - mean.transpose(1, 2) * mean
+        variance = projected_variance(weight, covariance)                                # (B, C_out)
+        # the rows at the max points as one index_select over all clouds' points: ~1.5x faster than gather with
+        # an expanded (B, C_out, C_in) index, forward and backward
+        rows = (argmax + torch.arange(B, device=h.device).unsqueeze(1) * N).reshape(-1)
+        at_max = h.reshape(B * N, C_in).index_select(0, rows).view(B, -1, C_in)        # (B, C_out, C_in)
+        max_value, mean_value = (at_max * weight).sum(-1), torch.matmul(mean.squeeze(1), weight.t())
+        if bias is not None:
+            max_value, mean_value = max_value + bias, mean_value + bias
+        return (max_value - mean_value) * torch.rsqrt(variance + eps)
 
 
 @torch.no_grad()

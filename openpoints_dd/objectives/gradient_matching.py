@@ -1,6 +1,8 @@
 """Gradient matching (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021)."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from functools import partial
 from typing import Literal, Sequence
 
 import torch
@@ -12,6 +14,7 @@ from ..registry import OBJECTIVES
 from .base import Objective
 
 _DISTANCES = ('layerwise_cosine', 'mse', 'cos')
+_AUTOCASTS = (None, 'real', 'all')
 
 
 def gradient_distance(syn_grads: Sequence[Tensor], real_grads: Sequence[Tensor],
@@ -55,14 +58,30 @@ class GradientMatching(Objective):
 
     Args:
         distance: 'layerwise_cosine' (default, DC/DD3D "ours"), 'mse' or 'cos'. See `gradient_distance`.
+        autocast: None (default: fp32), 'real' or 'all': run the real clouds' pass ('real'), or both passes
+            ('all'), under `torch.autocast(bfloat16)`. The real pass is first order and only gives the target,
+            the cheapest place to round. In DistillPointNet the per-point products and the max-point search
+            are then rounded while every per-cloud statistic (covariance, variance) stays fp32: in bf16 a
+            variance can cancel below zero, and a DD3D run with 'all' did turn NaN before that guard.
+            Parameters, their gradients and the distance stay fp32. Worth it only on hardware with bf16 units
+            (AVX512-BF16, AMX, GPUs); an AVX2-only CPU emulates bf16 far slower than fp32. Speed and how far
+            the gradient moves: docs/results/distill_step.md.
     """
 
     trains_backbone = True
 
-    def __init__(self, *, distance: Literal['layerwise_cosine', 'mse', 'cos'] = 'layerwise_cosine'):
+    def __init__(self, *, distance: Literal['layerwise_cosine', 'mse', 'cos'] = 'layerwise_cosine',
+                 autocast: Literal['real', 'all'] | None = None):
         if distance not in _DISTANCES:
             raise ValueError(f'GradientMatching: distance must be one of {_DISTANCES}, got {distance!r}')
-        self.distance = distance
+        if autocast not in _AUTOCASTS:
+            raise ValueError(f'GradientMatching: autocast must be one of {_AUTOCASTS} (null = fp32), got {autocast!r}')
+        self.distance, self.autocast = distance, autocast
+
+    def _precision(self, device: torch.device, synthetic: bool) -> AbstractContextManager:
+        """The bf16 autocast region of one pass (real or synthetic), enabled as `autocast` says."""
+        enabled = self.autocast == 'all' or (self.autocast == 'real' and not synthetic)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
         """Per-class losses of several classes in one vectorised call (torch.func.vmap over classes).
@@ -79,26 +98,30 @@ class GradientMatching(Objective):
         """
         params = {name: p.detach() for name, p in backbone.named_parameters() if p.requires_grad}
 
-        def class_loss(weights, pos, label):
-            logits = functional_call(backbone, weights, (pos,))
-            return F.cross_entropy(logits, label.expand(pos.shape[0]))
+        def class_loss(weights, pos, label, synthetic):
+            with self._precision(pos.device, synthetic):
+                logits = functional_call(backbone, weights, (pos,))
+            return F.cross_entropy(logits.float(), label.expand(pos.shape[0]))
 
-        per_class_grad = vmap(grad(class_loss), in_dims=(None, 0, 0))
-        real_grads = per_class_grad(params, real_pos.detach(), labels)
-        syn_grads = per_class_grad(params, syn_pos, labels)
+        def per_class_grad(pos, synthetic):
+            return vmap(grad(partial(class_loss, synthetic=synthetic)), in_dims=(None, 0, 0))(params, pos, labels)
+        real_grads = per_class_grad(real_pos.detach(), synthetic=False)
+        syn_grads = per_class_grad(syn_pos, synthetic=True)
         names = list(params)
         return vmap(lambda g_syn, g_real: gradient_distance([g_syn[n] for n in names], [g_real[n] for n in names],
                                                             self.distance))(syn_grads, real_grads)
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         params = [p for p in backbone.parameters() if p.requires_grad]
-        real_logits = backbone(real_pos)
+        with self._precision(real_pos.device, synthetic=False):
+            real_logits = backbone(real_pos)
         real_target = torch.full((real_pos.shape[0],), label, dtype=torch.long, device=real_pos.device)
         # a parameter may not reach the loss (DistillPointNet's last bias cancels under InstanceNorm): its gradient is 0
-        real_grads = torch.autograd.grad(F.cross_entropy(real_logits, real_target), params, allow_unused=True,
+        real_grads = torch.autograd.grad(F.cross_entropy(real_logits.float(), real_target), params, allow_unused=True,
                                          materialize_grads=True)
-        syn_logits = backbone(syn_pos)
+        with self._precision(syn_pos.device, synthetic=True):
+            syn_logits = backbone(syn_pos)
         syn_target = torch.full((syn_pos.shape[0],), label, dtype=torch.long, device=syn_pos.device)
-        syn_grads = torch.autograd.grad(F.cross_entropy(syn_logits, syn_target), params, create_graph=True,
+        syn_grads = torch.autograd.grad(F.cross_entropy(syn_logits.float(), syn_target), params, create_graph=True,
                                         allow_unused=True, materialize_grads=True)
         return gradient_distance(syn_grads, [g.detach() for g in real_grads], self.distance)

@@ -56,3 +56,52 @@ def test_bad_distance_is_a_clear_error():
         build_objective({'NAME': 'GradientMatching', 'distance': 'l1'})
     with pytest.raises(KeyError, match='Registered objectives'):
         build_objective({'NAME': 'gradient_matching'})
+
+
+@pytest.mark.parametrize('autocast, expected', [(None, [False, False]), ('real', [True, False]), ('all', [True, True])])
+def test_autocast_covers_the_passes_it_names(autocast, expected, tiny_clouds, tiny_backbone):
+    seen = []
+    tiny_backbone.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled('cpu')))
+    real = tiny_clouds.pos[tiny_clouds.y == 1]
+    syn = real[:2].clone().requires_grad_(True)
+    loss = build_objective({'NAME': 'GradientMatching', 'autocast': autocast})(tiny_backbone, syn, real, 1)
+    loss.backward()
+    assert seen == expected                        # the real pass first, then the synthetic one
+    assert loss.dtype == syn.grad.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
+
+
+@pytest.mark.parametrize('autocast', ['real', 'all'])
+def test_bf16_autocast_stays_close_to_fp32(autocast, tiny_clouds):
+    from openpoints_dd.models import DistillPointNet
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3)
+    real = torch.stack([tiny_clouds.pos[tiny_clouds.y == c][:6] for c in range(3)])
+    syn = (real[:, :2] + 0.05 * torch.randn_like(real[:, :2])).requires_grad_(True)
+    losses, grads = {}, {}
+    for name in (None, autocast):
+        objective = build_objective({'NAME': 'GradientMatching', 'autocast': name})
+        per_class = torch.stack([objective(backbone, syn[c], real[c], c) for c in range(3)])
+        losses[name], (grads[name],) = per_class.detach(), torch.autograd.grad(per_class.sum(), syn)
+        vectorised = objective.match_classes(backbone, syn, real, torch.arange(3))
+        assert torch.allclose(vectorised, per_class, rtol=1e-2), 'vmap over classes rounds alike, up to bf16'
+    assert torch.allclose(losses[autocast], losses[None], rtol=0.05)
+    assert torch.nn.functional.cosine_similarity(grads[autocast].flatten(), grads[None].flatten(), dim=0) > 0.9
+
+
+def test_bad_autocast_is_a_clear_error():
+    with pytest.raises(ValueError, match='autocast must be one of'):
+        build_objective({'NAME': 'GradientMatching', 'autocast': 'bf16'})
+
+
+def test_bf16_autocast_keeps_degenerate_clouds_finite():
+    # synthetic clouds of two tight clusters (what a young generator can emit): their features' variances are
+    # differences of large, nearly equal terms, which bf16 rounded below zero (NaN under rsqrt, as a DD3D run
+    # at 1 cloud per class did) before the statistics were kept fp32
+    from openpoints_dd.models import DistillPointNet
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3)
+    syn = torch.cat([1e-3 * torch.randn(2, 250, 3), 1 + 1e-3 * torch.randn(2, 6, 3)], dim=1).requires_grad_(True)
+    real = torch.randn(8, 256, 3)
+    loss = build_objective({'NAME': 'GradientMatching', 'autocast': 'all'})(backbone, syn, real, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(syn.grad).all()
