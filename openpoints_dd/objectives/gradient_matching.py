@@ -113,15 +113,15 @@ class GradientMatching(Objective):
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         params = [p for p in backbone.parameters() if p.requires_grad]
-        with self._precision(real_pos.device, synthetic=False):
-            real_logits = backbone(real_pos)
-        real_target = torch.full((real_pos.shape[0],), label, dtype=torch.long, device=real_pos.device)
-        # a parameter may not reach the loss (DistillPointNet's last bias cancels under InstanceNorm): its gradient is 0
-        real_grads = torch.autograd.grad(F.cross_entropy(real_logits.float(), real_target), params, allow_unused=True,
-                                         materialize_grads=True)
-        with self._precision(syn_pos.device, synthetic=True):
-            syn_logits = backbone(syn_pos)
-        syn_target = torch.full((syn_pos.shape[0],), label, dtype=torch.long, device=syn_pos.device)
-        syn_grads = torch.autograd.grad(F.cross_entropy(syn_logits.float(), syn_target), params, create_graph=True,
-                                        allow_unused=True, materialize_grads=True)
+
+        def class_grads(pos: Tensor, synthetic: bool) -> tuple[Tensor, ...]:
+            """One pass: the cross-entropy gradient of `pos`, all labelled `label`; a graph only for the synthetic."""
+            with self._precision(pos.device, synthetic):
+                logits = backbone(pos)
+            target = torch.full((pos.shape[0],), label, dtype=torch.long, device=pos.device)
+            # a parameter may not reach the loss (DistillPointNet's last bias cancels under InstanceNorm): gradient 0
+            return torch.autograd.grad(F.cross_entropy(logits.float(), target), params, create_graph=synthetic,
+                                       allow_unused=True, materialize_grads=True)
+        real_grads = class_grads(real_pos, synthetic=False)
+        syn_grads = class_grads(syn_pos, synthetic=True)
         return gradient_distance(syn_grads, [g.detach() for g in real_grads], self.distance)
