@@ -14,7 +14,8 @@ _APPLIED = False
 
 
 def apply_host_fixes() -> None:
-    """Stub torchvision if broken, restore `collections.Iterable`, patch the point ops, register models."""
+    """Stub torchvision if broken, restore `collections.Iterable`, patch the point ops and the grouped blocks
+    (channels-last CPU paths), register models."""
     global _APPLIED
     if _APPLIED:
         return
@@ -28,7 +29,8 @@ def apply_host_fixes() -> None:
         import openpoints.models  # noqa: F401
         import openpoints.models.backbone.pointvector  # noqa: F401  (registers PointVector*, not imported upstream)
         import openpoints.dataset  # noqa: F401
-    from . import point_ops, cuda_fixes
+    from . import channels_last, cuda_fixes, point_ops
     point_ops.install()
     cuda_fixes.install()
+    channels_last.install()
     _APPLIED = True

@@ -35,6 +35,7 @@ from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
 
 from ..data.real_pool import dataset_labels
 from ..utils.config import config_hash, resolve_path, save_config
+from ..utils.precision import autocast, check_amp, fp32_criteria
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'progress': True,
     'point_resampling': 'fps',  # fps | random | first: how training clouds with > num_points are reduced
     'max_train_batches': None,  # cut every epoch short: smoke tests, or the full train set at a small step budget
+    'amp': None,                # None | 'fp32' | 'bf16': bf16 autocast of the forward and loss (fp32 master weights)
     'max_val_batches': None,
     'val_per_class': None,      # CPU-scale budgets: validate/test on the first k clouds of every class only
     'root_dir': 'runs',
@@ -92,7 +94,11 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     `sched_on_epoch` and the other top-level scheduler keys (`build_scheduler_from_cfg`), `batch_size`,
     `val_batch_size`, `num_points`, `num_classes`, `classes`, `val_freq`, `grad_norm_clip`, `step_per_update`,
     `start_epoch`, `seed`, `deterministic`, `print_freq`, `mode`, `pretrained_path`; and ours: `device`,
-    `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `tensorboard`, `wandb.use_wandb`.
+    `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `amp`, `tensorboard`, `wandb.use_wandb`.
+
+    `amp: bf16` runs every forward (training and evaluation) under `torch.autocast(device, bfloat16)`, on CPU
+    and CUDA; the loss is computed in fp32 on fp32 logits, and parameters, gradients and optimizer state stay
+    fp32 (`utils.precision`). `amp: null` or `fp32` (the default) trains in full precision.
 
     Behaviour that differs from PointNeXt: the last epoch is always validated; training clouds with more
     than `num_points` points are reduced for any `num_points` (`resample_points`); `num_classes` is checked
@@ -287,6 +293,7 @@ class _Trainer:
         for key in ('epochs', 'batch_size', 'num_points', 'num_classes', 'val_freq', 'step_per_update'):
             if int(cfg[key]) < 1:
                 raise ValueError(f'{key} must be >= 1, got {cfg[key]!r}')
+        check_amp(cfg.amp)
 
     def _build_model(self) -> nn.Module:
         model_cfg = copy.deepcopy(self.cfg.model)  # BaseCls writes cls_args.in_channels into its cfg
@@ -499,11 +506,12 @@ class _Trainer:
         with _tqdm_safe_logging(bool(cfg.progress)):
             for idx, data in enumerate(itertools.islice(loader, total_batches)):
                 data, target = self._prepare(data, training=True)
-                if self.loss_fn is None:
-                    logits, loss = model.get_logits_loss(data, target)
-                else:
-                    logits = model(data)
-                    loss = self.loss_fn(logits, target)
+                with self._forward_precision(), fp32_criteria(getattr(model, 'criterion', None), self.loss_fn):
+                    if self.loss_fn is None:
+                        logits, loss = model.get_logits_loss(data, target)
+                    else:
+                        logits = model(data)
+                        loss = self.loss_fn(logits, target)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f'training loss of {cfg.model.get("NAME")} is {loss.item()} at epoch '
                                              f'{epoch}, batch {idx + 1}. Lower lr or set grad_norm_clip.')
@@ -540,10 +548,16 @@ class _Trainer:
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
                          dynamic_ncols=True, disable=not self.cfg.progress):
             data, target = self._prepare(data, training=False)
-            cm.update(model(data).argmax(dim=1), target)
+            with self._forward_precision():
+                logits = model(data)
+            cm.update(logits.argmax(dim=1), target)
         model.train()
         macc, oa, accs = cm.all_acc()
         return {'oa': float(oa), 'macc': float(macc), 'acc_per_class': [round(float(a), 4) for a in accs]}
+
+    def _forward_precision(self):
+        """The context every forward runs in: bf16 autocast under `amp: bf16`, else none."""
+        return autocast(self.cfg.amp, self.device)
 
     def _prepare(self, data: Mapping[str, Any], training: bool) -> tuple[dict, Tensor]:
         """Move a collated batch to the device and build `pos` (B, N, 3) and `x` (B, C, N) as train.py does."""

@@ -155,7 +155,9 @@ class _SegTrainer(_Trainer):
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
                          dynamic_ncols=True, disable=not self.cfg.progress):
             data, target = self._prepare(data, training=False)
-            logits, category = model(data).cpu(), data['cls'].reshape(-1).cpu()
+            with self._forward_precision():
+                logits = model(data)
+            logits, category = logits.float().cpu(), data['cls'].reshape(-1).cpu()
             target = target.cpu()
             for prefix, restricted in (('', True), ('unrestricted_', False)):
                 pred = predict_parts(logits, category, self.cls2parts, restricted)

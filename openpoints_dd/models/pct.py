@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from openpoints.loss import build_criterion_from_cfg
 from openpoints.models.backbone.pct import Pct
 from openpoints.models.build import MODELS
+from openpoints.models.layers import furthest_point_sample
+
+from ..compat.channels_last import neighbour_embedding
 
 
 @MODELS.register_module()
@@ -78,10 +81,8 @@ class PCTClassifier(Pct):
                              f'first stage; set model.centres for this point count (e.g. [{N // 2}, {N // 4}])')
         h = F.relu(self.bn1(self.conv1(x)))
         h = F.relu(self.bn2(self.conv2(h)))
-        center, grouped = _neighbour_embedding_input(self.subsample1, pos, h)
-        h = self.gather_local_0(grouped)                                        # (B, 128, centres[0])
-        center, grouped = _neighbour_embedding_input(self.subsample2, center, h)
-        h = self.gather_local_1(grouped)                                        # (B, 256, centres[1])
+        center, h = _neighbour_embedding(self.subsample1, self.gather_local_0, pos, h)   # (B, 128, centres[0])
+        center, h = _neighbour_embedding(self.subsample2, self.gather_local_1, center, h)  # (B, 256, centres[1])
         h = self.conv_fuse(torch.cat([_attention_stack(self.pt_last, h), h], dim=1))  # (B, 1024, centres[1])
         h = F.adaptive_max_pool1d(h, 1).view(B, -1)
         h = self.dp1(F.leaky_relu(self.bn6(self.linear1(h)), negative_slope=0.2))
@@ -116,15 +117,18 @@ def _pos_and_features(data: Tensor | Mapping[str, Tensor], x: Tensor | None,
     return pos.contiguous(), x[:, :in_channels]
 
 
-def _neighbour_embedding_input(subsample_group: nn.Module, pos: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
-    """FPS centres (B, M, 3) and the grouped input (B, 2C, M, K) of one PCT neighbour-embedding stage.
+def _neighbour_embedding(subsample_group: nn.Module, local_op: nn.Module, pos: Tensor,
+                         features: Tensor) -> tuple[Tensor, Tensor]:
+    """One PCT neighbour-embedding stage: FPS centres (B, M, 3) and their embedded features (B, C_out, M).
 
-    The grouped input is `[f_j - f_i, f_i]` for the K nearest neighbours j of every centre i.
+    The centres are `subsample_group`'s (openpoints `SubsampleGroup`: FPS, then its K nearest neighbours
+    by `KNNGroup`'s search); `local_op` runs on `[f_j - f_i, f_i]` for every neighbour j of centre i
+    (`channels_last.neighbour_embedding`: on CPU without building the grouped input).
     """
-    _, center, neighbour_features, center_features = subsample_group(pos, features)
-    grouped = torch.cat([neighbour_features - center_features,
-                         center_features.expand_as(neighbour_features)], dim=1)
-    return center, grouped
+    centre_idx = furthest_point_sample(pos, subsample_group.num_groups).long()           # (B, M)
+    centre = torch.gather(pos, 1, centre_idx.unsqueeze(-1).expand(-1, -1, 3))
+    _, neighbour_idx = subsample_group.grouper.knn(pos, centre)                            # (B, M, K) int32
+    return centre, neighbour_embedding(local_op, features, centre_idx, neighbour_idx)
 
 
 def _attention_stack(block: nn.Module, x: Tensor) -> Tensor:

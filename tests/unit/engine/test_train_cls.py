@@ -250,6 +250,8 @@ def test_missing_data_dir_is_reported(tmp_path):
     ('mode', 'pretrain', 'mode must be one of'),
     ('device', 'tpu', "device must be 'cpu'"),
     ('batch_size', 0, 'batch_size must be >= 1'),
+    ('amp', 'bogus', r"amp must be one of null, 'fp32'.*'bf16'.*got 'bogus'"),
+    ('amp', 'fp16', r"amp must be one of .*got 'fp16'"),
 ])
 def test_bad_settings_are_reported(fake_data, tmp_path, key, value, message):
     cfg = tiny_cfg(fake_data)
@@ -262,3 +264,22 @@ def test_resume_needs_a_checkpoint(fake_data, tmp_path):
     cfg = tiny_cfg(fake_data, mode='resume', pretrained_path=str(tmp_path / 'none'))
     with pytest.raises(FileNotFoundError, match='no checkpoint at'):
         train_classifier(cfg, tmp_path / 'run')
+
+
+def test_amp_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(fake_data, tmp_path, monkeypatch):
+    seen = {'logits': set(), 'loss': set()}
+    original = _Trainer._build_model
+
+    def build(self):
+        model = original(self)
+        # _check_head's forward (before training, outside amp) is fp32; training and validation run under amp
+        model.register_forward_hook(lambda module, args, out: seen['logits'].add(out.dtype) if module.training
+                                    or len(seen['loss']) else None)
+        model.criterion.register_forward_hook(lambda module, args, out: seen['loss'].add(out.dtype))
+        return model
+    monkeypatch.setattr(_Trainer, '_build_model', build)
+    cfg = tiny_cfg(fake_data, POINTNEXT_S, amp='bf16', max_train_batches=1, max_val_batches=1,
+                   criterion_args={'NAME': 'SmoothCrossEntropy', 'label_smoothing': 0.2})
+    result = train_classifier(cfg, tmp_path)
+    assert seen == {'logits': {torch.bfloat16}, 'loss': {torch.float32}}
+    assert np.isfinite(result['history'][0]['train_loss'])

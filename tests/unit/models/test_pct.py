@@ -27,8 +27,8 @@ def test_centres_scale_the_two_embedding_stages_and_must_fit_the_input():
     model = build_model_from_cfg({'NAME': 'PCTClassifier', 'num_classes': 4, 'centres': [48, 16]}).eval()
     assert (model.subsample1.num_groups, model.subsample2.num_groups) == (48, 16) and 'centres=[48, 16]' in repr(model)
     seen = []
-    model.gather_local_1.register_forward_hook(lambda module, args, out: seen.append(out.shape))
-    assert model(torch.rand(2, 96, 3)).shape == (2, 4) and seen == [(2, 256, 16)]
+    model.conv_fuse.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    assert model(torch.rand(2, 96, 3)).shape == (2, 4) and seen == [(2, 4 * 256 + 256, 16)]   # 16 centres
     with pytest.raises(ValueError, match=r'40 input points but 48 FPS centres.*model.centres'):
         model(torch.rand(2, 40, 3))
     with pytest.raises(ValueError, match='centres must be two counts'):
