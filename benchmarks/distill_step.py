@@ -6,11 +6,12 @@
 One outer step = for every class a real batch and the class's synthetic clouds through gradient
 matching, back-propagated into the synthesizer, then one synthesizer update. Measured for
 
-- `ours`: `Distiller.accumulate_matching_gradients` (points-last DistillPointNet: InstanceNorm folded into
-  per-cloud weights, the pooled last layer with a chunked two-level max-point search, graphs freed class by
-  class) + the optimizer step; and its bf16 variants (`BF16_VARIANTS`: the max-point search in bf16, the real
-  pass under bf16 autocast, both passes), each one's first step compared with fp32's (distance, gradient) and
-  with the yardstick of fp32's own step-to-step noise (the same step on another real batch and noise draw);
+- `ours`: `Distiller.accumulate_matching_gradients` (every class of a chunk in one grouped pass per side: the
+  per-class gradients of DistillPointNet from its explicit backward, `models/class_gradients.py`; graphs freed
+  chunk by chunk) + the optimizer step; the same with one class per pass (`chunk_points: 1`, what batching the
+  classes buys); and its bf16 variants (`BF16_VARIANTS`: the max-point search in bf16, the real pass under
+  bf16 autocast, both passes), each one's first step compared with fp32's (distance, gradient) and with the
+  yardstick of fp32's own step-to-step noise (the same step on another real batch and noise draw);
 - `baseline`: the DD3D reference's way, written here: a Conv1d PointNet with InstanceNorm and max-pool,
   per-class forwards in fp32, every class's graph kept until one backward.
 
@@ -60,6 +61,8 @@ def _measure(spec: dict) -> dict:
 
     sys.path.insert(0, str(REPO))
     import openpoints_dd  # noqa: F401
+    from openpoints_dd.utils.memory import keep_freed_memory
+    keep_freed_memory()   # both sides run with the allocator the CLIs set
     from openpoints.utils import EasyConfig
     from openpoints_dd.data.real_pool import RealPool
     from openpoints_dd.engine.distill import Distiller
@@ -78,7 +81,7 @@ def _measure(spec: dict) -> dict:
         'backbone': {'NAME': 'DistillPointNet', 'argmax_dtype': spec.get('argmax_dtype', 'float32')}, 'synthesizer': synthesizer,
         'objective': {'NAME': 'GradientMatching', 'autocast': spec.get('autocast')},
         'rotator': {'NAME': 'IdentityRotator'}, 'syn_optimizer': {'NAME': 'adam', 'lr': 1e-3},
-        'vectorize_classes': spec.get('vectorize', False)}})
+        'chunk_points': spec.get('chunk_points')}})
     distiller = Distiller(cfg, pool, '/nonexistent-unused')
     backbone = distiller.build_backbone()
 
@@ -244,6 +247,7 @@ def main() -> int:
                 with tempfile.TemporaryDirectory() as tmp:
                     row['ours'] = _in_subprocess({**spec, 'method': 'ours', 'save_first_step': f'{tmp}/fp32.safetensors',
                                                   'resampled_yardstick': True})
+                    row['one_class'] = _in_subprocess({**spec, 'method': 'ours', 'chunk_points': 1})
                     for k, (name, options) in enumerate(BF16_VARIANTS.items()):
                         if peak['bf16'] <= peak['fp32']:   # bf16 options are for CPUs (AVX512-BF16, AMX) and GPUs
                             row['bf16'][name] = {'error': f'skipped: bf16 matmul {peak["bf16"]:.1f} GFLOP/s, slower '
@@ -255,7 +259,7 @@ def main() -> int:
                                                              f'{tmp}/bf16_{k}.safetensors')
                 row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
                                    else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
-                for side in (row['ours'], row['baseline'], *row['bf16'].values()):
+                for side in (row['ours'], row['one_class'], row['baseline'], *row['bf16'].values()):
                     if 'seconds' in side:
                         side['model_gflops'] = step_gflop / side['seconds']
                         side['of_fp32_peak'] = side['model_gflops'] / peak['fp32']
@@ -320,7 +324,8 @@ def _row_line(row: dict) -> str:
         return r.get('error') or (f'{r["seconds"]:.2f} s, {r["peak_mib"]:.0f} MiB, {r["model_gflops"]:.0f} GFLOP/s'
                                   + (f', {r["speedup"]:.1f}x' if 'speedup' in r else ''))
     return (f'{row["synthesizer"]:14s} cpc {row["cpc"]:3d} {row["points"]:5d} pts | baseline {side(row["baseline"])} | '
-            + ' | '.join(f'{name} {side(r)}' for name, r in (('ours', row['ours']), *row['bf16'].items())))
+            + ' | '.join(f'{name} {side(r)}' for name, r in (('ours', row['ours']), ('ours, one class a pass', row['one_class']),
+                                                              *row['bf16'].items())))
 
 
 def markdown(report: dict) -> str:
@@ -328,14 +333,15 @@ def markdown(report: dict) -> str:
     lines = [f'{report["machine"]}: fp32 matmul peak {peak:.0f} GFLOP/s (bf16 {report["matmul_peak_gflops"]["bf16"]:.1f}), '
              f'{report["threads"]} threads, torch {report["torch"]}', '',
              '| synthesizer | cpc | points | model GFLOP/step | baseline s | baseline MiB | ours s | ours MiB | speed-up '
-             '| ours model GFLOP/s (% of fp32 peak) | ' + ' | '.join(f'ours, {name}: s (speed-up)' for name in BF16_VARIANTS)
-             + ' |', '|---' * (10 + len(BF16_VARIANTS)) + '|']
+             '| ours model GFLOP/s (% of fp32 peak) | ours, one class a pass: s (speed-up) | '
+             + ' | '.join(f'ours, {name}: s (speed-up)' for name in BF16_VARIANTS) + ' |',
+             '|---' * (11 + len(BF16_VARIANTS)) + '|']
     cell = (lambda x, k, f: f.format(x[k]) if k in x else x.get('error', '-'))
     for r in report['rows']:
         b, o = r['baseline'], r['ours']
         gf = f'{o["model_gflops"]:.0f} ({100 * o["of_fp32_peak"]:.0f} %)' if 'model_gflops' in o else '-'
         variants = [cell(v, 'seconds', '{:.2f}') + (f' ({v["speedup"]:.1f}x)' if 'speedup' in v else '')
-                    for v in r['bf16'].values()]
+                    for v in (r.get('one_class', {'error': '-'}), *r['bf16'].values())]
         lines.append(f'| {r["synthesizer"]} | {r["cpc"]} | {r["points"]} | {r["model_gflop_per_step"]} | '
                      f'{cell(b, "seconds", "{:.2f}")} | {cell(b, "peak_mib", "{:.0f}")} | {cell(o, "seconds", "{:.2f}")} | '
                      f'{cell(o, "peak_mib", "{:.0f}")} | {cell(o, "speedup", "{:.1f}x")} | {gf} | ' + ' | '.join(variants) + ' |')

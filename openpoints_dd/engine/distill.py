@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = 'checkpoint.pt'
 ARTIFACT_NAME = 'artifact.safetensors'
 
+#: real and synthetic points matched in one chunk of classes (`distill.chunk_points`). Bounds the memory of a
+#: grouped pass, and keeps its per-point maps small enough to stay near the cache: larger chunks made the step
+#: slower, not faster (docs/results/distill_step.md).
+DEFAULT_CHUNK_POINTS = 1 << 14
+
 _OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
 
 
@@ -159,6 +164,8 @@ class Distiller:
             self.iteration += 1
             iteration_seconds.append(time.perf_counter() - started)
             self.elapsed += iteration_seconds[-1]
+            bar.total = expected_iterations(self.iteration, iterations, self.elapsed,
+                                            sum(iteration_seconds) / len(iteration_seconds), budget_s)
             bar.update(1)
             bar.set_postfix(loss=f'{loss:.4f}')
             if self.iteration % log_every == 0 or self.iteration == iterations:
@@ -215,40 +222,53 @@ class Distiller:
     def accumulate_matching_gradients(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
         """One outer step's matching: every class of this process's shard, gradients summed over processes.
 
-        Per class (or per chunk of classes with `vectorize_classes`), a real batch and the class's synthetic
-        clouds go through the objective and are back-propagated at once, so the graph of one class is freed
-        before the next: memory does not grow with the number of classes. Returns the summed loss.
+        Classes go in chunks (`class_chunk`): each chunk's real batches and synthetic clouds go through the
+        objective's `match_classes` and are back-propagated at once, so a chunk's graph is freed before the next
+        and memory is bounded by the chunk, not the number of classes. Returns the summed loss.
         """
-        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))   # equal batches: vmap needs them
-        # the per-class loop is faster than vmap on CPU today (benchmarks/distill_step.py); vmap stays an option
-        vectorized = hasattr(self.objective, 'match_classes') and bool(self.d.get('vectorize_classes', False))
+        batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))   # equal batches per class
         classes = distributed.shard(range(self.num_classes))
-        chunk = int(self.d.get('class_chunk') or len(classes)) if vectorized else 1
+        chunk = self.class_chunk(backbone, batch_real, num_points)
         total = 0.0
         for start in range(0, len(classes), chunk):
             labels = torch.tensor(classes[start:start + chunk])
             real = torch.stack([self.pool.sample(int(c), batch_real, num_points, self._generator(iteration, 1, step, int(c)))
                                 for c in labels])
             real = self.rotator(real.flatten(0, 1).to(self.device)).detach().view(len(labels), batch_real, num_points, 3)
-            syn = torch.cat([self.synthetic_clouds(self.synthesizer.slots_of_class(int(c)), num_points,
-                                                   self._generator(iteration, 2, step, int(c))) for c in labels])
-            syn = syn.view(len(labels), self.synthesizer.cpc, num_points, 3)
-            if vectorized:
-                losses = self.objective.match_classes(backbone, syn, real, labels.to(self.device))
-            else:
-                losses = self.objective(backbone, syn[0], real[0], int(labels[0])).unsqueeze(0)
-            bad = ~torch.isfinite(losses.detach())
-            if bad.any():
-                label = int(labels[bad.nonzero()[0, 0]])
-                raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
-                                         f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
-                                         f'(class {label}). Lower the synthesizer learning rate or check the data.')
+            syn = self.class_clouds(labels, num_points, [self._generator(iteration, 2, step, int(c)) for c in labels])
+            losses = self.objective.match_classes(backbone, syn, real, labels.to(self.device))
+            self.check_finite(losses, labels.tolist(), iteration, step)
             # frees this chunk's graph (memory does not grow with the classes); `inputs` skips the backbone's
             # weight gradients of the second-order graph, which nothing uses
             losses.sum().backward(inputs=self.matched_parameters)
             total += losses.detach().sum().item()
         distributed.all_reduce_gradients(self.parameters)
         return distributed.sum_scalar(total, self.device)
+
+    def check_finite(self, losses: Tensor, labels: list[int], iteration: int, step: int) -> None:
+        """A non-finite matching loss stops the run, naming the step, the component and the class."""
+        bad = ~torch.isfinite(losses.detach())
+        if bad.any():
+            label = labels[int(bad.nonzero()[0, 0])]
+            raise FloatingPointError(f'objective {type(self.objective).__name__} returned '
+                                     f'{losses.detach()[bad][0].item()} at iteration {iteration}, outer step {step} '
+                                     f'(class {label}: {self.pool.class_names[label]}). Lower the synthesizer '
+                                     f'learning rate or check the data.')
+
+    def class_chunk(self, backbone: nn.Module, batch_real: int, num_points: int) -> int:
+        """Classes matched together: 1 for a backbone whose batches share statistics (BatchNorm in train mode),
+        else as many as fit `distill.chunk_points` real and synthetic points (at least one class)."""
+        if not getattr(backbone, 'per_sample_separable', False):
+            return 1
+        per_class = (batch_real + self.synthesizer.cpc) * num_points
+        return max(1, min(self.num_classes, int(self.d.get('chunk_points') or DEFAULT_CHUNK_POINTS) // per_class))
+
+    def class_clouds(self, labels: Tensor, num_points: int, generators: list[torch.Generator]) -> Tensor:
+        """(G, cpc, N, 3) synthetic clouds of G classes, class g's drawn from generators[g]; the same path as
+        `synthetic_clouds` (synthesize, normalise, canonicalise), with one synthesizer call for all classes."""
+        slots = torch.cat([self.synthesizer.slots_of_class(int(c)) for c in labels]).to(self.device)
+        clouds = self.synthesizer.synthesize_classes(labels, num_points, generators)
+        return self.rotator(normalize_to_unit_sphere(clouds.flatten(0, 1)), slots=slots).view(*clouds.shape)
 
     def match_all_classes(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
         """One outer step of an objective that compares the whole synthetic set at once (trajectory matching).
@@ -418,6 +438,16 @@ def _parameter_groups(synthesizer: nn.Module, rotator: nn.Module, rot_cfg: Mappi
 
 def _step_schedule(step_size: int, gamma: float) -> Callable[[int], float]:
     return lambda iteration: gamma ** (iteration // step_size)
+
+
+def expected_iterations(done: int, iterations: int, elapsed: float, seconds_per_iteration: float,
+                        budget_s: float) -> int:
+    """The iterations a run will end with: all of them, or, under a wall-clock budget, those that fit it at the
+    mean pace so far (the progress bar's total, so that its ETA is the budget's, not that of every iteration)."""
+    if math.isinf(budget_s) or seconds_per_iteration <= 0:
+        return iterations
+    fitting = int(max(budget_s - elapsed, 0.0) // seconds_per_iteration)
+    return max(done, min(iterations, done + fitting))
 
 
 def resolve_device(device: str | None) -> str:

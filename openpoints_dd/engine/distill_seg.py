@@ -121,24 +121,29 @@ class SegDistiller(Distiller):
                 module.eval()
 
     def accumulate_matching_gradients(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
-        """One outer step: per category a real batch and the category's synthetic clouds, each with part ids,
-        matched globally or locally (the objective's alternation), back-propagated category by category."""
+        """One outer step: per chunk of categories a real batch and the synthetic clouds of each, with part ids,
+        matched globally or locally (the objective's alternation) and back-propagated chunk by chunk. With the
+        BatchNorm statistics frozen the backbone is per-sample separable, so a chunk holds several categories."""
         batch_real = min(int(self.d['batch_real']), int(self.pool.counts.min()))
         self.refresh_batchnorm(backbone, iteration, step, num_points)
         local = self.objective.is_local(step)
+        categories = distributed.shard(range(self.num_classes))
+        chunk = self.class_chunk(backbone, batch_real, num_points)
         total = 0.0
-        for c in distributed.shard(range(self.num_classes)):
-            real, real_parts = self.pool.sample(c, batch_real, num_points, self._generator(iteration, 1, step, c))
-            syn, syn_parts = self.synthetic_clouds_with_parts(self.synthesizer.slots_of_class(c), num_points,
-                                                              self._generator(iteration, 2, step, c))
-            loss = self.objective(backbone, syn, real.to(self.device), c, syn_parts=syn_parts,
-                                  real_parts=real_parts.to(self.device), part_ids=self.pool.cls2parts[c], local=local)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f'objective {type(self.objective).__name__} returned {loss.item()} at '
-                                         f'iteration {iteration}, outer step {step} (category '
-                                         f'{self.pool.class_names[c]}). Lower the synthesizer learning rate.')
-            loss.backward(inputs=self.matched_parameters)   # frees this category's graph; no backbone gradients
-            total += loss.detach().item()
+        for start in range(0, len(categories), chunk):
+            labels = categories[start:start + chunk]
+            real, real_parts = zip(*[self.pool.sample(c, batch_real, num_points, self._generator(iteration, 1, step, c))
+                                     for c in labels])
+            syn, syn_parts = zip(*[self.synthetic_clouds_with_parts(self.synthesizer.slots_of_class(c), num_points,
+                                                                    self._generator(iteration, 2, step, c))
+                                   for c in labels])
+            losses = self.objective.match_classes(
+                backbone, torch.stack(syn), torch.stack(real).to(self.device), torch.tensor(labels, device=self.device),
+                syn_parts=torch.stack(syn_parts), real_parts=torch.stack(real_parts).to(self.device),
+                part_ids=[self.pool.cls2parts[c] for c in labels], local=local)
+            self.check_finite(losses, labels, iteration, step)
+            losses.sum().backward(inputs=self.matched_parameters)   # frees this chunk's graph; no backbone gradients
+            total += losses.detach().sum().item()
         backbone.train()
         distributed.all_reduce_gradients(self.parameters)
         return distributed.sum_scalar(total, self.device)

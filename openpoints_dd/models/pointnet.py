@@ -15,22 +15,28 @@ from torch import Tensor, nn
 from openpoints.loss import build_criterion_from_cfg
 from openpoints.models.build import MODELS
 
+from .class_gradients import pointnet_class_gradients
+
 
 def centred_moments(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-cloud mean (B, 1, C), centred points (B, N, C) and covariance (B, C, C) of a (B, N, C) map."""
-    mean = h.mean(dim=1, keepdim=True)
+    """Per-cloud mean (..., B, 1, C), centred points (..., B, N, C) and covariance (..., B, C, C) of a map."""
+    mean = h.mean(dim=-2, keepdim=True)
     centred = h - mean
-    return mean, centred, torch.matmul(centred.transpose(1, 2), centred) / h.shape[1]
+    return mean, centred, torch.matmul(centred.transpose(-1, -2), centred) / h.shape[-2]
 
 
 def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
-    """(B, C_out) variance over the points of h @ weight.T, from h's covariance (B, C_in, C_in).
+    """(..., B, C_out) variance over the points of h @ weight.T, from h's covariance (..., B, C_in, C_in).
 
-    var[b, o] = sum_cd w[o, c] w[o, d] cov[b, c, d]. From B = C_in clouds on, as one plain (B, C_in²) x (C_in², C_out)
-    matrix multiply against the weight's per-channel outer products (C_out·C_in² floats, whatever B): this op
-    ran 2x (first order) to 3.5x (second order) faster so at 256 clouds. Fewer clouds take W Cov W^T row by row
-    (B·C_out·C_in), cheaper there: the outer products made a 32-cloud double backward ~40 % slower.
+    var[b, o] = sum_cd w[o, c] w[o, d] cov[b, c, d]. With one shared (C_out, C_in) weight and from B = C_in
+    clouds on, as one plain (B, C_in²) x (C_in², C_out) matrix multiply against the weight's per-channel outer
+    products (C_out·C_in² floats, whatever B): this op ran 2x (first order) to 3.5x (second order) faster so at
+    256 clouds. Fewer clouds take W Cov W^T row by row (B·C_out·C_in), cheaper there: the outer products made a
+    32-cloud double backward ~40 % slower. Per-group weights (G, 1, C_out, C_in) for covariances (G, B, C_in,
+    C_in) go row by row too: G sets of outer products would not fit in memory.
     """
+    if weight.dim() > 2:
+        return torch.matmul(weight, covariance).mul(weight).sum(-1)
     B, C_in, _ = covariance.shape
     if B < C_in:
         # einsum over the shared (C_out, C_in) weight runs as a batched matmul: ~3x faster than mul + sum here
@@ -64,14 +70,19 @@ def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, 
     backward and double backward): on CPU those memory-bound passes cost more than the matmul itself.
     The bias cancels; it stays in the graph with gradient exactly 0, as in the plain layer. Under a bf16
     autocast the statistics stay fp32 (`fp32_statistics`) and only the per-point product is rounded.
+
+    Args:
+        h: (B, N, C_in), or (G, B, N, C_in) for G groups of clouds.
+        weight: (C_out, C_in), or (G, 1, C_out, C_in): one weight per group (per-class copies, whose gradients
+            are then the per-class gradients). bias: (C_out,), or (G, 1, C_out), or None.
     """
     with fp32_statistics(h):
         _, centred, covariance = centred_moments(at_least_fp32(h))
-        scale = torch.rsqrt(projected_variance(weight, covariance) + eps)               # (B, C_out)
-        folded = weight * scale.unsqueeze(-1)                                            # (B, C_out, C_in)
+        scale = torch.rsqrt(projected_variance(weight, covariance) + eps)               # (..., B, C_out)
+        folded = weight * scale.unsqueeze(-1)                                            # (..., B, C_out, C_in)
         if bias is not None:
             folded = folded + 0 * bias.unsqueeze(-1)
-    return torch.matmul(centred, folded.transpose(1, 2))
+    return torch.matmul(centred, folded.transpose(-1, -2))
 
 
 def _input_points(data: Tensor | Mapping[str, Tensor], in_channels: int) -> Tensor:
@@ -114,6 +125,10 @@ class DistillPointNet(nn.Module):
             A CPU without bf16 units (AVX2 only) emulates it some 50x slower than fp32: keep float32 there.
     """
 
+    #: no statistic is shared between the clouds of a batch (InstanceNorm): per-class gradients come from one
+    #: pass over all classes (`grouped_forward`), which gradient matching uses
+    per_sample_separable = True
+
     def __init__(self, *, num_classes: int = 40, in_channels: int = 3, widths: Sequence[int] = (64, 128, 1024),
                  eps: float = 1e-5, criterion_args: Mapping[str, Any] | None = None, argmax_dtype: str = 'float32'):
         super().__init__()
@@ -143,13 +158,43 @@ class DistillPointNet(nn.Module):
         h2 only at the argmax point of each channel (found without gradient). Forward, backward and
         double backward then cost O(N·C2²) instead of O(N·C2·C3) memory-bound work.
         """
-        h = _input_points(data, self.in_channels)
-        *hidden, last = self.layers
-        for layer in hidden:
-            h = F.relu(instance_norm_linear(h, layer.weight, layer.bias, self.eps))
+        return self._embed(_input_points(data, self.in_channels), [(layer.weight, layer.bias) for layer in self.layers])
+
+    def _embed(self, h: Tensor, layers: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        *hidden, (weight, bias) = layers
+        for hidden_weight, hidden_bias in hidden:
+            h = F.relu(instance_norm_linear(h, hidden_weight, hidden_bias, self.eps))
         if not hidden:   # raw coordinates: centre them (exact under InstanceNorm), see pooled_instance_norm_linear
-            h = h - h.mean(dim=1, keepdim=True)
-        return pooled_instance_norm_linear(h, last.weight, last.bias, self.eps, self.argmax_dtype)
+            h = h - h.mean(dim=-2, keepdim=True)
+        return pooled_instance_norm_linear(h, weight, bias, self.eps, self.argmax_dtype)
+
+    def grouped_forward(self, points: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """Logits (G, B, K) of G groups of clouds (G, B, N, C_in), group g run through its own copy of the weights.
+
+        The network is per-sample separable (`per_sample_separable`): nothing is shared between clouds. So with
+        per-group copies of the weights as autograd leaves, the gradient of the sum of the groups' losses w.r.t.
+        them is every group's own gradient, from one pass over all groups (the per-example gradient trick, with
+        a group's clouds summed: each copy's gradient is the sum over its clouds and points of δ aᵀ).
+
+        Args:
+            points: (G, B, N, >= C_in).
+            params: parameter name (as in `named_parameters`) -> (G, *shape) tensor; a missing name uses this
+                module's own parameter for every group.
+        """
+        G = points.shape[0]
+        own = dict(self.named_parameters())
+
+        def grouped(name: str) -> Tensor:
+            return params[name] if name in params else own[name].unsqueeze(0).expand(G, *own[name].shape)
+        layers = [(grouped(f'layers.{i}.weight').unsqueeze(1), grouped(f'layers.{i}.bias').unsqueeze(1))
+                  for i in range(len(self.layers))]
+        features = self._embed(points[..., :self.in_channels], layers)                     # (G, B, D)
+        return torch.matmul(features, grouped('head.weight').transpose(-1, -2)) + grouped('head.bias').unsqueeze(1)
+
+    def class_gradients(self, points: Tensor, labels: Tensor) -> list[Tensor]:
+        """Per-class cross-entropy gradients (G, *p.shape) of clouds (G, B, N, C) labelled (G,), from one pass
+        over all classes: `class_gradients.pointnet_class_gradients`."""
+        return pointnet_class_gradients(self, points, labels)
 
     def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """Logits (B, K) from points (B, N, 3) or an openpoints batch dict."""
@@ -172,65 +217,65 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
 
     Args:
         h: (B, N, C_in) per-point features with values of order 1 around the origin (a ReLU of normalised features,
-            or centred coordinates): the covariance is taken as E[h h^T] - mean mean^T.
-        weight: (C_out, C_in) linear weight; bias: (C_out,) or None.
+            or centred coordinates): the covariance is taken as E[h h^T] - mean mean^T. Or (G, B, N, C_in): G groups.
+        weight: (C_out, C_in) linear weight, or (G, 1, C_out, C_in) one per group; bias: (C_out,), (G, 1, C_out)
+            or None.
         argmax_dtype: dtype of the gradient-free search for each channel's max point (see DistillPointNet).
 
     Returns:
-        (B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h`, `weight` and `bias`.
+        (..., B, C_out) pooled, normalised features; differentiable (twice) w.r.t. `h`, `weight` and `bias`.
         Under a bf16 autocast only the max-point search is rounded (`fp32_statistics`).
     """
-    B, N, C_in = h.shape
-    argmax = max_point_search(h, weight, argmax_dtype)                                 # (B, C_out)
+    *lead, N, C_in = h.shape
+    argmax = max_point_search(h, weight, argmax_dtype)                                 # (..., B, C_out)
     with fp32_statistics(h):
         h = at_least_fp32(h)
         # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
         # around the origin the subtraction loses no significant digits
-        mean = h.mean(dim=1, keepdim=True)
-        covariance = torch.matmul(h.transpose(1, 2), h) / N - mean.transpose(1, 2) * mean
-        variance = projected_variance(weight, covariance)                                # (B, C_out)
+        mean = h.mean(dim=-2, keepdim=True)                                              # (..., B, 1, C_in)
+        covariance = torch.matmul(h.transpose(-1, -2), h) / N - mean.transpose(-1, -2) * mean
+        variance = projected_variance(weight, covariance)                                # (..., B, C_out)
         # the rows at the max points as one index_select over all clouds' points: ~1.5x faster than gather with
         # an expanded (B, C_out, C_in) index, forward and backward
-        rows = (argmax + torch.arange(B, device=h.device).unsqueeze(1) * N).reshape(-1)
-        at_max = h.reshape(B * N, C_in).index_select(0, rows).view(B, -1, C_in)        # (B, C_out, C_in)
-        max_value, mean_value = (at_max * weight).sum(-1), torch.matmul(mean.squeeze(1), weight.t())
+        clouds = argmax.numel() // argmax.shape[-1]
+        offsets = torch.arange(clouds, device=h.device).view(*lead, 1) * N
+        at_max = h.reshape(-1, C_in).index_select(0, (argmax + offsets).reshape(-1))
+        at_max = at_max.view(*lead, -1, C_in)                                            # (..., B, C_out, C_in)
+        max_value = (at_max * weight).sum(-1)
+        mean_value = torch.matmul(mean, weight.transpose(-1, -2)).squeeze(-2)
         if bias is not None:
             max_value, mean_value = max_value + bias, mean_value + bias
         return (max_value - mean_value) * torch.rsqrt(variance + eps)
 
 
 @torch.no_grad()
-def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32, chunk_rows: int = 4096) -> Tensor:
+def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32, chunk_rows: int = 4096,
+                     with_values: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """(B, C_out) index of the point where each channel of h @ weight.T is largest (the first one on ties).
 
-    Run a few clouds at a time (about `chunk_rows` points): each (chunk, C_out) product then stays in cache
-    and no (B, N, C_out) map is ever allocated, which on this CPU halves the time of the search (a fresh
-    multi-hundred-MB output is written once through page faults and then read back from memory). On a GPU the
-    whole batch goes in one product: there, fewer and larger kernels are what is fast.
+    Each cloud's products are formed channels-first, weight @ h.T (C_out, N), so that the max over the points
+    is a reduction over the last, contiguous dimension: `max(dim=-1)` there gives the values and the first
+    index of the max 2x faster than over the points dimension of (N, C_out), and 4x faster than `argmax`
+    (a scalar loop on CPU). Run a few clouds at a time (about `chunk_rows` points): each product then stays in
+    cache and no (B, C_out, N) map is ever allocated. On a GPU the whole batch goes in one product: there,
+    fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight (G, 1, C_out, C_in)) are
+    searched one after the other, each with its own weight. `with_values` also returns the max values
+    (B, C_out), in `dtype`. A float64 `h` is searched in float64 (ties then resolve the same way at every
+    batch size, which exactness checks in float64 rely on).
     """
+    if weight.dim() > 2:
+        found = [max_point_search(h[g], weight[g, 0], dtype, chunk_rows, with_values) for g in range(h.shape[0])]
+        return tuple(torch.stack(part) for part in zip(*found)) if with_values else torch.stack(found)
     B, N, _ = h.shape
-    weight_t = weight.detach().to(dtype).t()
+    dtype = torch.float64 if h.dtype == torch.float64 else dtype
+    weight = weight.detach().to(dtype)
     clouds = B if h.is_cuda else max(1, chunk_rows // N)
-    return torch.cat([first_argmax_over_points(torch.matmul(h[i:i + clouds].detach().to(dtype), weight_t))
-                      for i in range(0, B, clouds)])
-
-
-def first_argmax_over_points(values: Tensor, block: int = 32) -> Tensor:
-    """`values.argmax(dim=1)` for a (B, N, C) map, in two levels: the same (first) index, 2-6x faster on CPU.
-
-    Torch's argmax is a scalar loop here (about 6x slower than `amax` over the last dim and slower still over
-    dim 1), while `amax` over blocks of points vectorises over the channels. So: the max of each block of
-    `block` points, the first block that holds the overall max (argmax over N / block entries only), then the
-    first point inside that block. The first block reaching the max holds the first point reaching it, so
-    ties resolve exactly as `argmax` does. N not divisible by `block` falls back to plain argmax.
-    """
-    B, N, C = values.shape
-    if N % block or N == block:
-        return values.argmax(dim=1)
-    blocks = values.view(B, N // block, block, C)
-    block_index = blocks.amax(dim=2).argmax(dim=1, keepdim=True)                  # (B, 1, C)
-    winner = blocks.gather(1, block_index.unsqueeze(2).expand(B, 1, block, C)).squeeze(1)  # (B, block, C)
-    return block_index.squeeze(1) * block + winner.argmax(dim=1)
+    indices, values = [], []
+    for i in range(0, B, clouds):
+        found = torch.matmul(weight, h[i:i + clouds].detach().to(dtype).transpose(1, 2)).max(dim=-1)
+        indices.append(found.indices)
+        values.append(found.values)
+    return (torch.cat(indices), torch.cat(values)) if with_values else torch.cat(indices)
 
 
 def pointnet_conv1d_forward(model: DistillPointNet, points: Tensor) -> Tensor:
@@ -284,6 +329,48 @@ class DistillPointNetSeg(nn.Module):
         category = F.one_hot(data['cls'].reshape(B).long(), self.num_shape_classes).to(h.dtype)
         global_feature = torch.cat([h.amax(dim=1), category], dim=-1).unsqueeze(1).expand(B, N, -1)
         return self.head(torch.cat([global_feature, *skips], dim=-1)).transpose(1, 2)
+
+    @property
+    def per_sample_separable(self) -> bool:
+        """True while every BatchNorm uses its running statistics (eval mode): nothing is then shared between
+        the clouds of a batch, and part matching runs every group in one pass (`grouped_forward`)."""
+        return not any(norm.training for norm in self.norms)
+
+    def grouped_forward(self, data: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Tensor:
+        """Part logits (G, B, num_classes, N) of G groups of clouds, group g through its own copy of the weights.
+
+        As `DistillPointNet.grouped_forward`: with per-group copies as autograd leaves, the gradient of the sum of
+        the groups' losses w.r.t. copy g is group g's own gradient. Needs the BatchNorms in eval mode.
+
+        Args:
+            data: `pos` (G, B, N, >= C_in) and `cls` (G, B) category ids.
+            params: parameter name -> (G, *shape); a missing name uses this module's own parameter for every group.
+        """
+        if not self.per_sample_separable:
+            raise RuntimeError('DistillPointNetSeg.grouped_forward needs its BatchNorms in eval mode: in train mode a '
+                               'batch shares its statistics, so groups are not independent')
+        points = data['pos'][..., :self.in_channels]
+        G, B, N, _ = points.shape
+        own = dict(self.named_parameters())
+
+        def grouped(name: str) -> Tensor:
+            return params[name] if name in params else own[name].unsqueeze(0).expand(G, *own[name].shape)
+
+        def linear(x: Tensor, name: str) -> Tensor:
+            weight, bias = grouped(f'{name}.weight'), grouped(f'{name}.bias')
+            return torch.matmul(x, weight.transpose(-1, -2).unsqueeze(1)) + bias.view(G, 1, 1, -1)
+
+        h, skips = points, []
+        for i, norm in enumerate(self.norms):
+            h = linear(h, f'layers.{i}')
+            scale = grouped(f'norms.{i}.weight') * torch.rsqrt(norm.running_var + norm.eps)        # (G, C)
+            h = (h - norm.running_mean) * scale.view(G, 1, 1, -1) + grouped(f'norms.{i}.bias').view(G, 1, 1, -1)
+            if i < len(self.layers) - 1:
+                h = F.relu(h)
+                skips.append(h)
+        category = F.one_hot(data['cls'].reshape(G, B).long(), self.num_shape_classes).to(h.dtype)
+        global_feature = torch.cat([h.amax(dim=2), category], dim=-1).unsqueeze(2).expand(G, B, N, -1)
+        return linear(torch.cat([global_feature, *skips], dim=-1), 'head').transpose(-1, -2)
 
     def get_logits_loss(self, data: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.forward(data)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
 from torch import Tensor, nn
 
 
@@ -33,6 +34,14 @@ class Objective(ABC):
             real_pos: (B, N', 3) real clouds of the class, treated as constant.
             label: the class index.
         """
+
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
+        """(G,) losses of G classes: `syn_pos` (G, S, N, 3), `real_pos` (G, B, N', 3), `labels` (G,) int64.
+
+        One class after the other here; objectives that batch the classes (one pass over all of them) override
+        it, and must give the same losses up to float rounding.
+        """
+        return torch.stack([self(backbone, syn, real, int(label)) for syn, real, label in zip(syn_pos, real_pos, labels)])
 
     def __repr__(self) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))

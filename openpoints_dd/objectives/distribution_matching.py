@@ -27,7 +27,18 @@ class DistributionMatching(Objective):
         pass
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
+        return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]
+
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
+        """(G,) losses from one forward over all classes' real clouds and one over their synthetic clouds; the class
+        means by index. Classes go one at a time through a backbone whose batches share statistics (BatchNorm)."""
+        if len(labels) > 1 and not getattr(backbone, 'per_sample_separable', False):
+            return super().match_classes(backbone, syn_pos, real_pos, labels)
         with torch.no_grad():
-            real_mean = backbone.embed(real_pos).mean(dim=0)
-        syn_mean = backbone.embed(syn_pos).mean(dim=0)
-        return (real_mean - syn_mean).square().sum()
+            real_mean = _embed(backbone, real_pos).mean(dim=1)
+        return (real_mean - _embed(backbone, syn_pos).mean(dim=1)).square().sum(-1)
+
+
+def _embed(backbone: nn.Module, pos: Tensor) -> Tensor:
+    """(G, B, N, 3) -> (G, B, D) embeddings, in one forward."""
+    return backbone.embed(pos.flatten(0, 1)).view(*pos.shape[:2], -1)

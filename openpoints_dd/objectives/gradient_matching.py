@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from functools import partial
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
+from ..models.pointnet import at_least_fp32
 from ..registry import OBJECTIVES
 from .base import Objective
 
@@ -31,22 +30,41 @@ def gradient_distance(syn_grads: Sequence[Tensor], real_grads: Sequence[Tensor],
     Returns:
         Scalar distance.
     """
+    return grouped_gradient_distance([g.unsqueeze(0) for g in syn_grads], [g.unsqueeze(0) for g in real_grads],
+                                     distance, eps)[0]
+
+
+def grouped_gradient_distance(syn_grads: Sequence[Tensor], real_grads: Sequence[Tensor],
+                              distance: str = 'layerwise_cosine', eps: float = 1e-6) -> Tensor:
+    """`gradient_distance` of G groups at once: gradients (G, *shape) in, distances (G,) out."""
     if distance == 'layerwise_cosine':
-        total = syn_grads[0].new_zeros(())
+        total = syn_grads[0].new_zeros(syn_grads[0].shape[0])
         for g_syn, g_real in zip(syn_grads, real_grads):
-            if g_syn.dim() < 2:
+            if g_syn.dim() < 3:   # a group of 1-D tensors (biases)
                 continue
-            g_syn, g_real = g_syn.reshape(g_syn.shape[0], -1), g_real.reshape(g_real.shape[0], -1)
+            g_syn, g_real = g_syn.flatten(2), g_real.flatten(2)                     # (G, out, -1)
             dot = (g_syn * g_real).sum(-1)
-            total = total + (1 - dot / (g_syn.norm(dim=-1) * g_real.norm(dim=-1) + eps)).sum()
+            total = total + (1 - dot / (g_syn.norm(dim=-1) * g_real.norm(dim=-1) + eps)).sum(-1)
         return total
-    flat_syn = torch.cat([g.reshape(-1) for g in syn_grads])
-    flat_real = torch.cat([g.reshape(-1) for g in real_grads])
+    flat_syn = torch.cat([g.flatten(1) for g in syn_grads], dim=1)
+    flat_real = torch.cat([g.flatten(1) for g in real_grads], dim=1)
     if distance == 'mse':
-        return (flat_syn - flat_real).square().sum()
+        return (flat_syn - flat_real).square().sum(-1)
     if distance == 'cos':
-        return 1 - (flat_syn * flat_real).sum() / (flat_syn.norm() * flat_real.norm() + eps)
+        return 1 - (flat_syn * flat_real).sum(-1) / (flat_syn.norm(dim=-1) * flat_real.norm(dim=-1) + eps)
     raise ValueError(f'unknown gradient distance {distance!r}; choose one of {_DISTANCES}')
+
+
+def per_group_gradients(backbone: nn.Module, summed_losses: Callable[[dict[str, Tensor]], Tensor], groups: int,
+                        create_graph: bool) -> list[Tensor]:
+    """Each group's gradient from one pass: every trainable parameter of `backbone` enters as `groups` copies
+    (autograd leaves, (G, *shape)); `summed_losses(copies)` must run group g through copy g (a per-sample
+    separable backbone's `grouped_forward`) and return the sum of the groups' losses, whose gradient w.r.t.
+    copy g is then group g's own gradient. Returns them in `backbone.parameters()` order."""
+    copies = {name: p.detach().unsqueeze(0).expand(groups, *p.shape).requires_grad_()
+              for name, p in backbone.named_parameters() if p.requires_grad}
+    return list(torch.autograd.grad(summed_losses(copies), list(copies.values()), create_graph=create_graph,
+                                    allow_unused=True, materialize_grads=True))
 
 
 @OBJECTIVES.register_module()
@@ -54,7 +72,8 @@ class GradientMatching(Objective):
     """Match the cross-entropy gradients of a backbone on synthetic and real clouds of one class.
 
     The synthetic gradient is built with `create_graph=True` so the distance can be back-propagated to
-    the synthesizer (a second-order backward). Used by DD3D and GM/DC.
+    the synthesizer (a second-order backward). Used by DD3D and GM/DC. With a per-sample separable backbone
+    (DistillPointNet) `match_classes` matches every class in one grouped pass (`class_gradients`).
 
     Args:
         distance: 'layerwise_cosine' (default, DC/DD3D "ours"), 'mse' or 'cos'. See `gradient_distance`.
@@ -83,33 +102,41 @@ class GradientMatching(Objective):
         enabled = self.autocast == 'all' or (self.autocast == 'real' and not synthetic)
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
-        """Per-class losses of several classes in one vectorised call (torch.func.vmap over classes).
+    def class_gradients(self, backbone: nn.Module, pos: Tensor, labels: Tensor, synthetic: bool) -> list[Tensor]:
+        """Each class's cross-entropy gradient from one pass over all classes' clouds.
 
-        Equal to `[self(backbone, syn_pos[k], real_pos[k], labels[k]) for k]` up to float error, but every
-        matrix multiply is batched over the classes. Needs a backbone whose forward is per-sample
-        separable (no BatchNorm in train mode), such as DistillPointNet.
+        A backbone with its own `class_gradients` (DistillPointNet: an explicit backward) computes them; any
+        other per-sample separable one (`grouped_forward`) runs with every trainable parameter as G per-class
+        copies (autograd leaves), class g's clouds through copy g, so that the gradient of the summed per-class
+        losses w.r.t. copy g is class g's gradient. Either way: what a per-class loop computes, in one pass.
 
         Args:
-            syn_pos: (K, S, N, 3); real_pos: (K, B, N', 3); labels: (K,) int64.
+            pos: (G, B, N, 3) clouds, B per class; labels: (G,) int64.
+            synthetic: build the graph of the gradients (create_graph) so a distance on them reaches `pos`.
 
         Returns:
-            (K,) losses, differentiable w.r.t. `syn_pos`.
+            (G, *shape) gradients of the trainable parameters, in `backbone.parameters()` order.
         """
-        params = {name: p.detach() for name, p in backbone.named_parameters() if p.requires_grad}
+        if hasattr(backbone, 'class_gradients'):
+            with torch.set_grad_enabled(synthetic), self._precision(pos.device, synthetic):
+                grads = backbone.class_gradients(pos, labels)
+            return [g for g, p in zip(grads, backbone.parameters()) if p.requires_grad]
+        G, B = pos.shape[:2]
 
-        def class_loss(weights, pos, label, synthetic):
+        def summed_class_losses(copies: dict[str, Tensor]) -> Tensor:
             with self._precision(pos.device, synthetic):
-                logits = functional_call(backbone, weights, (pos,))
-            return F.cross_entropy(logits.float(), label.expand(pos.shape[0]))
+                logits = backbone.grouped_forward(pos, copies)                              # (G, B, K)
+            # the sum over classes of each class's mean cross-entropy (every class has B clouds)
+            return F.cross_entropy(at_least_fp32(logits).flatten(0, 1), labels.repeat_interleave(B), reduction='sum') / B
+        return per_group_gradients(backbone, summed_class_losses, G, create_graph=synthetic)
 
-        def per_class_grad(pos, synthetic):
-            return vmap(grad(partial(class_loss, synthetic=synthetic)), in_dims=(None, 0, 0))(params, pos, labels)
-        real_grads = per_class_grad(real_pos.detach(), synthetic=False)
-        syn_grads = per_class_grad(syn_pos, synthetic=True)
-        names = list(params)
-        return vmap(lambda g_syn, g_real: gradient_distance([g_syn[n] for n in names], [g_real[n] for n in names],
-                                                            self.distance))(syn_grads, real_grads)
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
+        """(G,) per-class distances; one grouped pass per side when the backbone is per-sample separable."""
+        if not getattr(backbone, 'per_sample_separable', False):
+            return super().match_classes(backbone, syn_pos, real_pos, labels)
+        real_grads = self.class_gradients(backbone, real_pos.detach(), labels, synthetic=False)
+        syn_grads = self.class_gradients(backbone, syn_pos, labels, synthetic=True)
+        return grouped_gradient_distance(syn_grads, real_grads, self.distance)
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         params = [p for p in backbone.parameters() if p.requires_grad]
@@ -120,7 +147,7 @@ class GradientMatching(Objective):
                 logits = backbone(pos)
             target = torch.full((pos.shape[0],), label, dtype=torch.long, device=pos.device)
             # a parameter may not reach the loss (DistillPointNet's last bias cancels under InstanceNorm): gradient 0
-            return torch.autograd.grad(F.cross_entropy(logits.float(), target), params, create_graph=synthetic,
+            return torch.autograd.grad(F.cross_entropy(at_least_fp32(logits), target), params, create_graph=synthetic,
                                        allow_unused=True, materialize_grads=True)
         real_grads = class_grads(real_pos, synthetic=False)
         syn_grads = class_grads(syn_pos, synthetic=True)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
 from .base import Objective
-from .gradient_matching import _DISTANCES, gradient_distance
+from .gradient_matching import _DISTANCES, gradient_distance, grouped_gradient_distance, per_group_gradients
 
 _IGNORE = -100
 
@@ -82,6 +82,48 @@ class PartGradientMatching(Objective):
                                         syn_logits, torch.where(syn_mask, syn_parts, _IGNORE))
         return total
 
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor, *,
+                      syn_parts: Tensor, real_parts: Tensor, part_ids: Sequence[Sequence[int]],
+                      local: bool = False) -> Tensor:
+        """(G,) losses of G categories, every matched term in one grouped pass per side.
+
+        A term is a category (global step) or a (category, part) pair present on both sides (local step: its
+        loss keeps only that part's points). With the BatchNorms frozen (`per_sample_separable`), every term is
+        a group of copies of its category's clouds through its own copy of the weights (`per_group_gradients`),
+        so the terms' gradients come from one pass; each category's loss is the sum of its terms' distances.
+        Otherwise, one category after the other. Equal to calling the objective per category.
+
+        Args:
+            syn_pos: (G, S, N, 3); syn_parts: (G, S, N). real_pos: (G, B, N', 3); real_parts: (G, B, N').
+            labels: (G,) categories; part_ids: each category's global part ids; local: as in `__call__`.
+        """
+        if not getattr(backbone, 'per_sample_separable', False):
+            return torch.stack([self(backbone, syn, real, int(label), syn_parts=s_parts, real_parts=r_parts,
+                                     part_ids=parts, local=local)
+                                for syn, real, label, s_parts, r_parts, parts
+                                in zip(syn_pos, real_pos, labels, syn_parts, real_parts, part_ids)])
+        terms, real_targets, syn_targets = [], [], []
+        for g in range(len(labels)):
+            for part in (part_ids[g] if local else [None]):
+                if part is None:
+                    real_target, syn_target = real_parts[g], syn_parts[g]
+                else:
+                    real_mask, syn_mask = real_parts[g] == part, syn_parts[g] == part
+                    if not real_mask.any() or not syn_mask.any():   # a part missing on one side adds 0
+                        continue
+                    real_target = torch.where(real_mask, real_parts[g], _IGNORE)
+                    syn_target = torch.where(syn_mask, syn_parts[g], _IGNORE)
+                terms.append(g)
+                real_targets.append(real_target)
+                syn_targets.append(syn_target)
+        losses = syn_pos.sum(dim=(1, 2, 3)) * 0.0    # zeros in the graph: finite when every term is skipped
+        if not terms:
+            return losses
+        terms = torch.tensor(terms, device=syn_pos.device)
+        real_grads = _term_gradients(backbone, real_pos[terms].detach(), labels[terms], torch.stack(real_targets), False)
+        syn_grads = _term_gradients(backbone, syn_pos[terms], labels[terms], torch.stack(syn_targets), True)
+        return losses.index_add(0, terms, grouped_gradient_distance(syn_grads, real_grads, self.distance))
+
     def _match(self, params: list[Tensor], real_logits: Tensor, real_target: Tensor, syn_logits: Tensor,
                syn_target: Tensor) -> Tensor:
         real_loss = F.cross_entropy(real_logits, real_target, ignore_index=_IGNORE)
@@ -96,3 +138,19 @@ class PartGradientMatching(Objective):
 def _logits(backbone: nn.Module, pos: Tensor, label: int) -> Tensor:
     category = torch.full((pos.shape[0],), int(label), dtype=torch.long, device=pos.device)
     return backbone({'pos': pos, 'cls': category})
+
+
+def _term_gradients(backbone: nn.Module, pos: Tensor, categories: Tensor, targets: Tensor,
+                    create_graph: bool) -> list[Tensor]:
+    """Per-term gradients of the mean per-point cross-entropy over each term's unignored points, one pass.
+
+    pos: (T, B, N, 3) each term's clouds; categories: (T,); targets: (T, B, N) part ids or -100 (ignored).
+    """
+    T, B = pos.shape[:2]
+
+    def summed_term_losses(copies: dict[str, Tensor]) -> Tensor:
+        logits = backbone.grouped_forward({'pos': pos, 'cls': categories.unsqueeze(1).expand(T, B)}, copies)
+        per_point = F.cross_entropy(logits.flatten(0, 1), targets.flatten(0, 1), ignore_index=_IGNORE, reduction='none')
+        counts = (targets != _IGNORE).flatten(1).sum(1)
+        return (per_point.view(T, -1).sum(1) / counts).sum()
+    return per_group_gradients(backbone, summed_term_losses, T, create_graph)

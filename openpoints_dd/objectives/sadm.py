@@ -16,14 +16,14 @@ def sort_point_features(features: Tensor) -> Tensor:
     """Sort every channel's values over the points, largest first (SADM §3.2; baselines spec §A.3).
 
     Args:
-        features: (B, N, C) point-wise features (points-last, as `point_features` returns them).
+        features: (..., B, N, C) point-wise features (points-last, as `point_features` returns them).
 
     Returns:
-        (B, N, C): entry (b, j, i) is the j-th largest value of channel i in cloud b. Differentiable
+        (..., B, N, C): entry (b, j, i) is the j-th largest value of channel i in cloud b. Differentiable
         (the sort's backward scatters along its permutation). Invariant to the order of the points and,
         since channels are sorted independently, to which point holds which value.
     """
-    return torch.sort(features, dim=1, descending=True).values
+    return torch.sort(features, dim=-2, descending=True).values
 
 
 def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> Tensor:
@@ -33,20 +33,24 @@ def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0
     detached; kernel(a, b) = sum_m exp(-||a - b||^2 / (bandwidth · m)).
 
     Args:
-        x: (B, D) samples (real; treat as constant by detaching before the call).
-        y: (S, D) samples (synthetic).
+        x: (B, D) samples (real; treat as constant by detaching before the call), or (G, B, D): G independent
+            sets (classes), each with its own bandwidth.
+        y: (S, D) samples (synthetic), or (G, S, D).
         multipliers: bandwidth multipliers. Default 2^-2 .. 2^2.
 
     Returns:
-        Scalar mean K_xx + mean K_yy - 2 mean K_xy (diagonals included); 0 when the two sets are equal.
+        Scalar (or (G,)) mean K_xx + mean K_yy - 2 mean K_xy (diagonals included); 0 when the two sets are equal.
     """
-    pooled = torch.cat([x, y])
-    squared = torch.cdist(pooled, pooled).square()
-    n = len(pooled)
-    bandwidth = (squared.detach().sum() / max(n * n - n, 1)).clamp_min(1e-12)
+    if x.dim() == 2:
+        return rbf_mmd(x.unsqueeze(0), y.unsqueeze(0), multipliers)[0]
+    pooled = torch.cat([x, y], dim=1)
+    squared = torch.cdist(pooled, pooled).square()                                   # (G, B + S, B + S)
+    n = pooled.shape[1]
+    bandwidth = (squared.detach().sum(dim=(1, 2)) / max(n * n - n, 1)).clamp_min(1e-12).view(-1, 1, 1)
     kernel = sum(torch.exp(-squared / (bandwidth * float(m))) for m in multipliers)
-    b = len(x)
-    return kernel[:b, :b].mean() + kernel[b:, b:].mean() - 2 * kernel[:b, b:].mean()
+    b = x.shape[1]
+    return (kernel[:, :b, :b].mean(dim=(1, 2)) + kernel[:, b:, b:].mean(dim=(1, 2))
+            - 2 * kernel[:, :b, b:].mean(dim=(1, 2)))
 
 
 def sadm_loss(syn_features: Tensor, real_features: Tensor, *, alpha_kernel: str = 'gaussian',
@@ -60,26 +64,30 @@ def sadm_loss(syn_features: Tensor, real_features: Tensor, *, alpha_kernel: str 
     the batch-mean sorted maps. L_beta is the RBF MMD of the top-1 values (the max-pooled feature) in both.
 
     Args:
-        syn_features: (S, N, C) synthetic point-wise features, before max-pooling.
-        real_features: (B, N, C) the same for a real batch; detached here.
+        syn_features: (S, N, C) synthetic point-wise features, before max-pooling; or (G, S, N, C) for G classes.
+        real_features: (B, N, C) the same for a real batch, or (G, B, N, C); detached here.
         alpha_kernel: 'gaussian' (paper) or 'linear' (release). Default 'gaussian'.
         alpha_weight, beta_weight: lambda_1, lambda_2. Defaults 0.002, 0.001 (the paper's cpc-1 values).
         multipliers: RBF bandwidth multipliers.
 
     Returns:
-        Scalar loss.
+        Scalar loss, or (G,) for G classes.
     """
-    if syn_features.ndim != 3 or real_features.ndim != 3 or syn_features.shape[1:] != real_features.shape[1:]:
+    if syn_features.ndim == 3 and real_features.ndim == 3:
+        return sadm_loss(syn_features.unsqueeze(0), real_features.unsqueeze(0), alpha_kernel=alpha_kernel,
+                         alpha_weight=alpha_weight, beta_weight=beta_weight, multipliers=multipliers)[0]
+    if (syn_features.ndim != 4 or real_features.ndim != 4 or syn_features.shape[0] != real_features.shape[0]
+            or syn_features.shape[2:] != real_features.shape[2:]):
         raise ValueError(f'SADM needs (S, N, C) and (B, N, C) features with the same N and C (sorted ranks are '
                          f'compared one to one), got {tuple(syn_features.shape)} and {tuple(real_features.shape)}')
     syn_sorted, real_sorted = sort_point_features(syn_features), sort_point_features(real_features.detach())
     if alpha_kernel == 'linear':
-        alpha = (real_sorted.mean(dim=0) - syn_sorted.mean(dim=0)).square().sum(dim=-1).mean()
+        alpha = (real_sorted.mean(dim=1) - syn_sorted.mean(dim=1)).square().sum(dim=-1).mean(dim=-1)
     elif alpha_kernel == 'gaussian':
-        alpha = rbf_mmd(real_sorted.flatten(1), syn_sorted.flatten(1), multipliers)
+        alpha = rbf_mmd(real_sorted.flatten(2), syn_sorted.flatten(2), multipliers)
     else:
         raise ValueError(f'alpha_kernel must be one of {_ALPHA_KERNELS}, got {alpha_kernel!r}')
-    beta = rbf_mmd(real_sorted[:, 0], syn_sorted[:, 0], multipliers)
+    beta = rbf_mmd(real_sorted[:, :, 0], syn_sorted[:, :, 0], multipliers)
     return alpha_weight * alpha + beta_weight * beta
 
 
@@ -119,8 +127,21 @@ class SADM(Objective):
         self.bandwidth_multipliers = multipliers
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
+        return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]
+
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
+        """(G,) losses from one forward over all classes' real clouds and one over their synthetic clouds; classes
+        go one at a time through a backbone whose batches share statistics (BatchNorm)."""
+        if len(labels) > 1 and not getattr(backbone, 'per_sample_separable', False):
+            return super().match_classes(backbone, syn_pos, real_pos, labels)
         with torch.no_grad():
-            real_features = backbone.point_features(real_pos)
-        return sadm_loss(backbone.point_features(syn_pos), real_features, alpha_kernel=self.alpha_kernel,
+            real_features = _point_features(backbone, real_pos)
+        return sadm_loss(_point_features(backbone, syn_pos), real_features, alpha_kernel=self.alpha_kernel,
                          alpha_weight=self.alpha_weight, beta_weight=self.beta_weight,
                          multipliers=self.bandwidth_multipliers)
+
+
+def _point_features(backbone: nn.Module, pos: Tensor) -> Tensor:
+    """(G, B, N, 3) -> (G, B, N, C) point-wise features, in one forward."""
+    features = backbone.point_features(pos.flatten(0, 1))
+    return features.view(*pos.shape[:2], *features.shape[1:])

@@ -44,6 +44,12 @@ class Synthesizer(nn.Module, ABC):
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
         """Clouds of the given slots: (S,) int64 -> (S, num_points, 3), differentiable w.r.t. parameters."""
 
+    def synthesize_classes(self, labels: Tensor, num_points: int, generators: list[torch.Generator | None]) -> Tensor:
+        """(G, cpc, num_points, 3) clouds of G classes, class g's randomness from generators[g]: the same clouds as
+        one `synthesize(slots_of_class(g), ...)` call per class. Synthesizers override it to make one call."""
+        return torch.stack([self.synthesize(self.slots_of_class(int(label)), num_points, generator)
+                            for label, generator in zip(labels, generators)])
+
     def select_from_pool(self, pool, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """The real clouds this synthesizer starts from, by its `init` rule, or None (no real start).
 

@@ -94,6 +94,12 @@ class PointGenerator(Synthesizer):
         noise = torch.rand(len(slots), num_points, 1, generator=generator, device=self.output.weight.device)
         return self.generate_from_noise(slots, noise)
 
+    def synthesize_classes(self, labels: Tensor, num_points: int, generators: list[torch.Generator | None]) -> Tensor:
+        device = self.output.weight.device
+        noise = torch.stack([torch.rand(self.cpc, num_points, 1, generator=g, device=device) for g in generators])
+        slots = torch.cat([self.slots_of_class(int(label)) for label in labels])
+        return self.generate_from_noise(slots, noise.flatten(0, 1)).view(len(labels), self.cpc, num_points, 3)
+
     def generate_from_noise(self, slots: Tensor, noise: Tensor) -> Tensor:
         """(S,) slots and (S, N, 1) noise in [0, 1) -> (S, N, 3) points in (-1, 1)."""
         modulation = F.relu(self.embedding(slots))

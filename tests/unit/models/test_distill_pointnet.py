@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from openpoints_dd.models import DistillPointNet
-from openpoints_dd.models.pointnet import first_argmax_over_points, max_point_search
+from openpoints_dd.models.pointnet import max_point_search
 
 
 def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
@@ -64,13 +64,13 @@ def test_unknown_argmax_dtype_is_a_clear_error():
         DistillPointNet(argmax_dtype='float16')
 
 
-@pytest.mark.parametrize('n_points', [1024, 96, 50])
-def test_two_level_argmax_picks_the_same_first_index_as_argmax(n_points):
+def test_max_point_search_takes_the_first_max_point_on_ties():
     torch.manual_seed(0)
-    values = torch.randint(0, 7, (3, n_points, 40)).float()   # many ties: the first max must win, as in argmax
-    torch.testing.assert_close(first_argmax_over_points(values), values.argmax(dim=1), rtol=0, atol=0)
-    values = torch.randn(3, n_points, 40)
-    torch.testing.assert_close(first_argmax_over_points(values), values.argmax(dim=1), rtol=0, atol=0)
+    h, weight = torch.randint(0, 3, (6, 96, 4)).float(), torch.randint(-2, 3, (40, 4)).float()   # many ties
+    products = torch.matmul(h, weight.t())
+    index, values = max_point_search(h, weight, with_values=True)
+    torch.testing.assert_close(index, products.argmax(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(values, products.amax(dim=1), rtol=0, atol=0)
 
 
 def test_chunked_max_point_search_equals_one_full_search():

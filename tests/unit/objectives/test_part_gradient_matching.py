@@ -58,3 +58,29 @@ def test_missing_part_ids_are_clear_errors():
         PartGradientMatching()(net, syn, real, 0)
     with pytest.raises(ValueError, match='local_every'):
         PartGradientMatching(local_every=-1)
+
+
+@pytest.mark.parametrize('local', [False, True])
+@pytest.mark.parametrize('distance', ['layerwise_cosine', 'mse', 'cos'])
+def test_all_categories_in_one_pass_equal_the_per_category_loop(local, distance):
+    """Global and per-part terms, values and second order (their gradient w.r.t. the synthetic points), float64."""
+    torch.manual_seed(0)
+    net = DistillPointNetSeg(num_classes=6, num_shape_classes=3, widths=(8, 16, 32)).double()
+    net({'pos': torch.randn(6, 24, 3, dtype=torch.float64), 'cls': torch.arange(6) % 3})   # running statistics
+    net.eval()
+    part_ids = [[0, 1], [2, 3], [4, 5]]
+    syn = torch.randn(3, 2, 24, 3, dtype=torch.float64, requires_grad=True)
+    real = torch.randn(3, 4, 24, 3, dtype=torch.float64)
+    syn_parts = torch.stack([torch.tensor(p)[torch.randint(0, 2, (2, 24))] for p in part_ids])
+    real_parts = torch.stack([torch.tensor(p)[torch.randint(0, 2, (4, 24))] for p in part_ids])
+    real_parts[2] = 4                                  # part 5 absent from category 2's real batch: skipped
+    objective = PartGradientMatching(distance=distance)
+    labels = torch.arange(3)
+    loop = torch.stack([objective(net, syn[g], real[g], g, syn_parts=syn_parts[g], real_parts=real_parts[g],
+                                  part_ids=part_ids[g], local=local) for g in range(3)])
+    batched = objective.match_classes(net, syn, real, labels, syn_parts=syn_parts, real_parts=real_parts,
+                                      part_ids=part_ids, local=local)
+    torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
+    (expected,), (got,) = (torch.autograd.grad(x.sum(), syn) for x in (loop, batched))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert expected.abs().sum() > 0
