@@ -20,6 +20,7 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
+from ..utils.precision import autocast, check_amp
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ GENERATOR_MODES = ('resampled', 'fixed')   # fresh generator clouds every epoch;
 TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
 DEFAULTS = {'model': {'NAME': 'DistillPointNet'}, 'epochs': 200, 'batch_size': 256, 'lr': 1e-3,
-            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0,
+            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0, 'amp': None,
             'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05}}
 #: evaluation keys read by the distillation run itself, not by one training
 RUN_KEYS = ('seeds', 'generator_modes', 'random_selections', 'eval_epochs_during_distill')
@@ -41,20 +42,23 @@ def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
     unknown = set(settings) - set(DEFAULTS) - set(RUN_KEYS)
     if unknown:
         raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + {", ".join(RUN_KEYS)}')
+    check_amp(settings['amp'], 'evaluation.amp')
     return settings
 
 
 @torch.no_grad()
 def test_accuracy(model: nn.Module, pos: Tensor, labels: Tensor, num_classes: int, rotator: nn.Module | None = None,
-                  batch_size: int = 256) -> tuple[float, float]:
-    """Overall accuracy and mean class accuracy (both in %) on a labelled set."""
+                  batch_size: int = 256, amp: str | None = None) -> tuple[float, float]:
+    """Overall accuracy and mean class accuracy (both in %) on a labelled set; `amp: bf16` runs the forward under
+    bf16 autocast."""
     model.eval()
     predictions = []
     for start in range(0, len(pos), batch_size):
         batch = pos[start:start + batch_size]
         if rotator is not None:
             batch = rotator(batch)
-        predictions.append(model(batch).argmax(-1))
+        with autocast(amp, batch.device):
+            predictions.append(model(batch).argmax(-1))
     predicted = torch.cat(predictions)
     correct = (predicted == labels).float()
     per_class = torch.zeros(num_classes).scatter_add_(0, labels.cpu(), correct.cpu())
@@ -67,6 +71,9 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
                    settings: Mapping[str, Any], seed: int, rotator: nn.Module | None = None,
                    device: str | torch.device = 'cpu', epochs: int | None = None) -> dict:
     """Train a fresh model on `sampler`'s clouds, test on the real test set.
+
+    `settings['amp']`: 'bf16' runs every forward under bf16 autocast (DistillPointNet keeps its per-cloud
+    statistics in fp32 there; parameters, optimizer state and the loss stay fp32); None or 'fp32': full precision.
 
     Returns:
         {'oa', 'macc'} at the final epoch, {'best_oa', 'best_epoch'} over the tested epochs (papers'
@@ -83,7 +90,7 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
     augment = settings.get('augment') or {}
     test_every = int(settings.get('test_every') or 0)
-    batch_size = int(settings['batch_size'])
+    batch_size, amp = int(settings['batch_size']), check_amp(settings.get('amp'), 'evaluation.amp')
     test_pos, test_labels = test_pos.to(device), test_labels.to(device)
     best_oa, best_epoch = -1.0, -1
     for epoch in range(epochs):
@@ -95,16 +102,18 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
             batch = augment_batch(pos[pick], augment, generator)
             if rotator is not None:
                 batch = rotator(batch)
-            loss = F.cross_entropy(model(batch), labels[pick])
+            with autocast(amp, device):
+                logits = model(batch)
+            loss = F.cross_entropy(logits.float(), labels[pick])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         scheduler.step()
         if test_every and (epoch + 1) % test_every == 0 and epoch + 1 < epochs:
-            oa, _ = test_accuracy(model, test_pos, test_labels, num_classes, rotator)
+            oa, _ = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
             if oa > best_oa:
                 best_oa, best_epoch = oa, epoch + 1
-    oa, macc = test_accuracy(model, test_pos, test_labels, num_classes, rotator)
+    oa, macc = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
     if oa > best_oa:
         best_oa, best_epoch = oa, epochs
     return {'oa': oa, 'macc': macc, 'best_oa': best_oa, 'best_epoch': best_epoch, 'epochs': epochs,

@@ -20,6 +20,7 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..utils.geometry import normalize_to_unit_sphere
+from ..utils.precision import autocast, check_amp
 from .evaluate import augment_batch
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
@@ -29,7 +30,7 @@ SEG_DEFAULTS = {'model': {'NAME': 'DistillPointNetSeg'}, 'epochs': 200, 'batch_s
                 'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024,
                 'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05},
                 'seeds': [0, 1, 2], 'random_selections': 3, 'generator_modes': ['resampled', 'fixed'],
-                'part_balance': 1.0}
+                'part_balance': 1.0, 'amp': None}
 _IGNORED = {'test_every', 'eval_epochs_during_distill'}   # classification keys inherited from default.yaml
 
 
@@ -41,6 +42,7 @@ def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
         raise KeyError(f'unknown segmentation evaluation keys {sorted(unknown)}; known: {sorted(SEG_DEFAULTS)}')
     if str(settings['optimizer']).lower() not in ('adam', 'sgd'):
         raise ValueError(f"evaluation.optimizer must be 'adam' or 'sgd', got {settings['optimizer']!r}")
+    check_amp(settings['amp'], 'evaluation.amp')
     return settings
 
 
@@ -93,11 +95,13 @@ def part_miou(pred: Tensor, target: Tensor, categories: Tensor, cls2parts: Seque
 
 @torch.no_grad()
 def test_miou(model: nn.Module, pos: Tensor, parts: Tensor, categories: Tensor, cls2parts: Sequence[Sequence[int]],
-              batch_size: int = 64) -> dict:
-    """Restricted and unrestricted instance/class mIoU, and point accuracy, of `model` on a labelled set."""
+              batch_size: int = 64, amp: str | None = None) -> dict:
+    """Restricted and unrestricted instance/class mIoU, and point accuracy, of `model` on a labelled set; `amp: bf16`
+    runs the forward under bf16 autocast."""
     model.eval()
-    logits = torch.cat([model(_batch(pos[s:s + batch_size], categories[s:s + batch_size])).cpu()
-                        for s in range(0, len(pos), batch_size)])
+    with autocast(amp, pos.device):
+        logits = torch.cat([model(_batch(pos[s:s + batch_size], categories[s:s + batch_size])).float().cpu()
+                            for s in range(0, len(pos), batch_size)])
     model.train()
     parts, categories = parts.cpu(), categories.cpu()
     result = {}
@@ -113,7 +117,8 @@ def test_miou(model: nn.Module, pos: Tensor, parts: Tensor, categories: Tensor, 
 def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any], seed: int,
                        device: str | torch.device = 'cpu', epochs: int | None = None) -> dict:
     """Train a fresh segmentation network on `sampler`'s clouds and test it on `test` (a PartPool) once,
-    after the last epoch (as the reference). Returns `test_miou`'s figures plus 'epochs' and 'seconds'."""
+    after the last epoch (as the reference). `settings['amp']` as in the classification protocol
+    (`evaluate.train_and_test`). Returns `test_miou`'s figures plus 'epochs' and 'seconds'."""
     start = time.perf_counter()
     epochs = int(epochs or settings['epochs'])
     torch.manual_seed(seed)
@@ -133,20 +138,22 @@ def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any
         optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
     augment = settings.get('augment') or {}
-    batch_size = int(settings['batch_size'])
+    batch_size, amp = int(settings['batch_size']), check_amp(settings.get('amp'), 'evaluation.amp')
     for epoch in range(epochs):
         pos, parts, categories = (t.to(device) for t in sampler(epoch, generator))
         order = torch.randperm(len(pos), generator=generator).to(device)
         for begin in range(0, len(pos), batch_size):
             pick = order[begin:begin + batch_size]
             batch = augment_batch(pos[pick], augment, generator)
-            logits = model(_batch(batch, categories[pick]))
-            loss = F.cross_entropy(logits, parts[pick])
+            with autocast(amp, device):
+                logits = model(_batch(batch, categories[pick]))
+            loss = F.cross_entropy(logits.float(), parts[pick])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         scheduler.step()
-    result = test_miou(model, test.pos.to(device), test.parts.to(device), test.labels.to(device), test.cls2parts)
+    result = test_miou(model, test.pos.to(device), test.parts.to(device), test.labels.to(device), test.cls2parts,
+                       amp=amp)
     return {**result, 'epochs': epochs, 'seconds': time.perf_counter() - start}
 
 
