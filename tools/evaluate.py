@@ -37,14 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--set', action='append', default=[], metavar='LABEL=PATH',
                         help='an artifact (.safetensors) to evaluate; repeatable')
     parser.add_argument('--random', type=int, default=0, metavar='K',
-                        help='K random real selections at the sets\' clouds per class (each trained once)')
+                        help='K random real selections at the sets\' clouds per class (each trained once): '
+                             'selections S..S+K-1, S from --first-seed')
     parser.add_argument('--cpc', type=int, default=None, help='clouds per class for --random without --set')
     parser.add_argument('--model', action='append', default=[], metavar='YAML',
                         help='a classification config (cfgs/train/*.yaml); repeatable. None: the fast CPU protocol')
     parser.add_argument('--seeds', type=int, default=3,
                         help='seeds per artifact set (S..S+N-1, S from --first-seed). Default 3')
     parser.add_argument('--first-seed', type=int, default=0, metavar='S',
-                        help='first seed: one table\'s seeds split over processes or machines. Default 0')
+                        help='first seed (and first --random selection): one table\'s seeds split over processes '
+                             'or machines. Default 0')
     parser.add_argument('--cfg', default=None,
                         help='distill or train YAML whose dataset section gives the real data (and, for the fast '
                              'protocol, whose evaluation section gives its settings)')

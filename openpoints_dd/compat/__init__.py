@@ -15,7 +15,7 @@ _APPLIED = False
 
 def apply_host_fixes() -> None:
     """Stub torchvision if broken, restore `collections.Iterable`, patch the point ops and the grouped blocks
-    (channels-last CPU paths), register models."""
+    (channels-last CPU paths), check ModelNet40Ply2048's data folder instead of downloading, register models."""
     global _APPLIED
     if _APPLIED:
         return
@@ -29,8 +29,9 @@ def apply_host_fixes() -> None:
         import openpoints.models  # noqa: F401
         import openpoints.models.backbone.pointvector  # noqa: F401  (registers PointVector*, not imported upstream)
         import openpoints.dataset  # noqa: F401
-    from . import channels_last, cuda_fixes, point_ops
+    from . import channels_last, cuda_fixes, modelnet40_loader, point_ops
     point_ops.install()
     cuda_fixes.install()
     channels_last.install()
+    modelnet40_loader.install()   # a missing data folder is an error, not a download that leaves an empty folder
     _APPLIED = True

@@ -1,7 +1,8 @@
 """`DistilledDataset`: a distilled set as a regular openpoints dataset (registered in openpoints' DATASETS).
 
-The train split comes from an artifact; val/test come from the real dataset named by `real_dataset`,
-built with the remaining `dataset.common` keys. So any openpoints classification YAML trains on a
+The training splits (`train`, and `trainval` as PointNeXt's YAMLs name it) come from an artifact; val/test
+come from the real dataset named by `real_dataset`, built with the remaining `dataset.common` keys. Any other
+split name is an error: nothing silently trains on real data. So any openpoints classification YAML trains on a
 distilled set by changing `dataset.common.NAME` and adding `real_dataset` and `distilled_path`:
 
     dataset:
@@ -27,13 +28,16 @@ from .synthetic_set import SyntheticSet
 
 logger = logging.getLogger(__name__)
 
+TRAIN_SPLITS = ('train', 'trainval')   # served from the artifact
+EVAL_SPLITS = ('val', 'test')          # served by the real dataset
+
 
 @DATASETS.register_module()
 class DistilledDataset(Dataset):
     """A distilled train split with the real dataset's val/test splits.
 
     Args:
-        split: 'train' reads the artifact; anything else is delegated to `real_dataset`.
+        split: 'train' or 'trainval' read the artifact; 'val' and 'test' are delegated to `real_dataset`.
         transform: openpoints transform applied to `{'pos', 'y'}` items, as real datasets do.
         distilled_path: the artifact (`.safetensors`) for the train split.
         real_dataset: NAME of the real openpoints dataset for val/test (e.g. ModelNet40Ply2048).
@@ -54,9 +58,13 @@ class DistilledDataset(Dataset):
     def __init__(self, split: str = 'train', transform=None, distilled_path: str | None = None,
                  real_dataset: str | None = None, num_points: int = 1024, repeat: int = 1, resample: bool = True,
                  seed: int = 0, rotation: dict | None = None, part_balance: float = 1.0, **kwargs: Any):
+        if split not in TRAIN_SPLITS + EVAL_SPLITS:
+            raise ValueError(f'DistilledDataset: split {split!r} is neither a training split {TRAIN_SPLITS} (served '
+                             f'from the artifact) nor an evaluation split {EVAL_SPLITS} (served by the real dataset). '
+                             f'Set dataset.<section>.split to one of them.')
         self.split, self.transform, self.num_points = split, transform, int(num_points)
         self.real = None
-        if split != 'train':
+        if split in EVAL_SPLITS:
             if real_dataset is None:
                 raise ValueError('DistilledDataset: val/test splits need `real_dataset` (e.g. ModelNet40Ply2048) in '
                                  'dataset.common')

@@ -37,7 +37,12 @@ class RealPool:
         counts = torch.bincount(self.labels, minlength=self.num_classes)
         if (counts == 0).any():
             missing = [self.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
-            raise ValueError(f'real dataset {name} has no training clouds for classes {missing}')
+            raise ValueError(f'real dataset {name} has no training clouds for classes {missing} ({len(missing)} of '
+                             f'the {self.num_classes} classes its loader lists). If your data has its own class '
+                             f'list (e.g. a shape_names.txt with fewer classes than the 40 openpoints\' '
+                             f'ModelNet40Ply2048 hard-codes), read it with dataset.common.NAME: '
+                             f'PointCloudFolderDataset, which takes the class names and count from the data; '
+                             f'otherwise add training clouds of these classes.')
         self.counts = counts
         self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
 
@@ -60,9 +65,15 @@ class RealPool:
         name = common.get('NAME')
         data_dir = common.get('data_dir')
         if data_dir is not None and not os.path.isdir(os.path.expanduser(str(data_dir))):
-            raise FileNotFoundError(f'dataset {name}: data_dir {data_dir!r} does not exist. Point '
-                                    f'dataset.common.data_dir at the dataset folder (e.g. ../shared/data/ModelNet40Ply2048).')
+            raise FileNotFoundError(f'dataset {name}: dataset.common.data_dir {data_dir!r} does not exist (resolved '
+                                    f'to {os.path.abspath(os.path.expanduser(str(data_dir)))}). Point dataset.common.'
+                                    f'data_dir at the dataset folder (e.g. ../shared/data/ModelNet40Ply2048).')
         dataset = DATASETS.build(common, default_args=split_cfg)
+        # a dataset that knows its own name (PointCloudFolderDataset: the `name` key or the folder's name) is
+        # recorded under it; openpoints' datasets under their NAME
+        own_name = getattr(dataset, 'name', None)
+        if isinstance(own_name, str):
+            name = own_name
         pos, labels = _dataset_arrays(dataset)
         if num_points is not None:
             pos = pos[:, :num_points]

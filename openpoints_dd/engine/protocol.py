@@ -27,12 +27,12 @@ from ..data.artifact import save_artifact
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
 from ..registry import build_rotator
-from ..utils.config import load_config, resolve_path
+from ..utils.config import resolve_path
 from ..utils.memory import keep_freed_memory
 from .evaluate import (GENERATOR_MODES, evaluation_settings, fixed_sampler, format_mean_std, generator_modes,
                        summarize)
 from .pipeline import evaluate_set, synthetic_sampler, test_pool
-from .train_cls import train_classifier, with_defaults
+from .train_cls import load_train_config, train_classifier, with_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     Args:
         out_dir: output folder (created).
         sets: label → artifact path.
-        random_k: number of random real selections per clouds-per-class value of the sets (or `cpc`).
+        random_k: number of random real selections per clouds-per-class value of the sets (or `cpc`): selections
+            first_seed..first_seed+random_k-1, so a table split with `first_seed` draws each selection once.
         cpc: clouds per class of the random selections when no set gives it. Default None.
         models: classification YAMLs (cfgs/train/*.yaml); empty: the fast CPU protocol PointNet.
         data_cfg: a distill or train config whose `dataset` section gives the real data (train split for random
@@ -156,7 +157,8 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
     if full_train and not models:
         raise ValueError('--full-train trains the --model YAMLs on the real train set; give at least one --model')
     for c in cpcs:
-        eval_sets += [EvalSet(f'random cpc{c}', None, c, selection=i) for i in range(int(random_k))]
+        eval_sets += [EvalSet(f'random cpc{c}', None, c, selection=i)
+                      for i in range(int(first_seed), int(first_seed) + int(random_k))]
     if not models and data_cfg is None:
         raise ValueError('the fast CPU protocol needs --cfg (a distill config with dataset and evaluation sections)')
     t0 = time.perf_counter()
@@ -223,7 +225,8 @@ def _run_models(models: Sequence[str], eval_sets: list[EvalSet], loaded: Mapping
                 data_cfg: Mapping[str, Any] | None, seeds: list[int], overrides: list[str], device: str,
                 out_dir: Path, full_epochs: int | None = 0, workers: int = 1) -> list[dict]:
     """`full_epochs` 0: no full-train-set row; None: that row with the YAML's epochs; N: with N epochs."""
-    model_cfgs = {Path(m).stem: load_config(m, overrides) for m in models}   # bad keys fail before any training
+    # bad keys fail before any training; the trainer's own keys are known to any model YAML (PointNeXt's)
+    model_cfgs = {Path(m).stem: load_train_config(m, overrides) for m in models}
     if len(model_cfgs) != len(models):
         raise ValueError(f'--model files must have distinct names (they label the rows): {list(models)}')
     pool = None
@@ -398,33 +401,44 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
 
 # ---------------------------------------------------------------------------------------------- reporting
 def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict]) -> dict:
-    return {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'budget': budget,
+    # every row says what its clouds were trained against: 'hard labels' or 'teacher labels'
+    labels = sorted({run.get('labels', 'hard labels') for run in runs})
+    return {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'labels': ', '.join(labels), 'budget': budget,
             'final_oa': summarize(runs, 'oa'), 'final_macc': summarize(runs, 'macc'),
             'best_oa_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = [f'| model | set | mode | cpc | final-epoch OA % | final-epoch mAcc % | {BEST_LABEL} OA % | runs '
+    lines = [f'| model | set | mode | cpc | labels | final-epoch OA % | final-epoch mAcc % | {BEST_LABEL} OA % | runs '
              f'| budget |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {format_mean_std(r['final_oa'])} | "
+        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {r.get('labels', 'hard labels')} | "
+                     f"{format_mean_std(r['final_oa'])} | "
                      f"{format_mean_std(r['final_macc'])} | {format_mean_std(r['best_oa_papers_protocol'])} | "
                      f"{r['final_oa']['n']} | {r['budget']} |")
     lines.append('')
     lines.append("Final-epoch figures are this project's protocol (mean ± std over runs). The best-epoch column "
                  "picks, per run, the tested epoch with the highest test OA, as the papers' code does: optimistic.")
+    teachers = {json.dumps(run['labels_report'], sort_keys=True): run['labels_report'] for r in rows
+                for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
+    for report in teachers.values():
+        t = report['teacher']
+        lines.append(f"Teacher labels: {t['model']} from {t['config']} {' '.join(t['overrides'])}, trained on the whole "
+                     f"real train set in {t.get('minutes', '?')} min, test OA {t.get('test_oa', '?')} %; "
+                     f"T {report['temperature']:g}, alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
     return '\n'.join(lines)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    fields = ['model', 'set', 'mode', 'cpc', 'final_oa_mean', 'final_oa_std', 'final_macc_mean', 'final_macc_std',
+    fields = ['model', 'set', 'mode', 'cpc', 'labels', 'final_oa_mean', 'final_oa_std', 'final_macc_mean', 'final_macc_std',
               'best_oa_mean', 'best_oa_std', 'n', 'budget', 'final_oa_values']
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow({'model': r['model'], 'set': r['set'], 'mode': r['mode'], 'cpc': r['cpc'],
+                             'labels': r.get('labels', 'hard labels'),
                              'final_oa_mean': _round(r['final_oa']['mean']),
                              'final_oa_std': _round(r['final_oa']['std']),
                              'final_macc_mean': _round(r['final_macc']['mean']),

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from openpoints.dataset import build_dataloader_from_cfg
+from openpoints.dataset.build import DATASETS
 from openpoints.loss import build_criterion_from_cfg
 from openpoints.models import build_model_from_cfg
 from openpoints.models.layers import furthest_point_sample
@@ -33,9 +35,11 @@ from openpoints.optim import build_optimizer_from_cfg
 from openpoints.scheduler import build_scheduler_from_cfg
 from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
 
+from ..data.artifact import load_artifact
 from ..data.real_pool import dataset_labels
-from ..utils.config import config_hash, resolve_path, save_config
+from ..utils.config import config_hash, load_config, resolve_path, save_config
 from ..utils.precision import autocast, check_amp, fp32_criteria
+from .artifact_cfg import adapt_to_artifact, artifact_path
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'val_per_class': None,      # CPU-scale budgets: validate/test on the first k clouds of every class only
     'root_dir': 'runs',
     'run_dir': None,
-    'artifact': None,           # DistilledDataset only: the artifact of the train split (sets its distilled_path)
+    'artifact': None,           # the distilled set to train on: DistilledDataset's train split (engine/artifact_cfg.py)
+    'labels': None,             # reserved for a later issue; only null is accepted for now
     'tensorboard': False,
     'wandb': {'use_wandb': False},
 }
@@ -94,7 +99,12 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     `sched_on_epoch` and the other top-level scheduler keys (`build_scheduler_from_cfg`), `batch_size`,
     `val_batch_size`, `num_points`, `num_classes`, `classes`, `val_freq`, `grad_norm_clip`, `step_per_update`,
     `start_epoch`, `seed`, `deterministic`, `print_freq`, `mode`, `pretrained_path`; and ours: `device`,
-    `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `amp`, `tensorboard`, `wandb.use_wandb`.
+    `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `val_per_class`, `amp`, `artifact`,
+    `labels` (reserved: null only), `tensorboard`, `wandb.use_wandb`.
+
+    `artifact=` trains on a distilled set with any YAML: `engine.artifact_cfg.adapt_to_artifact` puts the train
+    split on DistilledDataset (val/test stay the YAML's dataset) and sizes the classes and head from the artifact.
+    `dataloader.num_workers` is capped to the cores this process may use.
 
     `amp: bf16` runs every forward (training and evaluation) under `torch.autocast(device, bfloat16)`, on CPU
     and CUDA; the loss is computed in fp32 on fp32 logits, and parameters, gradients and optimizer state stay
@@ -232,6 +242,13 @@ def resume_run_dir(cfg: Mapping[str, Any]) -> Path | None:
     return ckpt.parent.parent if ckpt.parent.name == 'checkpoint' else ckpt.parent
 
 
+def load_train_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> EasyConfig:
+    """A trainer YAML as tools/train.py loads it: `load_config` with `TRAIN_DEFAULTS` as the lowest layer, so the
+    trainer's own keys (run_dir, artifact, val_per_class, ...) are known to any YAML, PointNeXt's included, and
+    take `key=value` overrides without a `+`."""
+    return load_config(path, overrides, defaults=TRAIN_DEFAULTS)
+
+
 def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
     """A deep copy of `cfg` as `EasyConfig` with `TRAIN_DEFAULTS` filled in where keys are missing."""
     out = _easy(copy.deepcopy(dict(cfg)))
@@ -250,6 +267,7 @@ class _Trainer:
     `_check_dataset`, `_prepare` and `evaluate`.
     """
 
+    TASK = 'classification'
     METRIC = 'oa'
     HEADLINE: tuple[str, ...] = ('oa', 'macc')
     BEST_NOTE = BEST_NOTE
@@ -257,7 +275,7 @@ class _Trainer:
     def __init__(self, cfg: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] | None):
         self.t0 = time.perf_counter()
         self.given_hash = config_hash(cfg)
-        self.cfg = cfg = with_defaults(cfg)
+        self.cfg = cfg = adapt_to_artifact(with_defaults(cfg), self.TASK)
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / 'checkpoint'
         self.last_val: dict | None = None   # the latest validation of this call (with per-class accuracies)
@@ -275,6 +293,7 @@ class _Trainer:
         self.num_points = int(cfg.num_points)
         self.in_channels = int(cfg.model.get('in_channels') or (cfg.model.get('encoder_args') or {}).get('in_channels')
                                or 3)
+        self._dataset_cfg()   # a missing data folder fails here, before the model is built
 
     # ------------------------------------------------------------------------------------------ setup
     def _check_keys(self) -> None:
@@ -294,6 +313,9 @@ class _Trainer:
             if int(cfg[key]) < 1:
                 raise ValueError(f'{key} must be >= 1, got {cfg[key]!r}')
         check_amp(cfg.amp)
+        if cfg.get('labels') is not None:
+            raise NotImplementedError(f'labels: {cfg.labels!r} is not implemented yet (the key is reserved for a '
+                                      f'later issue); leave labels null.')
 
     def _build_model(self) -> nn.Module:
         model_cfg = copy.deepcopy(self.cfg.model)  # BaseCls writes cls_args.in_channels into its cfg
@@ -352,30 +374,46 @@ class _Trainer:
 
     def _dataset_cfg(self) -> EasyConfig:
         dataset_cfg = copy.deepcopy(self.cfg.dataset)  # build_dataloader_from_cfg writes split/transform into it
-        if self.cfg.get('artifact'):
-            if dataset_cfg.common.get('NAME') != 'DistilledDataset':
-                raise ValueError(f'artifact={self.cfg.artifact} is only read by DistilledDataset, but '
-                                 f'dataset.common.NAME is {dataset_cfg.common.get("NAME")!r}. Use a '
-                                 f'cfgs/train/distilled-*.yaml config or drop artifact=.')
+        if self.cfg.get('artifact'):                   # adapt_to_artifact made the dataset a DistilledDataset
             dataset_cfg.train = dataset_cfg.get('train') or EasyConfig()
             dataset_cfg.train.distilled_path = resolve_path(self.cfg.artifact)
+        common = dataset_cfg.get('common') or {}
+        real_name = common.get('real_dataset') if common.get('NAME') == 'DistilledDataset' else common.get('NAME')
         for section in list(dataset_cfg):
             if dataset_cfg[section] is None:
                 dataset_cfg[section] = EasyConfig()
             for key in ('data_dir', 'data_root'):      # data_root: openpoints' ShapeNetPartNormal
                 data_dir = dataset_cfg[section].get(key)
-                if isinstance(data_dir, str):
+                if isinstance(data_dir, str) and _dataset_reads(real_name, key):
                     resolved = resolve_path(data_dir)
                     if not os.path.exists(resolved):
                         raise FileNotFoundError(
                             f'dataset.{section}.{key} {data_dir!r} not found (looked in the cwd {os.getcwd()} and '
-                            f'the repository root). Fix the path or override it: dataset.{section}.{key}=/path')
+                            f'the repository root). Fix the path or override it: dataset.{section}.{key}=/path'
+                            f'{self._other_dataset_hint(real_name)}')
                     dataset_cfg[section][key] = resolved
         return dataset_cfg
+
+    def _other_dataset_hint(self, real_name: str | None) -> str:
+        """The override that tests on the dataset the artifact was distilled from, when it is not the YAML's."""
+        path = artifact_path(self.cfg)
+        if path is None:
+            return ''
+        source = load_artifact(resolve_path(path))[1]['dataset']['name']
+        if source == real_name or source not in DATASETS:
+            return ''
+        return (f'. The artifact was distilled from {source}: to test on that dataset instead, set '
+                f'dataset.common.NAME={source} (and its own data keys)')
 
     def _loader(self, split: str, batch_size: int):
         dataloader_cfg = _easy(copy.deepcopy(self.cfg.dataloader or {}))
         dataloader_cfg.setdefault('num_workers', 0)
+        cores = available_cores()
+        if int(dataloader_cfg.num_workers) > cores:   # PointNeXt's 6 workers on a 2-core machine only contend
+            if split == 'train':
+                logger.info('dataloader.num_workers %s -> %d: the cores this process may use',
+                            dataloader_cfg.num_workers, cores)
+            dataloader_cfg.num_workers = cores
         transforms = copy.deepcopy(self.cfg.datatransforms)
         loader = build_dataloader_from_cfg(batch_size, self._dataset_cfg(), dataloader_cfg,
                                            datatransforms_cfg=transforms, split=split, distributed=False)
@@ -383,6 +421,22 @@ class _Trainer:
         if split != 'train' and self.cfg.val_per_class:
             loader = per_class_loader(loader, int(self.cfg.val_per_class))
         return loader
+
+    def _check_same_classes(self, train, val) -> None:
+        """A training set (an artifact) of another class list than the evaluation split's: it was distilled from
+        another dataset than the one the YAML tests on. Another count is an error, other names a warning."""
+        train_names, val_names = getattr(train, 'classes', None), getattr(val, 'classes', None)
+        if train_names is None or val_names is None or list(train_names) == list(val_names):
+            return
+        where = f'{type(train).__name__} ({len(train_names)} classes: {", ".join(map(str, train_names[:4]))}, ...)'
+        real = getattr(val, 'real', None) or val   # DistilledDataset's val split wraps the real dataset
+        other = f'the val dataset {type(real).__name__} ({len(val_names)}: {", ".join(map(str, val_names[:4]))}, ...)'
+        if len(train_names) != len(val_names):
+            raise ValueError(f'the training set {where} and {other} have different classes: the distilled set was '
+                             f'made from another dataset than the one this config tests on. Point dataset.common '
+                             f'(NAME, data_dir) at the dataset it was distilled from.')
+        logger.warning('the training set %s and %s name their classes differently; label i is trained as '
+                       'class i of the val dataset', where, other)
 
     def _check_dataset(self, dataset, split: str) -> list[str]:
         classes = getattr(dataset, 'classes', None)
@@ -414,8 +468,9 @@ class _Trainer:
         val_batch_size = int(cfg.val_batch_size or cfg.batch_size)
         train_loader = self._loader('train', int(cfg.batch_size))
         val_loader = self._loader('val', val_batch_size)
-        self.classes = self._check_dataset(train_loader.dataset, 'train')
-        self._check_dataset(val_loader.dataset, 'val')
+        self._check_same_classes(_unwrap(train_loader.dataset), _unwrap(val_loader.dataset))
+        self.classes = self._check_dataset(_unwrap(train_loader.dataset), 'train')
+        self._check_dataset(_unwrap(val_loader.dataset), 'val')
         if len(train_loader) == 0:
             n = len(train_loader.dataset)
             raise ValueError(f'the train loader has no batch: {n} training clouds, batch_size {cfg.batch_size}, and '
@@ -581,7 +636,7 @@ class _Trainer:
         path = find_checkpoint(cfg.pretrained_path, 'last')  # the final epoch is this project's protocol
         info = load_model_weights(model, path)
         loader = self._loader(split, int(cfg.val_batch_size or cfg.batch_size))
-        self.classes = self._check_dataset(loader.dataset, split)
+        self.classes = self._check_dataset(_unwrap(loader.dataset), split)
         metrics = self.evaluate(model, loader)
         logger.info('%s | %s (epoch %s) on split %r: %s', split, path, info.get('epoch', '?'),
                     self._split_name(split), self._describe(metrics))
@@ -758,6 +813,30 @@ def _easy(value: Any) -> Any:
     return value
 
 
+def _unwrap(dataset):
+    """The dataset under `val_per_class`'s Subset (its classes, cls2parts and num_classes are the checks' input)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _dataset_reads(name: str | None, key: str) -> bool:
+    """Whether the registered dataset `name` takes `key` as a named argument (a data folder it will open). A key
+    it would only ignore (EmbeddedShapesPart under PointNeXt's ShapeNet-part `data_root`) is not checked."""
+    cls = DATASETS.get(name) if isinstance(name, str) and '.' not in name else None
+    if cls is None:
+        return True   # unknown here: check the path, the dataset will fail on it anyway
+    return key in inspect.signature(cls.__init__).parameters
+
+
 def _limit(num_batches: int, cap: int | None) -> int:
     return num_batches if cap is None else min(num_batches, int(cap))
 
@@ -831,4 +910,5 @@ def _set_rng_state(rng: Mapping[str, Any]) -> None:
 
 
 __all__ = ['train_classifier', 'resample_points', 'find_checkpoint', 'load_model_weights', 'resume_run_dir',
-           'with_defaults', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS', 'BEST_NOTE']
+           'load_train_config', 'with_defaults', 'available_cores', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS',
+           'BEST_NOTE']

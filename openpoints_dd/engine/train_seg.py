@@ -73,6 +73,7 @@ def train_segmenter(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
 class _SegTrainer(_Trainer):
     """`train_cls._Trainer` with part targets and mIoU evaluation."""
 
+    TASK = 'segmentation'
     METRIC = 'instance_miou'
     HEADLINE = ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou')
     BEST_NOTE = SEG_BEST_NOTE
@@ -97,6 +98,10 @@ class _SegTrainer(_Trainer):
                              f'{self.num_points} points; part segmentation needs (2, num_classes={self.num_classes}, '
                              f'{self.num_points}): set the head size (model.num_classes, or model.cls_args.num_classes '
                              f'for BasePartSeg) to the number of part labels')
+
+    def _check_same_classes(self, train, val) -> None:
+        """Part datasets are compared by their parts per category in `_check_dataset` (ShapeNetPartNormal keeps its
+        category names in a form of its own)."""
 
     def _check_dataset(self, dataset, split: str) -> list[str]:
         cls2parts = getattr(dataset, 'cls2parts', None)

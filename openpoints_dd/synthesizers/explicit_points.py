@@ -32,7 +32,8 @@ class ExplicitPoints(Synthesizer):
             the unit ball). Default 'random'.
         kcenter_first: first K-Center pick, 'mean' (the cloud nearest the class mean, as SADM: K-Center
             then equals Herding at cpc 1) or 'random' (DeepCore). Default 'mean'.
-        embed_epochs: Adam epochs of the selection network on the whole real set. Default 5.
+        embed_steps: Adam steps of the selection network on the whole real set (batches of `embed_batch`
+            drawn pass after pass: E epochs of M clouds are E·ceil(M / embed_batch) steps). Default 500.
         embed_points: points per cloud while training it and embedding. Default 256.
         embed_batch: its batch size. Default 64.
         embed_lr: its Adam learning rate. Default 1e-3.
@@ -41,7 +42,7 @@ class ExplicitPoints(Synthesizer):
 
     def __init__(self, *, num_classes: int, cpc: int, num_points: int = 1024,
                  init: Literal['random', 'real', 'herding', 'kcenter', 'noise'] = 'random',
-                 kcenter_first: Literal['mean', 'random'] = 'mean', embed_epochs: int = 5,
+                 kcenter_first: Literal['mean', 'random'] = 'mean', embed_steps: int = 500,
                  embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
                  embed_widths: Sequence[int] | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
@@ -49,7 +50,7 @@ class ExplicitPoints(Synthesizer):
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
         self.init = 'random' if init == 'real' else init
         selection = coresets.CoresetSelection(
-            'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_epochs=embed_epochs,
+            'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_steps=embed_steps,
             embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr,
             embed_widths=embed_widths if embed_widths is not None else (64, 128, 1024))
         self.selection = None if self.init == 'noise' else selection   # built for 'noise' too: bad keys fail alike

@@ -57,7 +57,7 @@ class PointGenerator(Synthesizer):
         init_steps: Adam steps of the Chamfer fit. Default 300.
         init_lr: learning rate of the Chamfer fit. Default 1e-3.
         init_num_points: points per cloud in the Chamfer fit. Default 256.
-        kcenter_first, embed_epochs, embed_points, embed_batch, embed_lr, embed_widths: the selection of
+        kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths: the selection of
             'herding' / 'kcenter' (`coresets.CoresetSelection`, as in `ExplicitPoints`).
     """
 
@@ -65,7 +65,7 @@ class PointGenerator(Synthesizer):
                  w0_initial: float = 100.0, w0: float = 1.0,
                  init: Literal['noise', 'real', 'herding', 'kcenter'] = 'noise', init_steps: int = 300,
                  init_lr: float = 1e-3, init_num_points: int = 256, kcenter_first: Literal['mean', 'random'] = 'mean',
-                 embed_epochs: int = 5, embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
+                 embed_steps: int = 500, embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
                  embed_widths: Sequence[int] = (64, 128, 1024)):
         super().__init__(num_classes=num_classes, cpc=cpc)
         if init not in _INITS:
@@ -78,7 +78,7 @@ class PointGenerator(Synthesizer):
         self.hidden_dim, self.w0_initial, self.w0 = hidden_dim, float(w0_initial), float(w0)
         self.init, self.init_steps, self.init_lr, self.init_num_points = init, init_steps, init_lr, init_num_points
         selection = coresets.CoresetSelection(
-            'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_epochs=embed_epochs,
+            'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_steps=embed_steps,
             embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr, embed_widths=embed_widths)
         self.selection = None if init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.embedding = nn.Embedding(self.num_slots, hidden_dim)

@@ -25,18 +25,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding openpoin
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None,
-                allow_new: bool = False) -> EasyConfig:
+                allow_new: bool = False, defaults: Mapping[str, Any] | None = None) -> EasyConfig:
     """Load a YAML config with openpoints' `default.yaml` inheritance, `base:` files and checked overrides.
 
     Resolution order, later wins (dicts merge key by key, lists and scalars are replaced):
 
-    1. every `default.yaml` on the way from the outermost directory of `path` down to its own directory,
+    0. `defaults`, when given: the keys a tool itself reads (tools/train.py: the trainer's), so that a YAML
+       written for another tool (PointNeXt's) accepts them as overrides without a `+`;
+    1. the `default.yaml` files of the folders the config's base files live in (recursively), where they are
+       not on the config's own walk: a YAML written anywhere with `base:` pointing at a project config gets
+       the defaults that config gets in its own folder. Outermost first, in the order the bases are named;
+    2. every `default.yaml` on the way from the outermost directory of `path` down to its own directory,
        as `EasyConfig.load(path, recursive=True)` does (for a relative path the walk starts at the cwd);
-    2. the files named by the file's `base:` key (a string or a list, relative to the file), in order. A
-       base file is taken with its own `base:` files but without a directory walk, so that the defaults of
-       another folder do not re-apply over those of this one;
-    3. the file's own keys (`base` itself is dropped);
-    4. the overrides.
+    3. the files named by the file's `base:` key (a string or a list, relative to the file, or absolute), in
+       order. A base file is taken with its own `base:` files but without a directory walk (its folders'
+       defaults came in step 1), so that the defaults of another folder do not re-apply over those of this one;
+    4. the file's own keys (`base` itself is dropped);
+    5. the overrides.
 
     Empty YAML files count as `{}` (openpoints crashes on them).
 
@@ -68,7 +73,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None,
     if not path.is_file():
         raise FileNotFoundError(f'config file {path} not found (cwd: {os.getcwd()})')
     cfg = EasyConfig()
-    for default in _default_chain(path):
+    if defaults:
+        _merge(cfg, copy.deepcopy(dict(defaults)))
+    own_chain = _default_chain(path)
+    for default in _base_defaults(path, own_chain) + own_chain:
         _merge(cfg, _load_with_bases(default, ()))
     _merge(cfg, _load_with_bases(path, ()))
     apply_overrides(cfg, overrides or [], allow_new=allow_new)
@@ -156,6 +164,40 @@ def _default_chain(path: Path) -> list[Path]:
     return list(reversed(chain))
 
 
+def _base_defaults(path: Path, own_chain: list[Path]) -> list[Path]:
+    """The `default.yaml` files of the folders of `path`'s base files (recursively) that are not on its own walk."""
+    skip = {p.resolve() for p in own_chain}
+    found: list[Path] = []
+
+    def visit(file: Path, seen: tuple[Path, ...]) -> None:
+        if file.resolve() in seen:
+            return   # a cycle: _load_with_bases reports it
+        for base in _base_names(file):
+            base_path = file.parent / base
+            if not base_path.is_file():
+                return   # _load_with_bases reports it
+            for default in _default_chain(base_path.resolve()):
+                if default.resolve() not in skip:
+                    skip.add(default.resolve())
+                    found.append(default)
+            visit(base_path, (*seen, file.resolve()))
+
+    visit(path, ())
+    return found
+
+
+def _base_names(path: Path) -> list[str]:
+    """The `base:` entries of a YAML file, checked (a path or a list of paths)."""
+    bases = _read_yaml(path).get(BASE_KEY)
+    if bases is None:
+        return []
+    if isinstance(bases, str):
+        return [bases]
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ValueError(f'`{BASE_KEY}:` in {path} must be a path or a list of paths, got {bases!r}')
+    return bases
+
+
 def _read_yaml(path: Path) -> dict:
     with open(path) as f:
         try:
@@ -174,14 +216,9 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> EasyConfig:
     if resolved in seen:
         cycle = ' -> '.join(str(p) for p in (*seen, resolved))
         raise ValueError(f'config base cycle: {cycle}')
+    bases = _base_names(path)
     data = _read_yaml(path)
-    bases = data.pop(BASE_KEY, None)
-    if bases is None:
-        bases = []
-    elif isinstance(bases, str):
-        bases = [bases]
-    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise ValueError(f'`{BASE_KEY}:` in {path} must be a path or a list of paths, got {bases!r}')
+    data.pop(BASE_KEY, None)
     cfg = EasyConfig()
     for base in bases:
         base_path = path.parent / base

@@ -16,7 +16,9 @@ from .memory import keep_freed_memory
 
 
 def make_run_dir(cfg: Mapping[str, Any], cfg_path: str) -> Path:
-    """`run_dir` from the cfg, else runs/<cfg stem>/<date-time>-<short cfg hash>/."""
+    """Where a run of tools/distill.py or tools/train.py lands, one rule: `run_dir` from the cfg, else
+    `<root_dir>/<cfg stem>/<date-time>-<short cfg hash>/` with `root_dir` from the cfg (default `runs`; PointNeXt's
+    cfgs/default.yaml sets `log/`). Relative paths are relative to the current directory."""
     if cfg.get('run_dir'):
         return Path(cfg['run_dir'])
     stem = Path(cfg_path).stem
@@ -54,8 +56,8 @@ def start_run(cfg, cfg_path: str, overrides: list[str]) -> Path:
     setup_logging(run_dir)
     save_config(cfg, run_dir / 'cfg.yaml')
     logger = logging.getLogger('openpoints_dd')
-    logger.info('run dir %s | cfg %s | device %s | seed %s | torch %s, %d threads | %d process(es)', run_dir, cfg_path,
-                cfg.get('device', 'cpu'), cfg.get('seed'), torch.__version__, torch.get_num_threads(),
+    logger.info('run dir %s | cfg %s | device %s | seed %s | torch %s, %d threads | %d process(es)', run_dir.absolute(),
+                cfg_path, cfg.get('device', 'cpu'), cfg.get('seed'), torch.__version__, torch.get_num_threads(),
                 distributed.world_size())
     if overrides:
         logger.info('overrides: %s', ' '.join(overrides))

@@ -24,7 +24,7 @@ def _distill_main():
 @pytest.mark.parametrize('init', ['herding', 'kcenter'])
 def test_coreset_distillation_writes_an_artifact_datasets_read(tmp_path, init):
     cfg = tiny_embedded_cfg(tmp_path, iterations=0, objective={'NAME': 'DistributionMatching'},
-                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': init, 'embed_epochs': 1,
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': init, 'embed_steps': 8,
                                          'embed_points': 32, 'embed_batch': 8, 'embed_widths': [8, 16, 32]})
     path = tmp_path / f'{init}-cpc1.yaml'
     path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))

@@ -73,8 +73,14 @@ def test_tools_train_runs_one_epoch_on_the_artifact_key(name, extra, data, tmp_p
     assert "train 40 clouds" in (run_dir / 'log.txt').read_text()      # the artifact's 40 slots, not real clouds
 
 
-def test_artifact_key_on_a_real_dataset_is_an_error(data, tmp_path):
-    with pytest.raises(ValueError, match='only read by DistilledDataset'):
-        _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml'),
-                       f"artifact={data['artifact']}", f"dataset.common.data_dir={data['data_dir']}",
-                       'progress=False', 'device=cpu', f'run_dir={tmp_path / "run"}'])
+def test_artifact_key_on_a_real_dataset_yaml_trains_on_the_artifact(data, tmp_path):
+    """`artifact=` on a YAML of the real dataset: the train split becomes the artifact, val stays the real data."""
+    run_dir = tmp_path / 'run'
+    assert _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml'),
+                          f"artifact={data['artifact']}", f"dataset.common.data_dir={data['data_dir']}",
+                          'num_points=128', 'dataset.train.num_points=128', 'dataset.val.num_points=128', 'epochs=1',
+                          'batch_size=4', 'val_batch_size=6', 'max_train_batches=1', 'model.widths=[8,16,32]',
+                          'progress=False', 'device=cpu', f'run_dir={run_dir}']) == 0
+    log = (run_dir / 'log.txt').read_text()
+    assert 'the train split is DistilledDataset on it; val/test are the YAML\'s ModelNet40Ply2048' in log
+    assert 'train 40 clouds' in log and 'val 6 clouds' in log

@@ -107,7 +107,7 @@ def test_markdown_table_shows_mean_std_and_runs():
     summary = {'mean': 50.0, 'std': 2.5, 'n': 2, 'values': [47.5, 52.5]}
     table = markdown_table([{'model': 'm', 'set': 's', 'mode': '-', 'cpc': 1, 'budget': 'b', 'final_oa': summary,
                              'final_macc': summary, 'best_oa_papers_protocol': summary}])
-    assert '| m | s | - | 1 | 50.00 ± 2.50 | 50.00 ± 2.50 | 50.00 ± 2.50 | 2 | b |' in table
+    assert '| m | s | - | 1 | hard labels | 50.00 ± 2.50 | 50.00 ± 2.50 | 50.00 ± 2.50 | 2 | b |' in table
 
 
 def test_real_section_turns_a_distilled_dataset_back_into_its_real_one():
@@ -193,3 +193,13 @@ def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
             assert json.loads((Path(run['run_dir']) / 'metrics.json').read_text())['last_oa'] == run['oa']
     with pytest.raises(ValueError, match='--workers must be >= 1'):
         evaluate_main(args + ['--out', str(tmp_path / 'bad'), '--workers', '0'])
+
+
+def test_first_seed_shifts_the_random_selections(files, tmp_path):
+    """--first-seed S draws random selections S..S+K-1, so a table split over processes draws each selection once."""
+    out = tmp_path / 'out'
+    assert evaluate_main(['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", '--random', '2',
+                          '--seeds', '1', '--first-seed', '3', '--out', str(out), 'evaluation.epochs=1']) == 0
+    rows = {r['set']: r for r in json.loads((out / 'results.json').read_text())['rows']}
+    assert [run['selection'] for run in rows['random cpc1']['runs']] == [3, 4]
+    assert [run['seed'] for run in rows['real1']['runs']] == [3]

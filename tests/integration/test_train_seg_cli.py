@@ -85,8 +85,15 @@ def test_test_mode_reproduces_the_last_epoch_and_checks_the_data(artifact, tmp_p
     trained = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
     tested = json.loads((tmp_path / 'b' / 'metrics.json').read_text())
     assert tested['instance_miou'] == pytest.approx(trained['last_instance_miou'])
+    # the artifact sizes the head (its metadata knows the 31 part labels) ...
+    main(['--cfg', cfg, f'run_dir={tmp_path / "c"}', *common, 'num_classes=40', 'model.num_classes=40'])
+    log = (tmp_path / 'c' / 'log.txt').read_text()
+    assert 'num_classes 40 -> 31: the part labels of the artifact' in log and 'model.num_classes 40 -> 31' in log
+    # ... real part data with a wrong head is refused with the fix
+    real = str(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnet.yaml')
     with pytest.raises(ValueError, match='num_classes=31'):
-        main(['--cfg', cfg, f'run_dir={tmp_path / "c"}', *common, 'num_classes=40', 'model.num_classes=40'])
+        main(['--cfg', real, f'run_dir={tmp_path / "d"}', *(o for o in TINY_DATA if not o.startswith('dataset.train')),
+              *TINY_MODELS['distilled-pointnet-cpu'], 'num_classes=40', 'model.num_classes=40'])
 
 
 def test_resume_continues_to_the_same_result(artifact, tmp_path):

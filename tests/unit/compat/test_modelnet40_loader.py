@@ -67,3 +67,27 @@ def test_val_and_test_splits_are_the_official_test_set(cfg):
         _check_batch(batch, 8)
         # no shuffling and no augmentation: the first cloud is the stored one
         torch.testing.assert_close(batch['pos'][0], torch.from_numpy(loader.dataset.data[0][:1024]))
+
+
+# ----------------------------------------------------------- no download: a missing folder is a clear error
+def test_missing_data_dir_is_a_clear_error_and_creates_nothing(tmp_path):
+    from openpoints.dataset.modelnet.modelnet40_ply_2048_loader import ModelNet40Ply2048
+    missing = tmp_path / 'nowhere' / 'ModelNet40Ply2048'
+    with pytest.raises(FileNotFoundError, match=r"dataset.common.data_dir .*does not exist.*does not download"):
+        ModelNet40Ply2048(data_dir=str(missing), split='train')
+    assert not missing.exists() and not missing.parent.exists()       # upstream would mkdir it, then download
+
+
+def test_empty_data_dir_is_a_clear_error(tmp_path):
+    from openpoints.dataset.modelnet.modelnet40_ply_2048_loader import ModelNet40Ply2048
+    with pytest.raises(FileNotFoundError, match=r'holds no modelnet40_ply_hdf5_2048/ply_data_test\*\.h5 \(an empty'):
+        ModelNet40Ply2048(data_dir=str(tmp_path), split='val')
+
+
+def test_a_foreign_class_list_is_named_with_the_dataset_that_reads_it(tmp_path, caplog):
+    from conftest import make_fake_modelnet40
+    from openpoints.dataset.modelnet.modelnet40_ply_2048_loader import ModelNet40Ply2048
+    root = make_fake_modelnet40(tmp_path / 'mine', num_train=4, num_test=2)
+    with caplog.at_level('WARNING'):
+        dataset = ModelNet40Ply2048(data_dir=str(root), split='train')
+    assert len(dataset) == 4 and 'PointCloudFolderDataset' in caplog.text and 'lists 40 classes' in caplog.text

@@ -90,3 +90,29 @@ def test_clear_errors(points_artifact, tmp_path):
     bad.write_bytes(b'not a safetensors file at all')
     with pytest.raises(ArtifactError):
         DistilledDataset(split='train', distilled_path=str(bad))
+
+
+def test_every_training_split_name_serves_the_artifact(points_artifact):
+    """PointNeXt's YAMLs name their training split `trainval`: it must be the artifact, never real clouds."""
+    from openpoints_dd.data import DistilledDataset
+    for split in ('train', 'trainval'):
+        dataset = DistilledDataset(split=split, distilled_path=str(points_artifact), real_dataset='EmbeddedShapes',
+                                   num_points=128, repeat=2)
+        assert dataset.real is None and len(dataset) == 20 and dataset.classes == CLASSES
+        assert torch.equal(dataset[3]['pos'], torch.from_numpy(dataset.pos[3]))
+    test = DistilledDataset(split='test', distilled_path=str(points_artifact), real_dataset='EmbeddedShapes',
+                            num_per_class_test=2)
+    assert test.real is not None and len(test) == 20                          # the real test split
+
+
+def test_trainval_in_a_loader_config_trains_on_the_artifact(points_artifact):
+    cfg = _loader_cfg(points_artifact, repeat=4, num_points=128, split='trainval')
+    loader = build_dataloader_from_cfg(8, cfg.dataset, cfg.dataloader, datatransforms_cfg=cfg.datatransforms,
+                                       split='train', distributed=False)
+    assert loader.dataset.split == 'trainval' and loader.dataset.real is None and len(loader.dataset) == 40
+
+
+def test_an_unknown_split_is_an_error_not_real_data(points_artifact):
+    from openpoints_dd.data import DistilledDataset
+    with pytest.raises(ValueError, match=r"split 'validation' is neither a training split \('train', 'trainval'\)"):
+        DistilledDataset(split='validation', distilled_path=str(points_artifact), real_dataset='EmbeddedShapes')

@@ -283,3 +283,52 @@ def test_amp_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(fake_data, tmp_p
     result = train_classifier(cfg, tmp_path)
     assert seen == {'logits': {torch.bfloat16}, 'loss': {torch.float32}}
     assert np.isfinite(result['history'][0]['train_loss'])
+
+
+def test_labels_is_a_known_key_reserved_for_later(fake_data, tmp_path):
+    cfg = tiny_cfg(fake_data, labels={'NAME': 'TeacherLabels'})
+    with pytest.raises(NotImplementedError, match=r"labels: .*is not implemented yet .*leave labels null"):
+        train_classifier(cfg, tmp_path)
+
+
+def test_loader_workers_are_capped_to_the_cores(fake_data, tmp_path, monkeypatch, caplog):
+    from openpoints_dd.engine import train_cls
+    monkeypatch.setattr(train_cls, 'available_cores', lambda: 1)
+    trainer = _Trainer(tiny_cfg(fake_data, dataloader={'num_workers': 6}), tmp_path, None)
+    with caplog.at_level('INFO'):
+        loader = trainer._loader('train', 4)
+    assert loader.num_workers == 1 and 'dataloader.num_workers 6 -> 1: the cores this process may use' in caplog.text
+
+
+def test_only_data_folders_the_dataset_opens_are_checked():
+    from openpoints_dd.engine.train_cls import _dataset_reads
+    assert _dataset_reads('ModelNet40Ply2048', 'data_dir') and _dataset_reads('ShapeNetPartNormal', 'data_root')
+    assert _dataset_reads('PointCloudFolderDataset', 'data_dir')
+    assert not _dataset_reads('EmbeddedShapesPart', 'data_root')      # it would ignore PointNeXt's data_root
+    assert _dataset_reads('NoSuchDataset', 'data_dir')                 # unknown: checked
+
+
+def test_a_missing_folder_names_the_dataset_the_artifact_came_from(tmp_path):
+    from openpoints_dd.data import save_artifact
+    metadata = {'kind': 'points', 'cpc': 1, 'num_points': 16, 'synthesizer': {'NAME': 'ExplicitPoints'},
+                'objective': {'NAME': 'GradientMatching'}, 'rotator': {'NAME': 'IdentityRotator'},
+                'dataset': {'name': 'EmbeddedShapes', 'num_classes': 2, 'class_names': ['a', 'b']}}
+    path = save_artifact(tmp_path / 'a.safetensors', {'pos': torch.rand(2, 16, 3), 'y': torch.arange(2)}, metadata)
+    cfg = tiny_cfg(tmp_path / 'nowhere', artifact=str(path))
+    with pytest.raises(FileNotFoundError, match=r"dataset.common.data_dir .*not found.*distilled from EmbeddedShapes: "
+                                                r"to test on that dataset instead, set "
+                                                r"dataset.common.NAME=EmbeddedShapes"):
+        train_classifier(cfg, tmp_path / 'run')
+
+
+def test_an_artifact_of_another_dataset_is_named_as_such(fake_data, tmp_path):
+    """A 2-class artifact trained with a ModelNet40 YAML: the class lists differ, and the message says why."""
+    from openpoints_dd.data import save_artifact
+    metadata = {'kind': 'points', 'cpc': 2, 'num_points': 2048, 'synthesizer': {'NAME': 'ExplicitPoints'},
+                'objective': {'NAME': 'GradientMatching'}, 'rotator': {'NAME': 'IdentityRotator'},
+                'dataset': {'name': 'mine', 'num_classes': 2, 'class_names': ['a', 'b']}}
+    path = save_artifact(tmp_path / 'a.safetensors', {'pos': torch.rand(4, 2048, 3), 'y': torch.tensor([0, 0, 1, 1])},
+                         metadata)
+    with pytest.raises(ValueError, match=r'training set DistilledDataset \(2 classes: a, b, ...\) and the val dataset '
+                                         r'ModelNet40Ply2048 \(40: .*made from another dataset'):
+        train_classifier(tiny_cfg(fake_data, artifact=str(path)), tmp_path / 'run')

@@ -68,7 +68,7 @@ def _pool(per_class=5, num_classes=3, num_points=64):
 @pytest.mark.parametrize('init', ['random', 'real', 'herding', 'kcenter'])
 def test_explicit_points_selects_class_balanced_real_clouds(init):
     pool = _pool()
-    synth = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=init, embed_epochs=1, embed_points=32,
+    synth = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=init, embed_steps=4, embed_points=32,
                            embed_batch=4, embed_widths=[8, 16, 32])
     clouds, index = synth.select_from_pool(pool, torch.Generator().manual_seed(0))
     assert clouds.shape == (6, 64, 3) and index.shape == (6,)
@@ -82,17 +82,65 @@ def test_explicit_points_selects_class_balanced_real_clouds(init):
 
 def test_herding_selection_uses_the_embedding_rule():
     pool = _pool(per_class=6)
-    synth = ExplicitPoints(num_classes=3, cpc=3, num_points=64, init='herding', embed_epochs=1, embed_points=32,
+    synth = ExplicitPoints(num_classes=3, cpc=3, num_points=64, init='herding', embed_steps=4, embed_points=32,
                            embed_batch=4, embed_widths=[8, 16, 32])
     generator = torch.Generator().manual_seed(0)
     _, index = synth.select_from_pool(pool, generator)
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=torch.Generator().manual_seed(0)))
-    net = coresets.train_embedding_net(pool, epochs=1, num_points=32, batch_size=4, lr=1e-3, widths=[8, 16, 32], seed=seed)
+    net = coresets.train_embedding_net(pool, steps=4, num_points=32, batch_size=4, lr=1e-3, widths=[8, 16, 32], seed=seed)
     features = coresets.embed_pool(net, pool, num_points=32, batch_size=4, seed=seed)
     for label in range(3):
         local = pool.indices_of_class(label)
         expected = local[coresets._herding_naive(features[local], 3)]
         assert index[3 * label:3 * label + 3].tolist() == expected.tolist()
+
+
+def _train_epochs_reference(pool, epochs, batch_size, seed, widths=(8, 16, 32), num_points=32):
+    """The embedding loop as it was before it counted steps: E epochs of shuffled batches (the last one smaller)."""
+    import torch.nn.functional as F
+    from openpoints_dd.models.pointnet import DistillPointNet
+    from openpoints_dd.utils.geometry import subsample_points
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DistillPointNet(num_classes=pool.num_classes, widths=tuple(widths))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(pool.labels), generator=generator)
+        for begin in range(0, len(order), batch_size):
+            pick = order[begin:begin + batch_size]
+            loss = F.cross_entropy(net(subsample_points(pool.pos[pick], num_points, generator=generator)),
+                                   pool.labels[pick])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return net.eval()
+
+
+@pytest.mark.parametrize('per_class, batch_size', [(5, 4), (4, 4)])   # 15 clouds: a smaller last batch; 12: none
+def test_embedding_steps_equal_the_epochs_they_span(per_class, batch_size):
+    """E·ceil(M / batch) steps give the very network E epochs gave: the same batches and generator draws (so
+    the ModelNet40 configs' 462 steps select exactly what their 3 epochs at batch 64 selected)."""
+    pool = _pool(per_class=per_class)
+    epochs, per_epoch = 3, -(-len(pool.labels) // batch_size)
+    net = coresets.train_embedding_net(pool, steps=epochs * per_epoch, num_points=32, batch_size=batch_size, lr=1e-3,
+                                       widths=[8, 16, 32], seed=7)
+    reference = _train_epochs_reference(pool, epochs, batch_size, seed=7)
+    for (name, value), expected in zip(net.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(value, expected), name
+
+
+def test_embedding_steps_train_a_small_pool_for_many_passes():
+    """A 15-cloud pool at batch 64 gets all its steps (an epoch count would have given it one step per epoch)."""
+    pool = _pool()
+    untrained = coresets.train_embedding_net(pool, steps=0, num_points=32, batch_size=64, lr=1e-2,
+                                             widths=[8, 16, 32], seed=0)
+    trained = coresets.train_embedding_net(pool, steps=30, num_points=32, batch_size=64, lr=1e-2,
+                                           widths=[8, 16, 32], seed=0)
+    with torch.no_grad():
+        def loss(net):
+            return torch.nn.functional.cross_entropy(net(pool.pos[:, :32]), pool.labels).item()
+        assert loss(trained) < 0.8 * loss(untrained)
 
 
 def test_noise_init_selects_nothing_and_bad_keys_fail():
@@ -103,17 +151,21 @@ def test_noise_init_selects_nothing_and_bad_keys_fail():
         build_synthesizer({'NAME': 'ExplicitPoints', 'init': 'kcenter', 'kcenter_first': 'far'}, num_classes=2, cpc=1)
     with pytest.raises(TypeError, match='ExplicitPoints'):
         build_synthesizer({'NAME': 'ExplicitPoints', 'embed_epoch': 3}, num_classes=2, cpc=1)
+    with pytest.raises(TypeError, match="ExplicitPoints.*embed_epochs"):   # replaced by embed_steps
+        build_synthesizer({'NAME': 'ExplicitPoints', 'embed_epochs': 3}, num_classes=2, cpc=1)
+    with pytest.raises(ValueError, match='need embed_steps >= 0'):
+        build_synthesizer({'NAME': 'ExplicitPoints', 'init': 'herding', 'embed_steps': -1}, num_classes=2, cpc=1)
 
 
 def test_explicit_points_repr_shows_selection_settings():
-    text = repr(ExplicitPoints(num_classes=2, cpc=1, init='kcenter', embed_epochs=2))
-    assert "init='kcenter'" in text and 'embed_epochs=2' in text and "kcenter_first='mean'" in text
+    text = repr(ExplicitPoints(num_classes=2, cpc=1, init='kcenter', embed_steps=2))
+    assert "init='kcenter'" in text and 'embed_steps=2' in text and "kcenter_first='mean'" in text
 
 
 @pytest.mark.parametrize('init, rule', [('real', 'random'), ('herding', 'herding'), ('kcenter', 'kcenter')])
 def test_generator_starts_from_the_same_selection_as_explicit_points(init, rule):
     pool = _pool()
-    embedding = dict(embed_epochs=1, embed_points=32, embed_batch=4, embed_widths=[8, 16, 32])
+    embedding = dict(embed_steps=4, embed_points=32, embed_batch=4, embed_widths=[8, 16, 32])
     generator = PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init=init, **embedding)
     clouds, index = generator.select_from_pool(pool, torch.Generator().manual_seed(0))
     explicit = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=rule, **embedding)
@@ -132,4 +184,4 @@ def test_generator_from_noise_selects_nothing_and_part_generator_refuses_coreset
         PointGenerator(num_classes=3, cpc=2, init='kcenter', kcenter_first='far')
     with pytest.raises(ValueError, match="PartPointGenerator: init must be 'noise' or 'real'"):
         PartPointGenerator(num_classes=2, cpc=1, part_proportions=[[1.0], [1.0]], init='herding')
-    assert 'embed_epochs=2' in repr(PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init='herding', embed_epochs=2))
+    assert 'embed_steps=2' in repr(PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init='herding', embed_steps=2))
