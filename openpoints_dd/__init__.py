@@ -11,6 +11,7 @@ apply_host_fixes()
 from . import models  # noqa: E402,F401  (registers into openpoints' MODELS)
 from . import rotators, synthesizers, objectives  # noqa: E402,F401  (our registries)
 from . import data  # noqa: E402,F401  (registers datasets into openpoints' DATASETS)
-from .registry import OBJECTIVES, ROTATORS, SYNTHESIZERS  # noqa: E402,F401
+from . import labels  # noqa: E402,F401  (hard and teacher labels of a training recipe)
+from .registry import LABELERS, OBJECTIVES, ROTATORS, SYNTHESIZERS  # noqa: E402,F401
 
 __version__ = '0.1.0'

@@ -1,4 +1,4 @@
-"""The three registries of openpoints_dd (synthesizers, objectives, rotators) and their builders.
+"""The registries of openpoints_dd (synthesizers, objectives, rotators, labelers) and their builders.
 
 They are openpoints `Registry` objects, so `NAME` keys and `build()` behave as in openpoints' MODELS.
 """
@@ -11,6 +11,7 @@ from openpoints.utils.registry import Registry
 SYNTHESIZERS = Registry('synthesizers')  # how the synthetic set is parameterised
 OBJECTIVES = Registry('objectives')      # how synthetic and real batches of one class are compared
 ROTATORS = Registry('rotators')          # how a cloud is put in a canonical orientation
+LABELERS = Registry('labelers')          # what a training set's clouds are trained against: hard or teacher labels
 
 
 def build_synthesizer(cfg: Mapping[str, Any], **default_args):
@@ -24,6 +25,11 @@ def build_objective(cfg: Mapping[str, Any], **default_args):
 def build_rotator(cfg: Mapping[str, Any] | None, **default_args):
     """A missing rotator section means no rotation (`IdentityRotator`)."""
     return _build(ROTATORS, 'rotator', cfg or {'NAME': 'IdentityRotator'}, default_args)
+
+
+def build_labeler(cfg: Mapping[str, Any] | None, **default_args):
+    """A missing labels section means hard labels (`HardLabels`)."""
+    return _build(LABELERS, 'labeler', cfg or {'NAME': 'HardLabels'}, default_args)
 
 
 def _build(registry: Registry, role: str, cfg: Mapping[str, Any], default_args: dict):

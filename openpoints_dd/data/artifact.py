@@ -17,7 +17,7 @@ from safetensors.torch import save as _safetensors_bytes
 from torch import Tensor
 
 __all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'KINDS', 'REQUIRED_KEYS', 'ArtifactError', 'save_artifact',
-           'load_artifact']
+           'load_artifact', 'save_tensor_file', 'read_tensor_file']
 
 FORMAT_VERSION = 1
 METADATA_KEY = 'openpoints_dd'  # the one safetensors header-metadata entry we write
@@ -59,11 +59,20 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], metada
     """
     path = Path(path)
     _check_metadata(metadata, f'metadata for {path}')
-    header = dict(metadata)
-    header['format_version'] = FORMAT_VERSION
-    text = _to_json(header, path)
-    payload = _safetensors_bytes(_cpu_copies(tensors, path), metadata={METADATA_KEY: text})
+    return save_tensor_file(path, tensors, metadata)
 
+
+def save_tensor_file(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> Path:
+    """Any file of ours: tensors through safetensors, `metadata` (plain JSON, plus `format_version`) as the one
+    `'openpoints_dd'` header entry, written atomically (`write_atomically`). Artifacts, teachers.
+
+    Raises:
+        ArtifactError: a value is not JSON-serialisable (the message names it), or `tensors` is not a mapping
+            of str to Tensor.
+    """
+    path = Path(path)
+    header = {**metadata, 'format_version': FORMAT_VERSION}
+    payload = _safetensors_bytes(_cpu_copies(tensors, path), metadata={METADATA_KEY: _to_json(header, path)})
     return write_atomically(path, payload)
 
 
@@ -107,45 +116,7 @@ def load_artifact(path: str | os.PathLike, *, expect_dataset: str | None = None,
             unknown or newer format version; has malformed metadata; or was made for another dataset.
     """
     path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f'no artifact at {path}: the file does not exist. Check the path, or create it '
-                            f'with tools/distill.py.')
-    if not path.is_file():
-        raise ArtifactError(f'artifact path {path} is not a file (a directory?). Pass the .safetensors file '
-                            f'itself, e.g. {path / "artifact.safetensors"}.')
-    try:
-        with safe_open(str(path), framework='pt', device='cpu') as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except SafetensorError as e:
-        raise ArtifactError(f'{path} is not a readable safetensors file (truncated, corrupt, or another '
-                            f'format): {e}. Re-create it with tools/distill.py.') from e
-
-    if METADATA_KEY not in header:
-        found = ', '.join(sorted(header)) or 'none'
-        raise ArtifactError(f'{path} is a safetensors file but was not written by openpoints_dd: its header '
-                            f'has no {METADATA_KEY!r} metadata entry (entries found: {found}). Only '
-                            f'artifacts saved by tools/distill.py (save_artifact) can be loaded here.')
-    try:
-        metadata = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata is not valid JSON ({e}); the file is '
-                            f'corrupt. Re-create it with tools/distill.py.') from e
-    if not isinstance(metadata, dict):
-        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata must be a JSON object, got '
-                            f'{type(metadata).__name__}; the file is corrupt. Re-create it with tools/distill.py.')
-
-    version = metadata.pop('format_version', None)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ArtifactError(f'{path}: unknown artifact format version {version!r} (this openpoints_dd reads '
-                            f'version {FORMAT_VERSION}). Re-run tools/distill.py to re-create the artifact.')
-    if version > FORMAT_VERSION:
-        raise ArtifactError(f'{path}: artifact format version {version} is newer than this openpoints_dd '
-                            f'supports (version {FORMAT_VERSION}). Upgrade openpoints_dd to read it.')
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f'{path}: artifact format version {version} is not supported by this version of '
-                            f'openpoints_dd (expects {FORMAT_VERSION}). Re-run tools/distill.py.')
-
+    tensors, metadata = read_tensor_file(path, 'artifact', 'tools/distill.py')
     _check_metadata(metadata, str(path))
     dataset = metadata['dataset']
     name_differs = expect_dataset is not None and dataset['name'] != expect_dataset
@@ -157,6 +128,61 @@ def load_artifact(path: str | os.PathLike, *, expect_dataset: str | None = None,
         raise ArtifactError(f'artifact {path} was written for {dataset["name"]} ({dataset["num_classes"]} '
                             f'classes) but the config asks for {wanted}. Point the config at an artifact '
                             f'distilled from that dataset, or change its dataset section.')
+    return tensors, metadata
+
+
+def read_tensor_file(path: str | os.PathLike, what: str = 'artifact',
+                     remake: str = 'tools/distill.py') -> tuple[dict[str, Tensor], dict]:
+    """Read a file written by `save_tensor_file`: its tensors and its metadata (without `format_version`).
+
+    Args:
+        what: what the file is, for the messages ('artifact', 'teacher').
+        remake: the command that makes such a file, for the messages.
+
+    Raises:
+        ArtifactError: missing, not a file, not a readable safetensors file (truncated, corrupt, another
+            format), not written by openpoints_dd (no `'openpoints_dd'` header entry), metadata that is not a
+            JSON object, or an unknown or newer format version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f'no {what} at {path}: the file does not exist. Check the path, or create it '
+                            f'with {remake}.')
+    if not path.is_file():
+        raise ArtifactError(f'{what} path {path} is not a file (a directory?). Pass the .safetensors file '
+                            f'itself, e.g. {path / (what + ".safetensors")}.')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except SafetensorError as e:
+        raise ArtifactError(f'{path} is not a readable safetensors file (truncated, corrupt, or another '
+                            f'format): {e}. Re-create it with {remake}.') from e
+
+    if METADATA_KEY not in header:
+        found = ', '.join(sorted(header)) or 'none'
+        raise ArtifactError(f'{path} is a safetensors file but was not written by openpoints_dd: its header '
+                            f'has no {METADATA_KEY!r} metadata entry (entries found: {found}). Only '
+                            f'{what}s saved by {remake} can be loaded here.')
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata is not valid JSON ({e}); the file is '
+                            f'corrupt. Re-create it with {remake}.') from e
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f'{path}: the {METADATA_KEY!r} metadata must be a JSON object, got '
+                            f'{type(metadata).__name__}; the file is corrupt. Re-create it with {remake}.')
+
+    version = metadata.pop('format_version', None)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f'{path}: unknown {what} format version {version!r} (this openpoints_dd reads '
+                            f'version {FORMAT_VERSION}). Re-run {remake} to re-create the {what}.')
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f'{path}: {what} format version {version} is newer than this openpoints_dd '
+                            f'supports (version {FORMAT_VERSION}). Upgrade openpoints_dd to read it.')
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f'{path}: {what} format version {version} is not supported by this version of '
+                            f'openpoints_dd (expects {FORMAT_VERSION}). Re-run {remake}.')
     return tensors, metadata
 
 

@@ -13,13 +13,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
+from ..labels import DatasetIdentity, HardLabels, Labeler
+from ..registry import build_labeler
 from ..utils.precision import autocast, check_amp
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ GENERATOR_MODES = ('resampled', 'fixed')   # fresh generator clouds every epoch;
 TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
 DEFAULTS = {'model': {'NAME': 'DistillPointNet'}, 'epochs': 200, 'batch_size': 256, 'lr': 1e-3,
-            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0, 'amp': None,
+            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0, 'amp': None, 'labels': None,
             'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05}}
 #: evaluation keys read by the distillation run itself, not by one training
 RUN_KEYS = ('seeds', 'generator_modes', 'random_selections', 'eval_epochs_during_distill')
@@ -43,7 +44,16 @@ def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
     if unknown:
         raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + {", ".join(RUN_KEYS)}')
     check_amp(settings['amp'], 'evaluation.amp')
+    build_labeler(settings['labels'])   # a wrong labels section fails here, before any training
     return settings
+
+
+def prepared_labeler(settings: Mapping[str, Any], dataset: DatasetIdentity, device: str | torch.device) -> Labeler:
+    """The labeler of `settings['labels']` (None: hard labels), ready for `dataset`'s classes (a teacher is
+    loaded, or trained once and cached)."""
+    labeler = build_labeler(settings.get('labels'))
+    labeler.prepare(dataset, device)
+    return labeler
 
 
 @torch.no_grad()
@@ -69,11 +79,13 @@ def test_accuracy(model: nn.Module, pos: Tensor, labels: Tensor, num_classes: in
 
 def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor, *, num_classes: int,
                    settings: Mapping[str, Any], seed: int, rotator: nn.Module | None = None,
-                   device: str | torch.device = 'cpu', epochs: int | None = None) -> dict:
+                   device: str | torch.device = 'cpu', epochs: int | None = None,
+                   labeler: Labeler | None = None) -> dict:
     """Train a fresh model on `sampler`'s clouds, test on the real test set.
 
     `settings['amp']`: 'bf16' runs every forward under bf16 autocast (DistillPointNet keeps its per-cloud
     statistics in fp32 there; parameters, optimizer state and the loss stay fp32); None or 'fp32': full precision.
+    `labeler`: the training loss of a batch (`prepared_labeler`); None: hard labels, the plain cross-entropy.
 
     Returns:
         {'oa', 'macc'} at the final epoch, {'best_oa', 'best_epoch'} over the tested epochs (papers'
@@ -91,6 +103,7 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
     augment = settings.get('augment') or {}
     test_every = int(settings.get('test_every') or 0)
     batch_size, amp = int(settings['batch_size']), check_amp(settings.get('amp'), 'evaluation.amp')
+    labeler = labeler or HardLabels()
     test_pos, test_labels = test_pos.to(device), test_labels.to(device)
     best_oa, best_epoch = -1.0, -1
     for epoch in range(epochs):
@@ -104,7 +117,7 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
                 batch = rotator(batch)
             with autocast(amp, device):
                 logits = model(batch)
-            loss = F.cross_entropy(logits.float(), labels[pick])
+                loss = labeler.loss(logits, labels[pick], batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

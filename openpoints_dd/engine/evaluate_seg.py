@@ -30,7 +30,7 @@ SEG_DEFAULTS = {'model': {'NAME': 'DistillPointNetSeg'}, 'epochs': 200, 'batch_s
                 'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024,
                 'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05},
                 'seeds': [0, 1, 2], 'random_selections': 3, 'generator_modes': ['resampled', 'fixed'],
-                'part_balance': 1.0, 'amp': None}
+                'part_balance': 1.0, 'amp': None, 'labels': None}
 _IGNORED = {'test_every', 'eval_epochs_during_distill'}   # classification keys inherited from default.yaml
 
 
@@ -43,6 +43,9 @@ def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
     if str(settings['optimizer']).lower() not in ('adam', 'sgd'):
         raise ValueError(f"evaluation.optimizer must be 'adam' or 'sgd', got {settings['optimizer']!r}")
     check_amp(settings['amp'], 'evaluation.amp')
+    if settings['labels'] is not None:
+        raise NotImplementedError(f"evaluation.labels {settings['labels']!r}: part segmentation trains on hard part "
+                                  f"labels only (teacher labels are for classification); set evaluation.labels=null")
     return settings
 
 

@@ -9,11 +9,12 @@ import torch
 
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
+from ..labels import DatasetIdentity
 from ..utils.run import write_json
 from . import distributed
 from .distill import Distiller, resolve_device
-from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, random_selections,
-                       summarize, train_and_test)
+from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, prepared_labeler,
+                       random_selections, summarize, train_and_test)
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,14 @@ def test_pool(dataset_cfg: Mapping[str, Any], num_points: int) -> RealPool:
 
 
 def evaluate_set(sampler, test: RealPool, settings: Mapping[str, Any], seeds, rotator, device, epochs=None) -> list[dict]:
-    """One protocol run per seed; each is logged as it ends (a long evaluation shows its progress)."""
+    """One protocol run per seed, with the settings' labels (a teacher is loaded once for all seeds); each run is
+    logged as it ends (a long evaluation shows its progress)."""
+    labeler = prepared_labeler(settings, DatasetIdentity(test.name, tuple(test.class_names)), device)
     runs = []
     for seed in seeds:
         runs.append(train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
-                                   seed=int(seed), rotator=rotator, device=device, epochs=epochs))
+                                   seed=int(seed), rotator=rotator, device=device, epochs=epochs, labeler=labeler))
+        runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
         runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
         logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
                     runs[-1]['best_oa'], runs[-1]['seconds'])

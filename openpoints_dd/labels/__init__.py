@@ -1,0 +1,8 @@
+"""Labels of a training recipe: what the clouds of a (distilled or real) set are trained against."""
+from .base import DatasetIdentity, Labeler
+from .hard import HardLabels
+from .losses import distillation_kl, smoothed_cross_entropy
+from .teacher import TeacherLabels, load_teacher, teacher_path
+
+__all__ = ['DatasetIdentity', 'HardLabels', 'Labeler', 'TeacherLabels', 'distillation_kl', 'load_teacher',
+           'smoothed_cross_entropy', 'teacher_path']

@@ -1,0 +1,53 @@
+"""The interface of a labeler: the training loss of a batch, from its clouds, its logits and its hard labels."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """The real dataset a set's classes come from: what a teacher must have been trained on."""
+    name: str
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class Labeler(ABC):
+    """Turns a training batch into its loss. Artifacts keep hard labels; a labeler is a training choice.
+
+    `prepare` runs once before training (a teacher is loaded, or trained and cached); `loss` runs on every
+    batch, on the same (augmented) inputs the student sees.
+    """
+
+    def prepare(self, dataset: DatasetIdentity, device: torch.device | str) -> None:
+        """Get ready to label batches of `dataset`'s classes on `device`. Default: nothing to do."""
+
+    @abstractmethod
+    def loss(self, logits: Tensor, target: Tensor, inputs: Tensor | Mapping[str, Any]) -> Tensor:
+        """Scalar training loss.
+
+        Args:
+            logits: (B, K) student logits (any float dtype; the loss is computed in fp32).
+            target: (B,) int64 hard labels.
+            inputs: the batch the student saw: (B, N, 3) points or an openpoints batch dict.
+        """
+
+    @abstractmethod
+    def describe(self) -> str:
+        """How a results table names this labeler's rows ('hard labels', 'teacher labels (...)')."""
+
+    def report(self) -> dict:
+        """What a results file records about the labels (for a teacher: its accuracy and training minutes)."""
+        return {'labels': self.describe()}
+
+    def __repr__(self) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))
+        return f'{type(self).__name__}({args})'

@@ -1,0 +1,32 @@
+"""The two terms of a labeled loss: label-smoothed cross-entropy and the tempered teacher KL."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy against targets 1 - ε on the true class and ε / (K - 1) on each other class.
+
+    openpoints' (and 3D-Pruner's) SmoothCrossEntropy convention, which puts no mass ε / K back on the true class
+    as torch's `label_smoothing` does. ε = 0 is the plain cross-entropy.
+
+    Args:
+        logits: (B, K), computed in fp32; target: (B,) int64; smoothing: ε in [0, 1). Default 0.
+    """
+    logits = logits.float()
+    if smoothing == 0:
+        return F.cross_entropy(logits, target)
+    log_probs = F.log_softmax(logits, dim=-1)
+    K = logits.shape[-1]
+    weights = log_probs.new_full(log_probs.shape, smoothing / (K - 1))
+    weights.scatter_(1, target.unsqueeze(1), 1.0 - smoothing)
+    return -(weights * log_probs).sum(-1).mean()
+
+
+def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), batch mean (Hinton et al. 2015; the T² keeps the
+    gradient's scale as T changes). Zero when the two logit vectors are equal. Computed in fp32."""
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction='batchmean') * temperature ** 2

@@ -1,0 +1,193 @@
+"""Teacher labels: a model trained once on the whole real train set labels every training batch online.
+
+Knowledge distillation (Hinton et al. 2015) as 3D-Pruner trains its students (research/packing_and_soft_labels.md,
+document 2, §2.4): loss = α · T² · KL(teacher ‖ student) + (1 - α) · smoothed cross-entropy, the teacher's logits
+computed on the very batch the student sees (augmentation and fresh generator draws included), in eval mode and
+without gradient. The teacher is any classification model a train YAML describes (cfgs/train/*.yaml), trained
+once by `tools/train.py`'s trainer on the real data and cached as a safetensors file whose metadata names its
+config (hash), dataset and test accuracy; a cached teacher is checked against the dataset it labels.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from openpoints.models import build_model_from_cfg
+from openpoints.utils import EasyConfig
+
+from ..data.artifact import ArtifactError, read_tensor_file, save_tensor_file
+from ..registry import LABELERS
+from ..utils.config import config_hash, load_config, resolve_path
+from .base import DatasetIdentity, Labeler
+from .losses import distillation_kl, smoothed_cross_entropy
+
+logger = logging.getLogger(__name__)
+
+KIND = 'teacher'
+_REMAKE = 'TeacherLabels.prepare (delete the file and it is retrained)'
+
+
+@LABELERS.register_module()
+class TeacherLabels(Labeler):
+    """α · T² · KL(teacher ‖ student) + (1 - α) · label-smoothed cross-entropy, teacher logits online.
+
+    Args:
+        teacher: the train YAML of the teacher (e.g. cfgs/train/teacher-pointnet-modelnet40.yaml); its dataset
+            section must be the real dataset the student's classes come from.
+        overrides: `key=value` overrides of the teacher YAML (part of its identity). Default none.
+        temperature: T. Default 5 (3D-Pruner).
+        alpha: α, the weight of the teacher term; 0 is hard-label training with the same smoothing. Default 0.8.
+        smoothing: ε of the cross-entropy term (`smoothed_cross_entropy`). Default 0.2.
+        cache_dir: where trained teachers are kept, one file per (YAML, overrides) config hash. Default
+            runs/teachers.
+    """
+
+    def __init__(self, *, teacher: str, overrides: Sequence[str] | None = None, temperature: float = 5.0,
+                 alpha: float = 0.8, smoothing: float = 0.2, cache_dir: str = 'runs/teachers'):
+        if float(temperature) <= 0:
+            raise ValueError(f'TeacherLabels: temperature must be > 0, got {temperature!r}')
+        if not 0 <= float(alpha) <= 1:
+            raise ValueError(f'TeacherLabels: alpha must be in [0, 1], got {alpha!r}')
+        if not 0 <= float(smoothing) < 1:
+            raise ValueError(f'TeacherLabels: smoothing must be in [0, 1), got {smoothing!r}')
+        self.teacher, self.overrides = str(teacher), [str(o) for o in overrides or []]
+        self.temperature, self.alpha, self.smoothing = float(temperature), float(alpha), float(smoothing)
+        self.cache_dir = str(cache_dir)
+        self._model: nn.Module | None = None
+        self._metadata: dict = {}
+
+    def prepare(self, dataset: DatasetIdentity, device: torch.device | str) -> None:
+        path, cfg = teacher_path(self.teacher, self.overrides, self.cache_dir)
+        with _exclusive(path.with_name(path.name + '.lock')):   # two workers never train the same teacher twice
+            if not path.exists():
+                train_teacher(cfg, path)
+        self._model, self._metadata = load_teacher(path, dataset)
+        self._model.to(device).eval()
+        logger.info('teacher %s: %s, test OA %.2f %% (%.1f min to train)', path, self._metadata['model']['NAME'],
+                    self._metadata['test_oa'], self._metadata['minutes'])
+
+    def loss(self, logits: Tensor, target: Tensor, inputs: Tensor | Mapping[str, Any]) -> Tensor:
+        if self._model is None:
+            raise RuntimeError('TeacherLabels.loss before prepare(): the teacher is not loaded')
+        with torch.no_grad():
+            teacher_logits = self._model(_model_input(inputs))
+        return (self.alpha * distillation_kl(logits, teacher_logits, self.temperature)
+                + (1 - self.alpha) * smoothed_cross_entropy(logits, target, self.smoothing))
+
+    def describe(self) -> str:
+        return 'teacher labels'
+
+    def report(self) -> dict:
+        teacher = {k: self._metadata[k] for k in ('test_oa', 'test_macc', 'minutes', 'cfg_hash') if k in self._metadata}
+        return {'labels': self.describe(), 'temperature': self.temperature, 'alpha': self.alpha,
+                'smoothing': self.smoothing, 'teacher': {'config': self.teacher, 'overrides': self.overrides,
+                                                         'model': self._metadata.get('model', {}).get('NAME'),
+                                                         **teacher}}
+
+
+def teacher_path(teacher: str, overrides: Sequence[str], cache_dir: str) -> tuple[Path, Any]:
+    """The cache file of a teacher config, `<cache_dir>/<yaml stem>-<config hash>.safetensors`, and the config."""
+    cfg = load_config(teacher, list(overrides))
+    if cfg.get('dataset', {}).get('common', {}).get('NAME') == 'DistilledDataset':
+        raise ValueError(f'teacher {teacher} trains on a DistilledDataset; a teacher is trained on the whole real '
+                         f'train set: give it the real dataset section (e.g. base: data/modelnet40ply2048.yaml)')
+    return Path(resolve_path(cache_dir)) / f'{Path(teacher).stem}-{config_hash(cfg)}.safetensors', cfg
+
+
+def train_teacher(cfg: Any, path: Path) -> Path:
+    """Train the teacher config with tools/train.py's trainer on its real data and cache its final weights.
+
+    The training run (checkpoints, log) goes beside the cache file, so an interrupted training resumes.
+    """
+    from ..engine.train_cls import train_classifier
+
+    run_dir = path.with_suffix('')
+    logger.info('training teacher %s (run in %s)', path.name, run_dir)
+    started = time.perf_counter()
+    metrics = train_classifier(cfg, run_dir)
+    minutes = (time.perf_counter() - started) / 60
+    trained_on = _dataset_identity(cfg['dataset'])
+    state = load_file(str(run_dir / 'checkpoint' / 'last.safetensors'), device='cpu')
+    metadata = {'kind': KIND, 'model': _plain(cfg['model']), 'cfg_hash': config_hash(cfg),
+                'dataset': {'name': trained_on.name, 'num_classes': trained_on.num_classes,
+                            'class_names': list(trained_on.class_names)},
+                'test_oa': round(float(metrics['last_oa']), 2), 'test_macc': round(float(metrics['last_macc']), 2),
+                'epochs': int(metrics['last_epoch']), 'minutes': round(minutes, 1)}
+    return save_tensor_file(path, state, metadata)
+
+
+def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None) -> tuple[nn.Module, dict]:
+    """Build a cached teacher and load its weights, checking that it labels `dataset`'s classes.
+
+    Raises:
+        ArtifactError: missing, corrupt or foreign file (not a teacher of ours), or a teacher of another dataset
+            or class count than `dataset`.
+    """
+    path = Path(path)
+    tensors, metadata = read_tensor_file(path, 'teacher', _REMAKE)
+    if metadata.get('kind') != KIND or not isinstance(metadata.get('model'), Mapping) or 'dataset' not in metadata:
+        raise ArtifactError(f'{path} is not a teacher (kind {metadata.get("kind")!r}): an openpoints_dd file of '
+                            f'another kind. Point TeacherLabels at a teacher YAML; its cache file is made for you.')
+    trained = metadata['dataset']
+    if dataset is not None and (trained['name'] != dataset.name or list(trained['class_names']) != list(dataset.class_names)):
+        raise ArtifactError(f'teacher {path} was trained on {trained["name"]} ({trained["num_classes"]} classes) '
+                            f'but the set to label comes from {dataset.name} ({dataset.num_classes} classes'
+                            f'{", other class names" if trained["num_classes"] == dataset.num_classes else ""}). '
+                            f'Give TeacherLabels a teacher YAML whose dataset section is that dataset.')
+    model = build_model_from_cfg(EasyConfig(_plain(metadata['model'])))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f'teacher {path}: its weights do not fit its model {metadata["model"].get("NAME")}: '
+                            f'{e}. The file is corrupt; delete it to retrain the teacher.') from e
+    return model, metadata
+
+
+def _dataset_identity(dataset_cfg: Mapping[str, Any]) -> DatasetIdentity:
+    """The name and class list of a dataset section's train split, as `RealPool` records them (a dataset that
+    knows its own name is recorded under it, openpoints' datasets under their NAME)."""
+    from openpoints.dataset.build import DATASETS
+    common = dict(dataset_cfg['common'])
+    common.pop('rotation', None)
+    split = {**dict(dataset_cfg.get('train') or {}), 'transform': None}
+    split.pop('rotation', None)
+    dataset = DATASETS.build(common, default_args=split)
+    name = getattr(dataset, 'name', None)
+    return DatasetIdentity(name if isinstance(name, str) else str(common['NAME']), tuple(dataset.classes))
+
+
+def _model_input(inputs: Tensor | Mapping[str, Any]) -> Any:
+    """What any openpoints classifier takes: the student's batch dict as is, or points (B, N, 3) as `pos` and `x`."""
+    if torch.is_tensor(inputs):
+        return {'pos': inputs, 'x': inputs.transpose(1, 2).contiguous()}
+    return inputs
+
+
+def _plain(section: Any) -> Any:
+    """A config section as plain dicts and lists (JSON)."""
+    if isinstance(section, Mapping):
+        return {str(k): _plain(v) for k, v in section.items()}
+    if isinstance(section, (list, tuple)):
+        return [_plain(v) for v in section]
+    return section
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on `lock_path` (created if needed) for the duration of the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, 'a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,132 @@
+"""Hard and teacher labels: the loss terms, the teacher's cache, and training with either."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import openpoints_dd  # noqa: F401
+from conftest import make_fake_modelnet40
+from openpoints_dd.data.artifact import ArtifactError, save_artifact, save_tensor_file
+from openpoints_dd.engine.evaluate import evaluation_settings, fixed_sampler, train_and_test
+from openpoints_dd.labels import (DatasetIdentity, HardLabels, TeacherLabels, distillation_kl, load_teacher,
+                                  smoothed_cross_entropy, teacher_path)
+from openpoints_dd.models import DistillPointNet
+from openpoints_dd.registry import build_labeler
+from openpoints_dd.utils.config import REPO_ROOT
+from openpoints.dataset import ModelNet40Ply2048
+
+TEACHER_YAML = str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')
+THREE = DatasetIdentity('Tiny', ('a', 'b', 'c'))
+
+
+def test_smoothed_cross_entropy_targets_one_minus_eps_and_eps_over_k_minus_one():
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    log_probs = torch.log_softmax(logits, dim=-1)[0]
+    expected = -(0.8 * log_probs[0] + 0.1 * log_probs[1] + 0.1 * log_probs[2])
+    assert smoothed_cross_entropy(logits, torch.tensor([0]), 0.2).item() == pytest.approx(expected.item())
+    assert smoothed_cross_entropy(logits, torch.tensor([0]), 0.0).item() == pytest.approx(-log_probs[0].item())
+
+
+def test_the_teacher_term_is_zero_when_the_student_equals_the_teacher_and_positive_otherwise():
+    logits = torch.randn(8, 5)
+    assert distillation_kl(logits, logits.clone(), 5.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_kl(logits, torch.randn(8, 5), 5.0).item() > 0
+
+
+def test_teacher_labels_with_the_teacher_as_student_leave_only_the_hard_term(tmp_path):
+    teacher = _cached_teacher(tmp_path)
+    teacher.prepare(THREE, 'cpu')
+    points = torch.randn(4, 64, 3)
+    logits = teacher._model(points)
+    target = torch.tensor([0, 1, 2, 0])
+    expected = (1 - teacher.alpha) * smoothed_cross_entropy(logits, target, teacher.smoothing)
+    torch.testing.assert_close(teacher.loss(logits, target, points), expected)
+
+
+def test_alpha_zero_trains_exactly_as_hard_labels(tmp_path, tiny_clouds):
+    """The same smoothing, α = 0: the same training, weight for weight (querying the teacher changes nothing)."""
+    teacher = _cached_teacher(tmp_path, alpha=0.0, smoothing=0.2)
+    teacher.prepare(THREE, 'cpu')
+    settings = evaluation_settings({'model': {'NAME': 'DistillPointNet', 'widths': [8, 16, 32]}, 'epochs': 3,
+                                    'batch_size': 4})
+    results = [train_and_test(fixed_sampler(tiny_clouds.pos, tiny_clouds.y), tiny_clouds.pos, tiny_clouds.y,
+                              num_classes=3, settings=settings, seed=0, labeler=labeler)
+               for labeler in (HardLabels(smoothing=0.2), teacher)]
+    assert results[0]['oa'] == results[1]['oa'] and results[0]['macc'] == results[1]['macc']
+    distinct = train_and_test(fixed_sampler(tiny_clouds.pos, tiny_clouds.y), tiny_clouds.pos, tiny_clouds.y,
+                              num_classes=3, settings=settings, seed=0, labeler=_prepared(tmp_path, alpha=0.8))
+    assert distinct['seconds'] > 0
+
+
+def test_the_cache_rejects_foreign_corrupt_and_other_class_count_teachers(tmp_path):
+    teacher = _cached_teacher(tmp_path)
+    path, _ = teacher_path(teacher.teacher, teacher.overrides, teacher.cache_dir)
+    load_teacher(path, THREE)                                                      # the good one loads
+    with pytest.raises(ArtifactError, match=r'trained on Tiny \(3 classes\) but the set to label comes from Other '
+                                             r'\(5 classes\)'):
+        load_teacher(path, DatasetIdentity('Other', tuple('abcde')))
+    with pytest.raises(ArtifactError, match='other class names'):
+        load_teacher(path, DatasetIdentity('Tiny', ('x', 'y', 'z')))
+    foreign = save_artifact(tmp_path / 'artifact.safetensors', {'pos': torch.zeros(3, 4, 3), 'y': torch.arange(3)},
+                            {'kind': 'points', 'synthesizer': {'NAME': 'ExplicitPoints'}, 'objective': {'NAME': 'x'},
+                             'rotator': {'NAME': 'IdentityRotator'}, 'cpc': 1, 'num_points': 4,
+                             'dataset': {'name': 'Tiny', 'num_classes': 3, 'class_names': ['a', 'b', 'c']}})
+    with pytest.raises(ArtifactError, match="is not a teacher \\(kind 'points'\\)"):
+        load_teacher(foreign, THREE)
+    corrupt = tmp_path / 'corrupt.safetensors'
+    corrupt.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match='not a readable safetensors file'):
+        load_teacher(corrupt, THREE)
+    with pytest.raises(ArtifactError, match='no teacher at'):
+        load_teacher(tmp_path / 'missing.safetensors', THREE)
+
+
+def test_prepare_trains_a_missing_teacher_once_and_records_it(tmp_path):
+    data = make_fake_modelnet40(tmp_path / 'ModelNet40Ply2048')
+    overrides = [f'dataset.common.data_dir={data}', 'num_points=128', 'epochs=1', 'batch_size=4',
+                 'val_batch_size=4', 'progress=False']
+    labeler = TeacherLabels(teacher=TEACHER_YAML, overrides=overrides, cache_dir=str(tmp_path / 'teachers'))
+    path, _ = teacher_path(TEACHER_YAML, overrides, str(tmp_path / 'teachers'))
+    identity = DatasetIdentity('ModelNet40Ply2048', tuple(ModelNet40Ply2048.classes))
+    labeler.prepare(identity, 'cpu')
+    assert path.is_file() and labeler.report()['teacher']['model'] == 'DistillPointNet'
+    assert 0 <= labeler.report()['teacher']['test_oa'] <= 100 and labeler.report()['teacher']['minutes'] >= 0
+    stamp = path.stat().st_mtime_ns
+    TeacherLabels(teacher=TEACHER_YAML, overrides=overrides, cache_dir=str(tmp_path / 'teachers')).prepare(identity, 'cpu')
+    assert path.stat().st_mtime_ns == stamp                                         # loaded, not retrained
+
+
+def test_bad_labels_sections_are_clear_errors():
+    with pytest.raises(KeyError, match='Registered labelers: HardLabels, TeacherLabels'):
+        build_labeler({'NAME': 'SoftLabels'})
+    with pytest.raises(ValueError, match='alpha must be in'):
+        TeacherLabels(teacher=TEACHER_YAML, alpha=1.5)
+    with pytest.raises(ValueError, match='smoothing must be in'):
+        HardLabels(smoothing=1.0)
+    with pytest.raises(TypeError, match='Check the keys of the labeler section'):
+        evaluation_settings({'labels': {'NAME': 'TeacherLabels', 'teacher': TEACHER_YAML, 'temprature': 3}})
+
+
+def test_a_teacher_trained_on_a_distilled_set_is_refused():
+    with pytest.raises(ValueError, match='a teacher is trained on the whole real train set'):
+        teacher_path(str(REPO_ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml'), [], 'runs/teachers')
+
+
+def _cached_teacher(tmp_path, **options) -> TeacherLabels:
+    """A TeacherLabels whose cache already holds a tiny 3-class DistillPointNet teacher (no training)."""
+    labeler = TeacherLabels(teacher=TEACHER_YAML, cache_dir=str(tmp_path / 'teachers'), **options)
+    path, _ = teacher_path(labeler.teacher, labeler.overrides, labeler.cache_dir)
+    if not path.exists():
+        model_cfg = {'NAME': 'DistillPointNet', 'num_classes': 3, 'widths': [8, 16, 32]}
+        torch.manual_seed(1)
+        model = DistillPointNet(num_classes=3, widths=(8, 16, 32))
+        save_tensor_file(path, model.state_dict(), {
+            'kind': 'teacher', 'model': model_cfg, 'cfg_hash': 'test', 'test_oa': 50.0, 'test_macc': 50.0,
+            'epochs': 1, 'minutes': 0.0, 'dataset': {'name': 'Tiny', 'num_classes': 3, 'class_names': ['a', 'b', 'c']}})
+    return labeler
+
+
+def _prepared(tmp_path, **options) -> TeacherLabels:
+    labeler = _cached_teacher(tmp_path, **options)
+    labeler.prepare(THREE, 'cpu')
+    return labeler
