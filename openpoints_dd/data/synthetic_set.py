@@ -75,7 +75,7 @@ class SyntheticSet:
             except RuntimeError as e:
                 raise ArtifactError(f'{path}: its weights do not fit its own synthesizer config: {e}') from e
             self.synthesizer.eval()
-            self.labels = self.synthesizer.labels.clone()
+            self.labels = self.synthesizer.cloud_labels.clone()
         else:
             raise ArtifactError(f"{path}: unknown artifact kind {self.kind!r} (expected 'points' or 'generator')")
 
@@ -141,7 +141,7 @@ class SyntheticSet:
         num_points = num_points or self.num_points
         if self.synthesizer is not None:
             with torch.no_grad():
-                slots = torch.arange(len(self.labels))
+                slots = torch.arange(self.synthesizer.num_slots)
                 return normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator)), self.labels
         if num_points > self.pos.shape[1]:
             raise ValueError(f'{self.path} stores {self.pos.shape[1]} points per cloud; {num_points} were requested')

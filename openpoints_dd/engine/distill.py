@@ -30,6 +30,7 @@ from ..data.artifact import save_artifact
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import ROTATOR_PREFIX, synthesizer_tensors
 from ..registry import ROTATORS, build_objective, build_rotator, build_synthesizer
+from ..synthesizers import Synthesizer
 from ..utils.geometry import normalize_to_unit_sphere
 from . import distributed
 
@@ -83,7 +84,8 @@ class Distiller:
         iterations = int(d['iterations'])
         sched = d.get('syn_scheduler') or {}
         step = max(1, int(iterations * float(sched.get('step_fraction', 0.5))))
-        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d.get('rotator_optimizer'), step,
+        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d.get('rotator_optimizer'),
+                                              float(d['syn_optimizer'].get('lr', 1e-3)), step,
                                               float(sched.get('gamma', 0.1)))
         self.optimizer = build_optimizer(d['syn_optimizer'], groups)
         if schedules is None:
@@ -114,7 +116,8 @@ class Distiller:
     def synthetic_clouds(self, slots: Tensor, num_points: int, generator: torch.Generator | None) -> Tensor:
         """Synthesize, normalise to the unit sphere, canonicalise: the same path in matching, inner loop, export."""
         slots = slots.to(self.device)
-        return self.rotator(normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator)), slots=slots)
+        clouds = normalize_to_unit_sphere(self.synthesizer.synthesize(slots, num_points, generator))
+        return self.rotator(clouds, slots=self.synthesizer.cloud_slots(slots))
 
     def initialize(self) -> dict:
         """Start the synthesizer from the real clouds its `select_from_pool` picks (random, herding, k-center),
@@ -268,7 +271,8 @@ class Distiller:
         `synthetic_clouds` (synthesize, normalise, canonicalise), with one synthesizer call for all classes."""
         slots = torch.cat([self.synthesizer.slots_of_class(int(c)) for c in labels]).to(self.device)
         clouds = self.synthesizer.synthesize_classes(labels, num_points, generators)
-        return self.rotator(normalize_to_unit_sphere(clouds.flatten(0, 1)), slots=slots).view(*clouds.shape)
+        return self.rotator(normalize_to_unit_sphere(clouds.flatten(0, 1)),
+                            slots=self.synthesizer.cloud_slots(slots)).view(*clouds.shape)
 
     def match_all_classes(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> float:
         """One outer step of an objective that compares the whole synthetic set at once (trajectory matching).
@@ -279,7 +283,7 @@ class Distiller:
         """
         slots = torch.arange(self.synthesizer.num_slots)
         syn = self.synthetic_clouds(slots, num_points, self._generator(iteration, 2, step))
-        labels = self.synthesizer.labels.to(self.device)
+        labels = self.synthesizer.cloud_labels.to(self.device)
         loss = self.objective.match_all(backbone, syn, labels, self._generator(iteration, 5, step))
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f'objective {type(self.objective).__name__} returned {loss.item()} at iteration '
@@ -312,7 +316,7 @@ class Distiller:
         with torch.no_grad():
             slots = torch.arange(self.synthesizer.num_slots)
             clouds = self.synthetic_clouds(slots, num_points, generator)
-        labels = self.synthesizer.labels.to(self.device)
+        labels = self.synthesizer.cloud_labels.to(self.device)
         batch = int(self.d.get('inner_batch', 256))
         for _ in range(epochs):
             order = torch.randperm(len(clouds), generator=generator).to(self.device)
@@ -362,12 +366,14 @@ class Distiller:
         return True
 
     def metadata(self) -> dict:
+        accounting = self.synthesizer.accounting(int(self.d.get('export_num_points', 1024)))
         return {'synthesizer': dict(self.d['synthesizer']), 'objective': dict(self.d['objective']),
                 'rotator': dict(self.d.get('rotator') or {'NAME': 'IdentityRotator'}),
                 'backbone': dict(self.d['backbone']),
                 'dataset': {'name': self.pool.name, 'num_classes': self.num_classes, 'class_names': self.pool.class_names,
                             'rotation': dict(getattr(self.pool, 'rotation', None) or {'mode': 'none'})},
-                'cpc': self.synthesizer.cpc, 'num_points': int(self.d.get('export_num_points', 1024)),
+                'cpc': self.synthesizer.cpc, 'num_points': accounting['points_per_training_cloud'],
+                'accounting': accounting,
                 'iterations_done': self.iteration, 'seconds': round(self.elapsed, 1), 'seed': self.seed}
 
     def export(self, path: str | os.PathLike | None = None) -> Path:
@@ -383,7 +389,7 @@ class Distiller:
                 slots = torch.arange(self.synthesizer.num_slots)
                 num_points = min(num_points, getattr(self.synthesizer, 'num_points', num_points))
                 pos = self.synthetic_clouds(slots, num_points, torch.Generator().manual_seed(self.seed))
-            tensors, kind = {'pos': pos.cpu().contiguous(), 'y': self.synthesizer.labels.cpu().clone()}, 'points'
+            tensors, kind = {'pos': pos.cpu().contiguous(), 'y': self.synthesizer.cloud_labels.cpu().clone()}, 'points'
             metadata.update(rotator={'NAME': 'IdentityRotator'}, baked_rotator=metadata['rotator'])
         else:
             tensors, kind = synthesizer_tensors(self.synthesizer, num_points, self.seed)
@@ -406,19 +412,22 @@ def _rotator_args(cfg: Mapping[str, Any] | None, num_slots: int) -> dict:
     return {'num_slots': num_slots} if getattr(cls, 'per_slot', False) else {}
 
 
-def _parameter_groups(synthesizer: nn.Module, rotator: nn.Module, rot_cfg: Mapping[str, Any] | None,
+def _parameter_groups(synthesizer: Synthesizer, rotator: nn.Module, rot_cfg: Mapping[str, Any] | None, syn_lr: float,
                       syn_step: int, syn_gamma: float) -> tuple[list[dict], list[Callable[[int], float]] | None]:
     """Optimizer param groups, and one LR schedule per group for LambdaLR (None: one StepLR for all).
 
-    Without `distill.rotator_optimizer`, synthesizer and rotator parameters form one group under
-    `syn_optimizer` and `syn_scheduler`. With it, the rotator's parameters get their own groups (its
-    `param_groups()` if it has one, e.g. EulerRotator's per-axis `lr_scale`) in the same optimizer, with
+    The synthesizer's groups are its `param_groups()` (MorphedClouds: the blend logits at `lr_scale` times
+    `syn_optimizer.lr`). Without `distill.rotator_optimizer` the rotator's parameters join the synthesizer's
+    first group under `syn_optimizer` and `syn_scheduler`. With it, the rotator's parameters get their own groups
+    (its `param_groups()` if it has one, e.g. EulerRotator's per-axis `lr_scale`) in the same optimizer, with
     `lr` x scale and the other optimizer keys given there, and their own StepLR (`step_size` iterations,
-    x`gamma`; no step_size = constant); the synthesizer's group keeps `syn_scheduler`.
+    x`gamma`; no step_size = constant); the synthesizer's groups keep `syn_scheduler`.
     """
+    groups = [_scaled(group, syn_lr) for group in synthesizer.param_groups()]
     rot_params = list(rotator.parameters())
     if not rot_cfg or not rot_params:
-        return [{'params': list(synthesizer.parameters()) + rot_params}], None
+        groups[0]['params'] = list(groups[0]['params']) + rot_params
+        return groups, None
     rot_cfg = dict(rot_cfg)
     unknown = set(rot_cfg) - {'lr', 'momentum', 'weight_decay', 'betas', 'step_size', 'gamma'}
     if unknown or 'lr' not in rot_cfg:
@@ -428,12 +437,17 @@ def _parameter_groups(synthesizer: nn.Module, rotator: nn.Module, rot_cfg: Mappi
     rot_schedule = _step_schedule(int(step_size), rot_gamma) if step_size else _step_schedule(1, 1.0)
     base_lr = float(rot_cfg.pop('lr'))
     rot_groups = rotator.param_groups() if hasattr(rotator, 'param_groups') else [{'params': rot_params}]
-    groups = [{'params': list(synthesizer.parameters())}]
-    for group in rot_groups:
-        group = dict(group)
-        group['lr'] = base_lr * float(group.pop('lr_scale', 1.0))
-        groups.append({**rot_cfg, **group})
-    return groups, [_step_schedule(syn_step, syn_gamma)] + [rot_schedule] * len(rot_groups)
+    syn_groups = len(groups)
+    groups += [{**rot_cfg, **_scaled({'lr_scale': 1.0, **group}, base_lr)} for group in rot_groups]
+    return groups, [_step_schedule(syn_step, syn_gamma)] * syn_groups + [rot_schedule] * len(rot_groups)
+
+
+def _scaled(group: Mapping[str, Any], lr: float) -> dict:
+    """A param group with its `lr_scale` turned into an `lr` (a group without one keeps the optimizer's)."""
+    group = dict(group)
+    if 'lr_scale' in group:
+        group['lr'] = lr * float(group.pop('lr_scale'))
+    return group
 
 
 def _step_schedule(step_size: int, gamma: float) -> Callable[[int], float]:

@@ -2,9 +2,10 @@
 from .base import Objective
 from .distribution_matching import DistributionMatching
 from .gradient_matching import GradientMatching, gradient_distance
+from .m3d import M3D, fps_partitions, uniformity
 from .part_gradient_matching import PartGradientMatching
 from .sadm import SADM, rbf_mmd, sadm_loss, sort_point_features
 from .trajectory_matching import TrajectoryMatching
 
-__all__ = ['Objective', 'DistributionMatching', 'SADM', 'rbf_mmd', 'sadm_loss', 'sort_point_features',
+__all__ = ['Objective', 'DistributionMatching', 'M3D', 'fps_partitions', 'uniformity', 'SADM', 'rbf_mmd', 'sadm_loss', 'sort_point_features',
            'GradientMatching', 'PartGradientMatching', 'TrajectoryMatching', 'gradient_distance']

@@ -24,6 +24,11 @@ class Synthesizer(nn.Module, ABC):
     init: str = 'none'
     #: The rule `select_from_pool` follows; None: no real start.
     selection: CoresetSelection | None = None
+    #: Clouds one slot trains as: `synthesize` returns this many per slot, in slot order (MorphedClouds: a slot's
+    #: anchors and morphs). Labels per cloud: `cloud_labels`.
+    clouds_per_slot: int = 1
+    #: The points of every cloud when the synthesizer fixes them (MorphedClouds); None: as many as asked for.
+    resolution: int | None = None
 
     def __init__(self, *, num_classes: int, cpc: int):
         super().__init__()
@@ -36,16 +41,38 @@ class Synthesizer(nn.Module, ABC):
     def num_slots(self) -> int:
         return self.num_classes * self.cpc
 
+    @property
+    def cloud_labels(self) -> Tensor:
+        """(num_slots · clouds_per_slot,) the class of every cloud `synthesize` returns for all slots."""
+        return self.labels.repeat_interleave(self.clouds_per_slot)
+
+    def cloud_slots(self, slots: Tensor) -> Tensor:
+        """The slot of every cloud `synthesize(slots, ...)` returns (per-slot rotators need it)."""
+        return slots.repeat_interleave(self.clouds_per_slot)
+
+    def accounting(self, num_points: int) -> dict:
+        """What the set costs and what a trainer sees, per class: stored floats (the synthesizer's parameters;
+        a shared generator's divided over the classes), training clouds, and points per training cloud
+        (`num_points`, the export resolution, unless the synthesizer fixes its own)."""
+        floats = sum(p.numel() for p in self.parameters())
+        return {'floats_per_class': round(floats / self.num_classes, 1),
+                'training_clouds_per_class': self.cpc * self.clouds_per_slot, 'points_per_training_cloud': num_points}
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups; an entry's `lr_scale` multiplies the synthesizer's learning rate. Default: one group."""
+        return [{'params': list(self.parameters())}]
+
     def slots_of_class(self, label: int) -> Tensor:
         """(cpc,) int64 slot indices of one class."""
         return torch.arange(label * self.cpc, (label + 1) * self.cpc, device=self.labels.device)
 
     @abstractmethod
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
-        """Clouds of the given slots: (S,) int64 -> (S, num_points, 3), differentiable w.r.t. parameters."""
+        """Clouds of the given slots: (S,) int64 -> (S · clouds_per_slot, num_points, 3), differentiable w.r.t.
+        parameters (a synthesizer with a resolution of its own returns that many points)."""
 
     def synthesize_classes(self, labels: Tensor, num_points: int, generators: list[torch.Generator | None]) -> Tensor:
-        """(G, cpc, num_points, 3) clouds of G classes, class g's randomness from generators[g]: the same clouds as
+        """(G, cpc · clouds_per_slot, num_points, 3) clouds of G classes, class g's randomness from generators[g]: the same clouds as
         one `synthesize(slots_of_class(g), ...)` call per class. Synthesizers override it to make one call."""
         return torch.stack([self.synthesize(self.slots_of_class(int(label)), num_points, generator)
                             for label, generator in zip(labels, generators)])

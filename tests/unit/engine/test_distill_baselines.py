@@ -10,7 +10,7 @@ from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.engine.distill import Distiller
 from openpoints_dd.utils.geometry import normalize_to_unit_sphere
 
-SMALL_EMBED = {'embed_epochs': 1, 'embed_points': 32, 'embed_batch': 8, 'embed_widths': [8, 16, 32]}
+SMALL_EMBED = {'embed_steps': 8, 'embed_points': 32, 'embed_batch': 8, 'embed_widths': [8, 16, 32]}
 
 
 def _distiller(cfg):
@@ -99,3 +99,17 @@ def test_bad_rotator_optimizer_is_a_clear_error(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, rotator={'NAME': 'EulerRotator'}, rotator_optimizer={'learning_rate': 0.5})
     with pytest.raises(ValueError, match=r'rotator_optimizer takes lr \(required\)'):
         _distiller(cfg)
+
+
+def test_parameter_groups_scale_the_synthesizers_and_give_a_plain_rotator_its_own_rate():
+    from openpoints_dd.engine.distill import _parameter_groups
+    from openpoints_dd.registry import build_synthesizer
+    synthesizer = build_synthesizer({'NAME': 'MorphedClouds', 'points': 8, 'init': 'noise', 'blend_lr_scale': 0.1},
+                                    num_classes=2, cpc=1)
+    rotator = torch.nn.Linear(2, 2)                 # parameters, no param_groups of its own
+    groups, schedules = _parameter_groups(synthesizer, rotator, {'lr': 0.5, 'momentum': 0.5}, 0.01, 10, 0.1)
+    assert [g.get('lr') for g in groups] == [None, pytest.approx(0.001), 0.5] and len(schedules) == 3
+    assert groups[2]['momentum'] == 0.5 and [id(p) for p in groups[2]['params']] == [id(p) for p in rotator.parameters()]
+    groups, schedules = _parameter_groups(synthesizer, rotator, None, 0.01, 10, 0.1)
+    assert schedules is None and len(groups) == 2
+    assert {id(p) for p in rotator.parameters()} <= {id(p) for p in groups[0]['params']}

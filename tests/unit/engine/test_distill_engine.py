@@ -149,3 +149,25 @@ def test_progress_bar_total_is_set_from_the_budget(tmp_path, monkeypatch):
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5)
     _, result = _run(cfg)
     assert result.iterations_done == 4 and totals == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize('synthesizer, objective', [
+    ({'NAME': 'MorphedClouds', 'anchors': 2, 'morphs': 2, 'points': 16, 'init': 'random'},
+     {'NAME': 'M3D', 'partitions': 2, 'points_per_partition': 16, 'neighbours': 8}),
+    ({'NAME': 'MorphedClouds', 'anchors': 2, 'morphs': 2, 'points': 16, 'init': 'random'}, {'NAME': 'GradientMatching'}),
+    ({'NAME': 'PointGenerator', 'hidden_dim': 16, 'w0_initial': 30},
+     {'NAME': 'M3D', 'partitions': 2, 'points_per_partition': 16, 'neighbours': 8}),
+], ids=['morphs+m3d', 'morphs+gm', 'generator+m3d'])
+def test_packed_slots_and_m3d_compose_with_the_other_parts(tmp_path, synthesizer, objective):
+    cfg = tiny_embedded_cfg(tmp_path, iterations=2, synthesizer=synthesizer, objective=objective,
+                            syn_optimizer={'NAME': 'sgd', 'lr': 0.01, 'momentum': 0.5})
+    distiller, result = _run(cfg)
+    synthetic = SyntheticSet(result.artifact_path)
+    accounting = synthetic.metadata['accounting']
+    assert accounting == distiller.synthesizer.accounting(128)       # both accountings round-trip
+    pos, labels = synthetic.sample(generator=torch.Generator().manual_seed(0))
+    assert len(pos) == len(labels) == distiller.num_classes * accounting['training_clouds_per_class']
+    assert pos.shape[1] == accounting['points_per_training_cloud'] and torch.isfinite(pos).all()
+    if synthesizer['NAME'] == 'MorphedClouds':
+        assert accounting['training_clouds_per_class'] == 4 and accounting['points_per_training_cloud'] == 16
+        assert accounting['floats_per_class'] == 2 * 16 * 3 + 2 * 2

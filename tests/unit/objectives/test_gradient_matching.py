@@ -27,14 +27,22 @@ PER_CLASS = sorted(name for name, cls in OBJECTIVES.module_dict.items()
                    if not cls.matches_all_classes and getattr(cls, 'task', 'classification') == 'classification')
 
 
+# settings that fit the tests' tiny clouds (64 points), where an objective's defaults need more
+TINY_SETTINGS = {'M3D': {'partitions': 2, 'points_per_partition': 16, 'neighbours': 8}}
+
+
+def _tiny(name: str) -> dict:
+    return {'NAME': name, **TINY_SETTINGS.get(name, {})}
+
+
 def test_every_objective_is_covered_by_a_generic_test():
-    assert {'GradientMatching', 'DistributionMatching', 'SADM'} <= set(PER_CLASS)
+    assert {'GradientMatching', 'DistributionMatching', 'SADM', 'M3D'} <= set(PER_CLASS)
     assert set(OBJECTIVES.module_dict) - set(PER_CLASS) == {'TrajectoryMatching', 'PartGradientMatching'}
 
 
 @pytest.mark.parametrize('name', PER_CLASS)
 def test_objective_basic_properties(name, tiny_clouds, tiny_backbone):
-    objective = build_objective({'NAME': name})
+    objective = build_objective(_tiny(name))
     real = tiny_clouds.pos[tiny_clouds.y == 1]
     syn = (real[:2] + 0.05 * torch.randn_like(real[:2])).requires_grad_(True)
     loss = objective(tiny_backbone, syn, real, 1)
@@ -186,7 +194,7 @@ class _WithoutExplicitBackward(torch.nn.Module):
 def test_every_objective_batches_classes_exactly(name):
     """match_classes over all classes at once equals one class at a time, values and gradients (float64)."""
     backbone, real, syn, labels = _float64_problem(widths=(16, 32, 64), classes=3)
-    objective = build_objective({'NAME': name})
+    objective = build_objective(_tiny(name))
     one_at_a_time = torch.stack([objective(backbone, syn[g], real[g], int(labels[g])) for g in range(len(labels))])
     batched = objective.match_classes(backbone, syn, real, labels)
     torch.testing.assert_close(batched, one_at_a_time, rtol=1e-10, atol=1e-12)

@@ -13,8 +13,9 @@ def test_shapes_labels_and_gradient(name, num_points):
     synth = build_synthesizer({'NAME': name, **extra}, num_classes=3, cpc=2)
     slots = synth.slots_of_class(1)
     pos = synth.synthesize(slots, num_points)
-    assert pos.shape == (2, num_points, 3)
+    assert pos.shape == (2 * synth.clouds_per_slot, synth.resolution or num_points, 3)
     assert synth.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert synth.cloud_labels.tolist() == [c for c in range(3) for _ in range(2 * synth.clouds_per_slot)]
     pos.square().sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in synth.parameters()), name
     assert 'cpc=2' in repr(synth)

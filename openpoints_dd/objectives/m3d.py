@@ -1,0 +1,127 @@
+"""M3D, 3DDP's distribution matching: sorted absolute pre-pool features, multi-scale RBF MMD, FPS partitions.
+
+3DDP (ICLR 2026; research/packing_and_soft_labels.md, document 1, §1.4) matches a class's synthetic clouds
+(P-point anchors and morphs, `MorphedClouds`) with its real 1024-point clouds cut into S sub-clouds of P points by
+furthest point sampling: the first partition is the most uniform, later ones less. Every cloud is described by
+phi(x) = the per-channel sorted |features| of a fresh frozen network's last point-wise map (point order then does
+not matter); partition s of the real batch is compared with all synthetic clouds by a multi-scale RBF MMD, and the
+MMDs are weighted by how close each partition's uniformity is to the whole clouds'.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..compat.point_ops import furthest_point_sample
+from ..registry import OBJECTIVES
+from .base import Objective
+from .sadm import rbf_mmd
+
+
+def fps_partitions(clouds: Tensor, parts: int, points_per_part: int) -> Tensor:
+    """Cut each cloud into `parts` sub-clouds of `points_per_part` points by repeated furthest point sampling.
+
+    Partition 1 is the FPS order's first P points of the whole cloud; partition 2 the first P of the remaining
+    points in FPS order (started at the first remaining point), and so on; leftover points are dropped (3DDP §1.4).
+
+    Args:
+        clouds: (B, N, 3) with N >= parts · points_per_part.
+
+    Returns:
+        (parts, B, P, 3), partition-major.
+    """
+    B, N, _ = clouds.shape
+    if N < parts * points_per_part:
+        raise ValueError(f'{parts} partitions of {points_per_part} points need clouds of at least '
+                         f'{parts * points_per_part} points, got {N}. Raise distill.num_points.')
+    remaining = torch.arange(N, device=clouds.device).expand(B, N)
+    out = []
+    for _ in range(parts):
+        pool = clouds.gather(1, remaining.unsqueeze(-1).expand(-1, -1, 3))
+        picked = furthest_point_sample(pool.contiguous(), points_per_part).long()          # (B, P) into `pool`
+        out.append(pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, 3)))
+        keep = torch.ones_like(remaining, dtype=torch.bool).scatter_(1, picked, False)
+        remaining = remaining[keep].view(B, -1)
+    return torch.stack(out)
+
+
+def uniformity(clouds: Tensor, neighbours: int = 16) -> Tensor:
+    """(B,) mean over points of std / mean of the distances to the `neighbours` nearest points (itself included).
+
+    Low for evenly spread points. The unbiased std, as 3DDP's `pc_ops.py`.
+    """
+    distances = torch.cdist(clouds, clouds).topk(neighbours, dim=-1, largest=False).values      # (B, N, k)
+    return (distances.std(dim=-1) / (distances.mean(dim=-1) + 1e-8)).mean(dim=-1)
+
+
+def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
+    """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened."""
+    features = backbone.point_features(clouds).abs()                                           # (B, N, C)
+    return torch.sort(features, dim=1, descending=True).values.flatten(1)
+
+
+@OBJECTIVES.register_module()
+class M3D(Objective):
+    """3DDP's objective: Σ_s w_s · MMD²(real partition s, synthetic clouds) on sorted |pre-pool features|.
+
+    The backbone is fresh and frozen every iteration (`trains_backbone = False`): DistillPointNet's last
+    point-wise map (InstanceNorm, no ReLU) stands in for 3DDP's BatchNorm PointNet conv3 output, whose statistics
+    3DDP warms on real clouds; InstanceNorm needs no warm-up. w_s = weight · p_s / Σ_t p_t with
+    p_s = exp(-sharpness · (ū_s - ū)²): ū_s the mean uniformity of real partition s, ū that of the whole clouds.
+
+    Synthetic clouds of more than P points (a generator's) are reduced to their first P in furthest-point order.
+
+    Args:
+        partitions: S, the real sub-clouds per cloud. Default 4.
+        points_per_partition: P; real clouds need at least S·P points (distill.num_points). Default 255.
+        weight: the weights' sum (3DDP: 0.8). Default 0.8.
+        scale: the loss factor (3DDP: 0.1). Default 0.1.
+        sharpness: of the uniformity weighting (3DDP: 1000). Default 1000.
+        neighbours: of the uniformity score. Default 16.
+        bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2). Default [0.25, 0.5, 1, 2, 4].
+    """
+
+    trains_backbone = False
+
+    def __init__(self, *, partitions: int = 4, points_per_partition: int = 255, weight: float = 0.8,
+                 scale: float = 0.1, sharpness: float = 1000.0, neighbours: int = 16,
+                 bandwidth_multipliers: list[float] | None = None):
+        if int(partitions) < 1 or int(points_per_partition) < 2:
+            raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
+                             f'{points_per_partition}')
+        if int(neighbours) < 2 or int(neighbours) > int(points_per_partition):
+            raise ValueError(f'M3D: neighbours must be in [2, points_per_partition], got {neighbours}')
+        multipliers = [0.25, 0.5, 1.0, 2.0, 4.0] if bandwidth_multipliers is None else [float(m) for m in bandwidth_multipliers]
+        if not multipliers or min(multipliers) <= 0:
+            raise ValueError(f'M3D: bandwidth_multipliers must be positive numbers, got {bandwidth_multipliers!r}')
+        self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
+        self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
+        self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
+
+    def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
+        """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""
+        whole = uniformity(real_pos, self.neighbours).mean()
+        per_partition = uniformity(partitions.flatten(0, 1), self.neighbours).view(self.partitions, -1).mean(dim=1)
+        closeness = torch.exp(-self.sharpness * (per_partition - whole).square())
+        return self.weight * closeness / closeness.sum()
+
+    def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
+        return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]
+
+    def match_classes(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, labels: Tensor) -> Tensor:
+        """(G,) losses; every class's real partitions and synthetic clouds through the network in two forwards
+        (one class at a time for a backbone whose batches share statistics)."""
+        if len(labels) > 1 and not getattr(backbone, 'per_sample_separable', False):
+            return super().match_classes(backbone, syn_pos, real_pos, labels)
+        G, B = real_pos.shape[:2]
+        S = syn_pos.shape[1]
+        if syn_pos.shape[2] > self.points_per_partition:   # a generator's clouds: their most uniform P points
+            syn_pos = fps_partitions(syn_pos.flatten(0, 1), 1, self.points_per_partition)[0].view(G, S, -1, 3)
+        with torch.no_grad():
+            partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
+            partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
+            weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
+            real = sorted_abs_features(backbone, partitions.flatten(0, 2)).view(self.partitions, G, B, -1)
+        syn = sorted_abs_features(backbone, syn_pos.flatten(0, 1)).view(G, S, -1)
+        mmd = torch.stack([rbf_mmd(real[s], syn, self.bandwidth_multipliers) for s in range(self.partitions)], dim=1)
+        return self.scale * (weights * mmd).sum(dim=1)

@@ -1,0 +1,70 @@
+"""M3D: FPS partitions, uniformity weights, zero on identical sets, invariance to point order."""
+import pytest
+import torch
+
+from openpoints_dd.models import DistillPointNet
+from openpoints_dd.objectives import M3D, fps_partitions, uniformity
+from openpoints_dd.registry import build_objective
+
+
+def test_partitions_are_disjoint_subsets_of_each_cloud_the_first_is_furthest_point_sampled():
+    torch.manual_seed(0)
+    clouds = torch.randn(3, 50, 3)
+    parts = fps_partitions(clouds, 4, 12)
+    assert parts.shape == (4, 3, 12, 3)
+    for b in range(3):
+        taken = parts[:, b].reshape(-1, 3)
+        matches = (taken.unsqueeze(1) == clouds[b].unsqueeze(0)).all(-1)          # (48, 50)
+        assert (matches.sum(1) == 1).all() and (matches.sum(0) <= 1).all()       # every point once, from the cloud
+    from openpoints_dd.compat.point_ops import furthest_point_sample
+    first = clouds.gather(1, furthest_point_sample(clouds, 12).long().unsqueeze(-1).expand(-1, -1, 3))
+    torch.testing.assert_close(parts[0], first)
+    with pytest.raises(ValueError, match='need clouds of at least 48 points'):
+        fps_partitions(torch.randn(2, 40, 3), 4, 12)
+
+
+def test_uniformity_is_lower_for_a_grid_than_for_clustered_points():
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 5)] * 3, indexing='ij'), -1).reshape(1, -1, 3)
+    clustered = torch.cat([0.01 * torch.randn(1, 100, 3), 1 + 0.01 * torch.randn(1, 25, 3)], dim=1)
+    assert uniformity(grid).item() < uniformity(clustered).item()
+
+
+def test_partition_weights_sum_to_the_weight():
+    torch.manual_seed(0)
+    objective = M3D(partitions=3, points_per_partition=16, neighbours=8)
+    real = torch.randn(5, 60, 3)
+    weights = objective.partition_weights(real, fps_partitions(real, 3, 16))
+    assert weights.shape == (3,) and weights.sum().item() == pytest.approx(0.8) and (weights > 0).all()
+
+
+def test_m3d_is_zero_for_identical_sets_and_invariant_to_point_order():
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).requires_grad_(False)
+    objective = build_objective({'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 40, 'neighbours': 8})
+    real = torch.randn(4, 40, 3)
+    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-6)
+    syn = torch.randn(2, 40, 3)
+    loss = objective(backbone, syn, real, 0)
+    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
+    assert loss.item() > 0 and shuffled.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_m3d_reaches_the_synthetic_points_and_batches_classes_exactly():
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    objective = M3D(partitions=2, points_per_partition=20, neighbours=8)
+    real = torch.randn(3, 4, 48, 3, dtype=torch.float64)
+    syn = torch.randn(3, 5, 20, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(3)
+    one_at_a_time = torch.stack([objective(backbone, syn[g], real[g], g) for g in range(3)])
+    batched = objective.match_classes(backbone, syn, real, labels)
+    torch.testing.assert_close(batched, one_at_a_time, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(batched.sum(), syn)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_bad_m3d_settings_are_clear_errors():
+    with pytest.raises(ValueError, match='neighbours must be in'):
+        M3D(points_per_partition=10, neighbours=16)
+    with pytest.raises(ValueError, match='partitions must be >= 1'):
+        M3D(partitions=0)
