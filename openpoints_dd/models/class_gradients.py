@@ -76,8 +76,8 @@ def _class_gradients(model: DistillPointNet, points: Tensor, labels: Tensor, low
         covariance, products = _covariance(centred), _WeightProducts.of(model, index, weight)  # (GB, C_in, C_in)
         scale = torch.rsqrt(products.variance(covariance) + model.eps)                          # (GB, C_out)
         folded = weight * scale.unsqueeze(-1)                                                   # (GB, C_out, C_in)
-        # raw coordinates are not rounded: 3 channels make that product cheap, and bf16 coordinates (3 significant
-        # digits) turned the synthetic second-order gradient to cosine 0.65 with fp32's (0.96 with them fp32)
+        # raw coordinates stay fp32: 3 channels make that product cheap, and bf16 coordinates (3 significant digits)
+        # distort the synthetic clouds' second-order gradient far more than rounded features do
         u = (mm if index else torch.matmul)(centred, folded.transpose(1, 2))                   # (GB, N, C_out)
         saved.append((weight, products, centred, covariance, scale, folded, u))
         h = F.relu(u)
@@ -128,8 +128,8 @@ def _class_gradients(model: DistillPointNet, points: Tensor, labels: Tensor, low
 
 
 def _relu_backward(grad: Tensor, output: Tensor) -> Tensor:
-    """grad where output > 0, else 0: ReLU's own backward kernel, one pass (5x faster here than grad * (output > 0),
-    whose bool mask is promoted to float), and differentiable again."""
+    """grad where output > 0, else 0: ReLU's own backward kernel, one pass over the map (grad * (output > 0) makes a
+    bool mask and promotes it to float), and differentiable again."""
     return torch.ops.aten.threshold_backward(grad, output, 0)
 
 
