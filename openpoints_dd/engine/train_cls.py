@@ -37,6 +37,8 @@ from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
 
 from ..data.artifact import load_artifact
 from ..data.real_pool import dataset_labels
+from ..labels import DatasetIdentity
+from ..registry import build_labeler
 from ..utils.config import config_hash, load_config, resolve_path, save_config
 from ..utils.precision import autocast, check_amp, fp32_criteria
 from .artifact_cfg import adapt_to_artifact, artifact_path
@@ -79,7 +81,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'root_dir': 'runs',
     'run_dir': None,
     'artifact': None,           # the distilled set to train on: DistilledDataset's train split (engine/artifact_cfg.py)
-    'labels': None,             # reserved for a later issue; only null is accepted for now
+    'labels': None,             # None: hard labels (the model's criterion); {NAME: TeacherLabels, teacher: <train YAML>}
     'tensorboard': False,
     'wandb': {'use_wandb': False},
 }
@@ -100,7 +102,8 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     `val_batch_size`, `num_points`, `num_classes`, `classes`, `val_freq`, `grad_norm_clip`, `step_per_update`,
     `start_epoch`, `seed`, `deterministic`, `print_freq`, `mode`, `pretrained_path`; and ours: `device`,
     `progress`, `point_resampling`, `max_train_batches`, `max_val_batches`, `val_per_class`, `amp`, `artifact`,
-    `labels` (reserved: null only), `tensorboard`, `wandb.use_wandb`.
+    `labels` (`labels.TeacherLabels`: the loss of every batch from a cached teacher), `tensorboard`,
+    `wandb.use_wandb`.
 
     `artifact=` trains on a distilled set with any YAML: `engine.artifact_cfg.adapt_to_artifact` puts the train
     split on DistilledDataset (val/test stay the YAML's dataset) and sizes the classes and head from the artifact.
@@ -314,8 +317,10 @@ class _Trainer:
                 raise ValueError(f'{key} must be >= 1, got {cfg[key]!r}')
         check_amp(cfg.amp)
         if cfg.get('labels') is not None:
-            raise NotImplementedError(f'labels: {cfg.labels!r} is not implemented yet (the key is reserved for a '
-                                      f'later issue); leave labels null.')
+            if self.TASK != 'classification':
+                raise NotImplementedError(f'labels: {cfg.labels!r}: {self.TASK} trains on hard labels only (teacher '
+                                          f'labels are for classification); set labels=null')
+            build_labeler(_easy(cfg.labels))   # an unknown labeler or key fails here, before any data loads
 
     def _build_model(self) -> nn.Module:
         model_cfg = copy.deepcopy(self.cfg.model)  # BaseCls writes cls_args.in_channels into its cfg
@@ -483,6 +488,12 @@ class _Trainer:
                     len(train_loader), cfg.batch_size, len(val_loader.dataset), self._split_name('val'),
                     self.num_classes, self.num_points, getattr(train_loader.dataset, 'num_points', '?'))
 
+        self.labeler = None
+        if cfg.get('labels') is not None:   # the teacher labels this dataset's classes: checked, trained or loaded once
+            self.labeler = build_labeler(_easy(cfg.labels))
+            self.labeler.prepare(DatasetIdentity.of(_real(_unwrap(val_loader.dataset))), self.device)
+            logger.info('labels: %s', self.labeler.report())
+
         optimizer, scheduler = self._build_optimizer(model)
         history: list[dict] = []
         best: dict | None = None
@@ -562,7 +573,10 @@ class _Trainer:
             for idx, data in enumerate(itertools.islice(loader, total_batches)):
                 data, target = self._prepare(data, training=True)
                 with self._forward_precision(), fp32_criteria(getattr(model, 'criterion', None), self.loss_fn):
-                    if self.loss_fn is None:
+                    if self.labeler is not None:
+                        logits = model(data)
+                        loss = self.labeler.loss(logits, target, data)
+                    elif self.loss_fn is None:
                         logits, loss = model.get_logits_loss(data, target)
                     else:
                         logits = model(data)
@@ -811,6 +825,11 @@ def _easy(value: Any) -> Any:
     if isinstance(value, list):
         return [_easy(v) for v in value]
     return value
+
+
+def _real(dataset):
+    """The real dataset under DistilledDataset's val/test split (the dataset itself otherwise)."""
+    return getattr(dataset, 'real', None) or dataset
 
 
 def _unwrap(dataset):

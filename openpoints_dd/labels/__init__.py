@@ -2,7 +2,7 @@
 from .base import DatasetIdentity, Labeler
 from .hard import HardLabels
 from .losses import distillation_kl, smoothed_cross_entropy
-from .teacher import TeacherLabels, load_teacher, teacher_path
+from .teacher import TeacherLabels, dataset_identity, load_teacher, teacher_path
 
-__all__ = ['DatasetIdentity', 'HardLabels', 'Labeler', 'TeacherLabels', 'distillation_kl', 'load_teacher',
+__all__ = ['DatasetIdentity', 'HardLabels', 'Labeler', 'TeacherLabels', 'dataset_identity', 'distillation_kl', 'load_teacher',
            'smoothed_cross_entropy', 'teacher_path']

@@ -19,6 +19,15 @@ class DatasetIdentity:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def of(cls, dataset: Any, default_name: str | None = None) -> DatasetIdentity:
+        """An openpoints dataset's identity, named as `RealPool` names it: its own `name` if it has one (our
+        datasets), else `default_name`, else its class name (openpoints' registry NAME)."""
+        name = getattr(dataset, 'name', None)
+        if not isinstance(name, str):
+            name = default_name or type(dataset).__name__
+        return cls(name, tuple(str(c) for c in dataset.classes))
+
 
 class Labeler(ABC):
     """Turns a training batch into its loss. Artifacts keep hard labels; a labeler is a training choice.

@@ -115,7 +115,7 @@ def train_teacher(cfg: Any, path: Path) -> Path:
     started = time.perf_counter()
     metrics = train_classifier(cfg, run_dir)
     minutes = (time.perf_counter() - started) / 60
-    trained_on = _dataset_identity(cfg['dataset'])
+    trained_on = dataset_identity(cfg['dataset'])
     state = load_file(str(run_dir / 'checkpoint' / 'last.safetensors'), device='cpu')
     metadata = {'kind': KIND, 'model': _plain(cfg['model']), 'cfg_hash': config_hash(cfg),
                 'dataset': {'name': trained_on.name, 'num_classes': trained_on.num_classes,
@@ -152,7 +152,7 @@ def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None
     return model, metadata
 
 
-def _dataset_identity(dataset_cfg: Mapping[str, Any]) -> DatasetIdentity:
+def dataset_identity(dataset_cfg: Mapping[str, Any]) -> DatasetIdentity:
     """The name and class list of a dataset section's train split, as `RealPool` records them (a dataset that
     knows its own name is recorded under it, openpoints' datasets under their NAME)."""
     from openpoints.dataset.build import DATASETS
@@ -160,9 +160,7 @@ def _dataset_identity(dataset_cfg: Mapping[str, Any]) -> DatasetIdentity:
     common.pop('rotation', None)
     split = {**dict(dataset_cfg.get('train') or {}), 'transform': None}
     split.pop('rotation', None)
-    dataset = DATASETS.build(common, default_args=split)
-    name = getattr(dataset, 'name', None)
-    return DatasetIdentity(name if isinstance(name, str) else str(common['NAME']), tuple(dataset.classes))
+    return DatasetIdentity.of(DATASETS.build(common, default_args=split), str(common['NAME']))
 
 
 def _model_input(inputs: Tensor | Mapping[str, Any]) -> Any:

@@ -277,13 +277,19 @@ _YAML_WORDS = {'true': True, 'false': False, 'null': None, '~': None}
 
 
 def _parse_value(text: str) -> Any:
-    """A Python literal (as openpoints parses overrides), YAML's true/false/null, else the string."""
+    """A Python literal (as openpoints parses overrides), YAML's true/false/null, a YAML flow mapping or list
+    (`{NAME: TeacherLabels, teacher: cfgs/...yaml}`, as the YAML files write them), else the string."""
     if text.strip().lower() in _YAML_WORDS:
         return _YAML_WORDS[text.strip().lower()]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
+        if not text.strip().startswith(('{', '[')):
+            return text
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
     return _to_easy(value)
 
 

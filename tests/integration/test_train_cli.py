@@ -66,6 +66,13 @@ def test_overrides_accept_yaml_and_python_booleans_and_null(cfg_file, text, valu
     assert (cfg.flag if value is not None else cfg.maybe) is value
 
 
+def test_overrides_accept_yaml_flow_mappings_and_lists(cfg_file):
+    cfg = load_config(cfg_file, ['maybe={NAME: TeacherLabels, teacher: cfgs/train/x.yaml}', 'maybe2=[1, two]'],
+                      allow_new=True)
+    assert cfg.maybe == {'NAME': 'TeacherLabels', 'teacher': 'cfgs/train/x.yaml'} and cfg.maybe2 == [1, 'two']
+    assert load_config(cfg_file, ['+note={not yaml: [}'], allow_new=True).note == '{not yaml: [}'
+
+
 @pytest.mark.parametrize('override,closest', [
     ('epoch=3', 'epochs'),
     ('dataset.comon.NAME=X', 'dataset.common.NAME'),

@@ -285,10 +285,11 @@ def test_amp_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(fake_data, tmp_p
     assert np.isfinite(result['history'][0]['train_loss'])
 
 
-def test_labels_is_a_known_key_reserved_for_later(fake_data, tmp_path):
-    cfg = tiny_cfg(fake_data, labels={'NAME': 'TeacherLabels'})
-    with pytest.raises(NotImplementedError, match=r"labels: .*is not implemented yet .*leave labels null"):
-        train_classifier(cfg, tmp_path)
+def test_a_wrong_labels_section_fails_before_any_data_loads(fake_data, tmp_path):
+    with pytest.raises(TypeError, match='Check the keys of the labeler section'):
+        train_classifier(tiny_cfg(fake_data, labels={'NAME': 'TeacherLabels'}), tmp_path)      # no teacher YAML
+    with pytest.raises(KeyError, match='Registered labelers'):
+        train_classifier(tiny_cfg(fake_data, labels={'NAME': 'SoftLabels'}), tmp_path)
 
 
 def test_loader_workers_are_capped_to_the_cores(fake_data, tmp_path, monkeypatch, caplog):
