@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.engine import distributed  # noqa: E402
+from openpoints_dd.engine.distill import CHECKPOINT_NAME  # noqa: E402
 from openpoints_dd.engine.distill_seg import run_seg_distillation  # noqa: E402
 from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if task not in ('classification', 'segmentation'):
             raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
         run = run_seg_distillation if task == 'segmentation' else run_distillation
-        run(cfg, start_run(cfg, args.cfg, overrides))
+        with start_run(cfg, args.cfg, overrides, checkpoint=CHECKPOINT_NAME) as run_dir:
+            run(cfg, run_dir)
     finally:
         distributed.shutdown()
     return 0

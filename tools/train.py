@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     resumed = resume_run_dir(cfg)                # mode=resume without run_dir continues in the checkpoint's run
     if resumed is not None:
         cfg.run_dir = str(resumed)
-    run_dir = start_run(cfg, args.cfg, overrides)
-    train(cfg, run_dir)                          # start_run already logged the overrides to log.txt
+    with start_run(cfg, args.cfg, overrides) as run_dir:
+        train(cfg, run_dir)                      # start_run already logged the overrides to log.txt
     return 0
 
 

@@ -4,10 +4,10 @@ No pickle anywhere: tensors go through safetensors, everything else through JSON
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _safetensors_bytes
 from torch import Tensor
+
+from ..utils.io import write_atomically
 
 __all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'KINDS', 'REQUIRED_KEYS', 'ArtifactError', 'save_artifact',
            'load_artifact', 'save_tensor_file', 'read_tensor_file']
@@ -35,8 +37,7 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], metada
 
     The file's safetensors header holds one metadata entry, `'openpoints_dd'`: the JSON of `metadata`
     plus `format_version` (= `FORMAT_VERSION`, set here; a `format_version` in `metadata` is replaced).
-    The bytes go to a temporary file in the destination folder, are fsync'ed, and replace `path` in one
-    `os.replace`, so a reader never sees a half-written artifact. Parent folders are created.
+    Written atomically (`utils.io.write_atomically`): a reader never sees a half-written artifact.
 
     Args:
         path: destination file, conventionally `<run dir>/artifact.safetensors`.
@@ -71,28 +72,21 @@ def save_tensor_file(path: str | os.PathLike, tensors: Mapping[str, Tensor], met
             of str to Tensor.
     """
     path = Path(path)
-    header = {**metadata, 'format_version': FORMAT_VERSION}
-    payload = _safetensors_bytes(_cpu_copies(tensors, path), metadata={METADATA_KEY: _to_json(header, path)})
+    copies = _cpu_copies(tensors, path)
+    header = {**metadata, 'checksum': content_checksum(copies), 'format_version': FORMAT_VERSION}
+    payload = _safetensors_bytes(copies, metadata={METADATA_KEY: _to_json(header, path)})
     return write_atomically(path, payload)
 
 
-def write_atomically(path: Path, payload: bytes) -> Path:
-    """Write `payload` to a temporary file, fsync, rename over `path`: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
-    # os.open with 0o666 lets the umask decide the permissions, like an ordinary new file.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
-    try:
-        with os.fdopen(descriptor, 'wb') as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+def content_checksum(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes, in name order: what `read_tensor_file` verifies, so a
+    file whose tensor bytes changed after writing (a bad copy, a bit flip) is refused even where it still parses."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+    return digest.hexdigest()
 
 
 def load_artifact(path: str | os.PathLike, *, expect_dataset: str | None = None,
@@ -118,6 +112,7 @@ def load_artifact(path: str | os.PathLike, *, expect_dataset: str | None = None,
     path = Path(path)
     tensors, metadata = read_tensor_file(path, 'artifact', 'tools/distill.py')
     _check_metadata(metadata, str(path))
+    _check_tensors(tensors, metadata, path)
     dataset = metadata['dataset']
     name_differs = expect_dataset is not None and dataset['name'] != expect_dataset
     count_differs = expect_num_classes is not None and dataset['num_classes'] != expect_num_classes
@@ -183,7 +178,31 @@ def read_tensor_file(path: str | os.PathLike, what: str = 'artifact',
     if version != FORMAT_VERSION:
         raise ArtifactError(f'{path}: {what} format version {version} is not supported by this version of '
                             f'openpoints_dd (expects {FORMAT_VERSION}). Re-run {remake}.')
+    stored = metadata.pop('checksum', None)   # files written before checksums were kept have none
+    if stored is not None and stored != content_checksum(tensors):
+        raise ArtifactError(f'{path}: its tensors do not match the checksum written with them: the file is corrupt '
+                            f'(changed after it was written). Re-create it with {remake}.')
     return tensors, metadata
+
+
+def _check_tensors(tensors: Mapping[str, Tensor], metadata: Mapping[str, Any], path: Path) -> None:
+    """A points set's clouds and labels, or a synthesizer's weights, as a trainer can use them."""
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors.values()):
+        bad = sorted(name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+        raise ArtifactError(f'{path}: tensors {bad} hold NaN or infinite values; the set cannot be trained on. '
+                            f'Re-run tools/distill.py (with a lower synthesizer learning rate if it diverged).')
+    if metadata['kind'] != 'points' or 'pos' not in tensors or 'y' not in tensors:
+        return
+    pos, labels, num_classes = tensors['pos'], tensors['y'], metadata['dataset']['num_classes']
+    if pos.dim() != 3 or pos.shape[-1] < 3 or labels.dim() != 1 or len(labels) != len(pos):
+        raise ArtifactError(f'{path}: a points set holds pos (S, N, 3) and y (S,), got {tuple(pos.shape)} and '
+                            f'{tuple(labels.shape)}')
+    if labels.is_floating_point() or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ArtifactError(f'{path}: labels must be class indices in [0, {num_classes}), got '
+                            f'{labels.dtype} values {labels.min().item()}..{labels.max().item()}')
+    if pos.shape[1] != metadata['num_points']:
+        raise ArtifactError(f'{path}: its clouds hold {pos.shape[1]} points but its metadata says num_points '
+                            f'{metadata["num_points"]}: the file is inconsistent. Re-run tools/distill.py.')
 
 
 def _check_metadata(metadata: Any, where: str) -> None:
@@ -272,14 +291,3 @@ def _cpu_copies(tensors: Mapping[str, Tensor], path: Path) -> dict[str, Tensor]:
                                 f'{type(tensor).__name__}.')
         copies[name] = tensor.detach().to('cpu', copy=True).contiguous()
     return copies
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX only; Windows cannot open a directory)."""
-    if os.name != 'posix':
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

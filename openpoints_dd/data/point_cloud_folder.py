@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -29,6 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from openpoints.dataset.build import DATASETS
+
+from ..utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -341,16 +342,9 @@ def _read_cache(cache: Path, digest: str) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _write_cache(cache: Path, digest: str, points: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
     """Atomic: a reader never sees a half-written cache."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.parent / f'.{cache.name}.{uuid.uuid4().hex}.tmp'
-    try:
-        with open(temporary, 'wb') as f:
-            np.savez(f, format=np.array(CACHE_FORMAT), manifest=np.array(digest), points=points, offsets=offsets,
-                     labels=labels)
-        os.replace(temporary, cache)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(cache) as temporary, open(temporary, 'wb') as f:
+        np.savez(f, format=np.array(CACHE_FORMAT), manifest=np.array(digest), points=points, offsets=offsets,
+                 labels=labels)
 
 
 # ------------------------------------------------------------------------------------------ file readers

@@ -32,6 +32,7 @@ from ..data.synthetic_set import ROTATOR_PREFIX, synthesizer_tensors
 from ..registry import ROTATORS, build_objective, build_rotator, build_synthesizer
 from ..synthesizers import Synthesizer
 from ..utils.geometry import normalize_to_unit_sphere
+from ..utils.io import atomic_path
 from . import distributed
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Distiller:
         self.evaluations: list[dict] = []
         self.iteration = 0
         self.elapsed = 0.0
+        self.init_report: dict = {}
         self.objective_optimizer = self._prepare_objective()
         # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients);
         # None (nothing trainable) falls back to a plain backward
@@ -140,12 +142,12 @@ class Distiller:
         checkpoint_every, eval_every = int(d.get('checkpoint_every') or 0), int(d.get('eval_every') or 0)
         log_every = int(d.get('log_every') or 10)
         eval_minutes = float(d.get('eval_every_minutes') or 0)
-        next_eval_s = eval_minutes * 60 * (1 + int(self.elapsed // (eval_minutes * 60))) if eval_minutes else math.inf
-        self.init_report: dict = {}
         if not (resume and self.load_checkpoint()):
             start_init = time.perf_counter()
             self.init_report = self.initialize()
             self.elapsed = time.perf_counter() - start_init
+        # the next timed evaluation, counted from the run's elapsed time (a resumed run's included)
+        next_eval_s = eval_minutes * 60 * (1 + int(self.elapsed // (eval_minutes * 60))) if eval_minutes else math.inf
         distributed.broadcast_module(self.synthesizer)
         distributed.broadcast_module(self.rotator)
         main = distributed.is_main()
@@ -331,17 +333,16 @@ class Distiller:
         return {'synthesizer': self.synthesizer.state_dict(), 'rotator': self.rotator.state_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                 'iteration': self.iteration, 'elapsed': self.elapsed, 'loss_history': list(self.loss_history),
-                'evaluations': [dict(e) for e in self.evaluations], **self._objective_state()}
+                'evaluations': [dict(e) for e in self.evaluations], 'init_report': dict(self.init_report),
+                **self._objective_state()}
 
     def save_checkpoint(self) -> Path:
         """Atomic: written to a temporary file, then renamed over the previous checkpoint (rank 0 only)."""
         path = self.run_dir / CHECKPOINT_NAME
         if not distributed.is_main():
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix('.tmp')
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as temporary:
+            torch.save(self.state(), temporary)
         return path
 
     def load_checkpoint(self) -> bool:
@@ -362,6 +363,7 @@ class Distiller:
                                f'damaged; use a new run_dir or delete the checkpoint.') from e
         self.iteration, self.elapsed = int(state['iteration']), float(state['elapsed'])
         self.loss_history, self.evaluations = list(state['loss_history']), list(state['evaluations'])
+        self.init_report = dict(state.get('init_report') or {})   # what the start did, for metrics.json
         logger.info('resumed from %s at iteration %d (%.1f min done)', path, self.iteration, self.elapsed / 60)
         return True
 
@@ -395,6 +397,8 @@ class Distiller:
             tensors, kind = synthesizer_tensors(self.synthesizer, num_points, self.seed)
             # a learned canonicaliser (LearnedSignRotator) travels with the set: whoever trains on it needs it
             tensors.update({ROTATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.rotator.state_dict().items()})
+        if kind == 'points':   # what the file holds, from the tensors themselves (a store may hold fewer points)
+            metadata['num_points'] = metadata['accounting']['points_per_training_cloud'] = int(tensors['pos'].shape[1])
         return save_artifact(path, tensors, {**metadata, 'kind': kind})
 
 

@@ -27,7 +27,8 @@ from ..data.part_pool import PartPool
 from ..data.synthetic_set import SyntheticSet
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
-from ..utils.run import write_json
+from ..utils.io import write_json
+from ..utils.run import resume_mode
 from . import distributed
 from .distill import Distiller, resolve_device
 from .evaluate import format_mean_std, generator_modes, random_selections, summarize
@@ -202,7 +203,7 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     split = 'test' if cfg['dataset'].get('test') is not None else 'val'
     test = PartPool.from_dataset_cfg(cfg['dataset'], split, num_points=eval_points, seed=seed) if evaluates else None
     distiller = SegDistiller(cfg, train, run_dir)
-    result = distiller.run(resume=bool(cfg.get('resume', True)))
+    result = distiller.run(resume=resume_mode(cfg.get('resume')) != 'never')
     if not distributed.is_main():
         return {}
     metrics: dict = {'task': 'segmentation', 'artifact': str(result.artifact_path),

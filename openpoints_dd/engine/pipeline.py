@@ -10,7 +10,8 @@ import torch
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
 from ..labels import DatasetIdentity
-from ..utils.run import write_json
+from ..utils.io import write_json
+from ..utils.run import resume_mode
 from . import distributed
 from .distill import Distiller, resolve_device
 from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, prepared_labeler,
@@ -75,7 +76,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         return {'oa': round(result['oa'], 2), 'snapshot': str(path)}
 
     distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
-    result = distiller.run(resume=bool(cfg.get('resume', True)))
+    result = distiller.run(resume=resume_mode(cfg.get('resume')) != 'never')
     if not distributed.is_main():
         return {}
     metrics: dict = {'artifact': str(result.artifact_path), 'iterations_done': result.iterations_done,

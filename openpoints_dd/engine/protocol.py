@@ -193,8 +193,8 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int]
               f"tested every {tested} epochs")
     for item in eval_sets:
         logger.info('protocol | %s | %s (%s)', FAST_MODEL, item.label, item.mode)
-        if item.selection is None:
-            synthetic = SyntheticSet(item.path)
+        if item.selection is None:   # a set of another dataset or class count than the test set is refused
+            synthetic = SyntheticSet(item.path, expect_dataset=test.name, expect_num_classes=test.num_classes)
             sampler = synthetic_sampler(synthetic, num_points, bool(item.resample))
             runs = evaluate_set(sampler, test, settings, seeds, synthetic.build_rotator().to(device), device)
         else:

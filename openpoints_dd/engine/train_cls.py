@@ -40,6 +40,7 @@ from ..data.real_pool import dataset_labels
 from ..labels import DatasetIdentity
 from ..registry import build_labeler
 from ..utils.config import config_hash, load_config, resolve_path, save_config
+from ..utils.io import atomic_path, write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
 from .artifact_cfg import adapt_to_artifact, artifact_path
 
@@ -428,20 +429,21 @@ class _Trainer:
         return loader
 
     def _check_same_classes(self, train, val) -> None:
-        """A training set (an artifact) of another class list than the evaluation split's: it was distilled from
-        another dataset than the one the YAML tests on. Another count is an error, other names a warning."""
+        """A training set (an artifact) made from another dataset than the evaluation split's: another dataset
+        name, class count or class list is an error (the set's label i would be trained as another class)."""
+        synthetic = getattr(train, 'synthetic', None)
         train_names, val_names = getattr(train, 'classes', None), getattr(val, 'classes', None)
-        if train_names is None or val_names is None or list(train_names) == list(val_names):
+        if synthetic is None or val_names is None:
             return
-        where = f'{type(train).__name__} ({len(train_names)} classes: {", ".join(map(str, train_names[:4]))}, ...)'
-        real = getattr(val, 'real', None) or val   # DistilledDataset's val split wraps the real dataset
-        other = f'the val dataset {type(real).__name__} ({len(val_names)}: {", ".join(map(str, val_names[:4]))}, ...)'
-        if len(train_names) != len(val_names):
-            raise ValueError(f'the training set {where} and {other} have different classes: the distilled set was '
-                             f'made from another dataset than the one this config tests on. Point dataset.common '
-                             f'(NAME, data_dir) at the dataset it was distilled from.')
-        logger.warning('the training set %s and %s name their classes differently; label i is trained as '
-                       'class i of the val dataset', where, other)
+        made_from = synthetic.metadata['dataset']['name']
+        tested_on = DatasetIdentity.of(_real(val))
+        if made_from == tested_on.name and list(map(str, train_names)) == list(tested_on.class_names):
+            return
+        raise ValueError(f'the training set {synthetic.path} was distilled from {made_from} ({len(train_names)} '
+                         f'classes: {", ".join(map(str, train_names[:4]))}, ...) but this config tests on '
+                         f'{tested_on.name} ({tested_on.num_classes} classes: '
+                         f'{", ".join(tested_on.class_names[:4])}, ...). Point dataset.common (NAME, data_dir) at '
+                         f'the dataset the set was distilled from.')
 
     def _check_dataset(self, dataset, split: str) -> list[str]:
         classes = getattr(dataset, 'classes', None)
@@ -689,15 +691,17 @@ class _Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()}
         meta = {'format': CHECKPOINT_FORMAT, 'epoch': str(info['epoch']), 'model': str(self.cfg.model.get('NAME'))}
-        _atomic(self.ckpt_dir / f'{tag}.safetensors', lambda p: save_file(state, str(p), metadata=meta))
+        with atomic_path(self.ckpt_dir / f'{tag}.safetensors') as temporary:
+            save_file(state, str(temporary), metadata=meta)
         side_car = {'format': CHECKPOINT_FORMAT, 'model': self.cfg.model.get('NAME'), 'num_classes': self.num_classes,
                     'cfg_hash': self.given_hash, 'seed': int(self.cfg.seed), **info}
-        _atomic(self.ckpt_dir / f'{tag}.json', lambda p: p.write_text(_dumps(side_car)))
+        write_atomically(self.ckpt_dir / f'{tag}.json', _dumps(side_car).encode())
         if optimizer is not None:
             blob = {'optimizer': optimizer.state_dict(),
                     'scheduler': _plain_state(scheduler.state_dict(), 'scheduler') if scheduler is not None else None,
                     'rng': _rng_state()}
-            _atomic(self.ckpt_dir / f'{tag}_state.pt', lambda p: torch.save(blob, p))
+            with atomic_path(self.ckpt_dir / f'{tag}_state.pt') as temporary:
+                torch.save(blob, temporary)
         logger.debug('saved %s checkpoint (epoch %s)', tag, info['epoch'])
 
     def _resume(self, model: nn.Module, optimizer, scheduler) -> tuple[int, list, dict | None]:
@@ -719,7 +723,7 @@ class _Trainer:
             # a resume into a new run dir: carry the best model over so `best` stays consistent
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             for name in ('best.safetensors', 'best.json'):
-                _atomic(self.ckpt_dir / name, lambda p, n=name: p.write_bytes((path.parent / n).read_bytes()))
+                write_atomically(self.ckpt_dir / name, (path.parent / name).read_bytes())
         return epoch + 1, list(info.get('history') or []), info.get('best')
 
     # ------------------------------------------------------------------------------------- reporting
@@ -729,7 +733,7 @@ class _Trainer:
                 'seconds': round(time.perf_counter() - self.t0, 3)}
 
     def _write_metrics(self, result: dict) -> None:
-        _atomic(self.run_dir / 'metrics.json', lambda p: p.write_text(_dumps(result)))
+        write_atomically(self.run_dir / 'metrics.json', _dumps(result).encode())
         logger.info('wrote %s', self.run_dir / 'metrics.json')
 
 
@@ -876,13 +880,6 @@ def _dumps(payload: Mapping[str, Any]) -> str:
             text = json.dumps(value)
         lines.append(f' {json.dumps(str(key))}: {text}')
     return '{\n' + ',\n'.join(lines) + '\n}\n'
-
-
-def _atomic(path: Path, write) -> None:
-    """Write via a temporary file and rename, so an interrupted run never leaves a half-written file."""
-    tmp = path.with_name(path.name + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _plain_state(value: Any, where: str) -> Any:

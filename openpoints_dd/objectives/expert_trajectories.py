@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _safetensors_bytes
 from torch import Tensor, nn
 
-from ..data.artifact import write_atomically
+from ..utils.io import write_atomically
 from ..utils.geometry import subsample_points
 
 __all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'TENSOR_NAME', 'ExpertBufferError', 'ExpertBuffer', 'flat_parameters',

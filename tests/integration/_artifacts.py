@@ -33,13 +33,22 @@ def points_artifact(path: Path, cpc: int = 1) -> Path:
     return save_artifact(path, {'pos': pool.pos[index], 'y': pool.labels[index]}, metadata)
 
 
-def generator_artifact(path: Path, num_classes: int = 10, cpc: int = 1, class_names: list[str] | None = None) -> Path:
-    """An untrained, narrow PointGenerator saved as a generator artifact."""
+def generator_artifact(path: Path, num_classes: int = 10, cpc: int = 1, class_names: list[str] | None = None,
+                       dataset: str = 'EmbeddedShapes') -> Path:
+    """An untrained, narrow PointGenerator saved as a generator artifact (of `dataset`'s classes)."""
     cfg = {'NAME': 'PointGenerator', 'hidden_dim': 16, 'w0_initial': 30}
     synthesizer = build_synthesizer(cfg, num_classes=num_classes, cpc=cpc)
     tensors, kind = synthesizer_tensors(synthesizer, 64)
     names = class_names or RealPool.from_dataset_cfg(EMBEDDED, split='train').class_names
     metadata = {'kind': kind, 'cpc': cpc, 'num_points': 64, 'synthesizer': cfg,
                 'objective': {'NAME': 'GradientMatching'}, 'rotator': {'NAME': 'IdentityRotator'},
-                'dataset': {'name': 'EmbeddedShapes', 'num_classes': num_classes, 'class_names': names}}
+                'dataset': {'name': dataset, 'num_classes': num_classes, 'class_names': names}}
     return save_artifact(path, tensors, metadata)
+
+
+def fake_modelnet40_artifact(path: Path, data_dir: Path) -> Path:
+    """A generator artifact of the fake ModelNet40 folder's dataset (`make_fake_modelnet40`): its name and classes."""
+    from openpoints_dd.labels import dataset_identity
+    identity = dataset_identity({'common': {'NAME': 'ModelNet40Ply2048', 'data_dir': str(data_dir)}, 'train': {}})
+    return generator_artifact(path, num_classes=identity.num_classes, class_names=list(identity.class_names),
+                              dataset=identity.name)

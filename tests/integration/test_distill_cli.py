@@ -58,3 +58,49 @@ def test_distill_cli_bad_input_is_a_clear_error(tmp_path, override, error, match
         override = [override]
     with pytest.raises(error, match=match):
         _distill_main()(['--cfg', DEMO, f'run_dir={tmp_path / "run"}', *TINY, *override])
+
+
+def test_a_resume_with_another_config_is_refused_forced_or_restarted(tmp_path):
+    run_dir = tmp_path / 'run'
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0']) == 0
+    first = json.loads((run_dir / 'metrics.json').read_text())
+    assert first['init'] and first['iterations_done'] == 2
+    # the same config (more iterations would change it): resumes; a harmless change (progress, evaluation) too
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0',
+                            'evaluation.seeds=[1]', 'distill.log_every=5']) == 0
+    resumed = json.loads((run_dir / 'metrics.json').read_text())
+    assert resumed['iterations_done'] == 2 and resumed['init'] == first['init']   # metrics complete after a resume
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another config; this one changes "
+                                         r"distill\.syn_optimizer\.lr: 0\.001 -> 0\.5, seed: 0 -> 5"):
+        _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'seed=5', 'distill.syn_optimizer.lr=0.5'])
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0',
+                            'distill.iterations=3', 'resume=force']) == 0
+    assert json.loads((run_dir / 'metrics.json').read_text())['iterations_done'] == 3
+    assert "resumed_with_changes: ['distill.iterations: 2 -> 3']" in (run_dir / 'cfg.yaml').read_text()
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0',
+                            'distill.iterations=1', 'resume=never']) == 0
+    assert json.loads((run_dir / 'metrics.json').read_text())['iterations_done'] == 1
+    with pytest.raises(ValueError, match='resume must be one of auto, force, never'):
+        _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'resume=sometimes'])
+
+
+def test_a_second_process_on_a_run_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+    run_dir = tmp_path / 'run'
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time; sys.path.insert(0, %r)\n'
+        'from openpoints_dd.utils.run import start_run\n'
+        'with start_run({"run_dir": %r}, "x.yaml", []):\n'
+        '    print("locked", flush=True); time.sleep(30)\n') % (str(ROOT), str(run_dir))], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(RuntimeError, match=rf'run_dir {run_dir} is in use by another process \(pid {holder.pid}\)'):
+            _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY])
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0']) == 0

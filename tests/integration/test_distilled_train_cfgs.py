@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from _artifacts import generator_artifact
+from _artifacts import fake_modelnet40_artifact
+from openpoints_dd.data import SyntheticSet
 from conftest import make_fake_modelnet40
 from openpoints_dd.engine.train_cls import _Trainer
 from openpoints_dd.utils.config import REPO_ROOT, load_config
@@ -19,9 +20,8 @@ TABLE_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10-cpu90m').glob('
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp('mn40')
-    return {'data_dir': make_fake_modelnet40(root / 'ModelNet40Ply2048'),
-            'artifact': generator_artifact(root / 'gen.safetensors', num_classes=40,
-                                           class_names=[f'class{i}' for i in range(40)])}
+    data_dir = make_fake_modelnet40(root / 'ModelNet40Ply2048')
+    return {'data_dir': data_dir, 'artifact': fake_modelnet40_artifact(root / 'gen.safetensors', data_dir)}
 
 
 def test_all_six_backbones_have_a_config():
@@ -69,7 +69,7 @@ def test_tools_train_runs_one_epoch_on_the_artifact_key(name, extra, data, tmp_p
                           'val_batch_size=6', 'max_train_batches=2', 'progress=False', 'device=cpu',
                           f'run_dir={run_dir}', *extra]) == 0
     metrics = json.loads((run_dir / 'metrics.json').read_text())
-    assert metrics['last_epoch'] == 1 and metrics['classes'] == [f'class{i}' for i in range(40)]
+    assert metrics['last_epoch'] == 1 and metrics['classes'] == SyntheticSet(data['artifact']).class_names
     assert "train 40 clouds" in (run_dir / 'log.txt').read_text()      # the artifact's 40 slots, not real clouds
 
 

@@ -11,6 +11,7 @@ import torch
 
 from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artifact
 from openpoints_dd.data import RealPool, SyntheticSet
+from openpoints_dd.data.artifact import ArtifactError, load_artifact, save_artifact
 from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, markdown_table, parse_set_args,
                                           save_random_artifact)
 
@@ -203,3 +204,18 @@ def test_first_seed_shifts_the_random_selections(files, tmp_path):
     rows = {r['set']: r for r in json.loads((out / 'results.json').read_text())['rows']}
     assert [run['selection'] for run in rows['random cpc1']['runs']] == [3, 4]
     assert [run['seed'] for run in rows['real1']['runs']] == [3]
+
+
+def test_a_set_of_another_dataset_or_class_count_is_refused(files, tmp_path):
+    """A 5-class set against 10-class test data (it reported 9.80 %), or another dataset of the same count."""
+    five = generator_artifact(tmp_path / 'five.safetensors', num_classes=5, class_names=list('abcde'))
+    with pytest.raises(ArtifactError, match=r'written for EmbeddedShapes \(5 classes\) but the config asks for '
+                                            r'EmbeddedShapes \(10 classes\)'):
+        evaluate_main(['--cfg', str(files['cfg']), '--set', f'five={five}', '--out', str(tmp_path / 'o'),
+                       'evaluation.epochs=1'])
+    tensors, metadata = load_artifact(files['points'])
+    other = save_artifact(tmp_path / 'other.safetensors', tensors, {**metadata, 'dataset': {**metadata['dataset'],
+                                                                                       'name': 'ScanObjectNN'}})
+    with pytest.raises(ArtifactError, match=r'written for ScanObjectNN \(10 classes\)'):
+        evaluate_main(['--cfg', str(files['cfg']), '--set', f'other={other}', '--out', str(tmp_path / 'o2'),
+                       'evaluation.epochs=1'])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _artifacts import generator_artifact
+from _artifacts import fake_modelnet40_artifact
 from conftest import make_fake_modelnet40
 from openpoints_dd.engine import pointnext_main as pn
 from openpoints_dd.utils.config import REPO_ROOT
@@ -97,9 +97,8 @@ def _tool():
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp('pn')
-    return {'data_dir': make_fake_modelnet40(root / 'ModelNet40Ply2048'),
-            'artifact': generator_artifact(root / 'gen.safetensors', num_classes=40,
-                                           class_names=[f'class{i}' for i in range(40)])}
+    data_dir = make_fake_modelnet40(root / 'ModelNet40Ply2048')
+    return {'data_dir': data_dir, 'artifact': fake_modelnet40_artifact(root / 'gen.safetensors', data_dir)}
 
 
 def test_on_a_cpu_the_cuda_lines_are_the_report(data, tmp_path, caplog):

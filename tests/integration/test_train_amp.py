@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _artifacts import generator_artifact
+from _artifacts import fake_modelnet40_artifact
 from conftest import make_fake_modelnet40
 from openpoints_dd.utils.config import REPO_ROOT
 
@@ -26,9 +26,8 @@ BACKBONES = {'pointnet': ['model.widths=[8,16,32]'],
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp('mn40')
-    return {'data_dir': make_fake_modelnet40(root / 'ModelNet40Ply2048'),
-            'artifact': generator_artifact(root / 'gen.safetensors', num_classes=40,
-                                           class_names=[f'class{i}' for i in range(40)])}
+    data_dir = make_fake_modelnet40(root / 'ModelNet40Ply2048')
+    return {'data_dir': data_dir, 'artifact': fake_modelnet40_artifact(root / 'gen.safetensors', data_dir)}
 
 
 def _train_main():

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from _artifacts import fake_modelnet40_artifact
 from conftest import make_fake_modelnet40
-from _artifacts import generator_artifact
 from openpoints_dd.data.artifact import save_tensor_file
 from openpoints_dd.labels import dataset_identity, teacher_path
 from openpoints_dd.models import DistillPointNet
@@ -32,7 +32,7 @@ def data(tmp_path_factory):
         'cfg_hash': 'test', 'test_oa': 3.0, 'test_macc': 3.0, 'epochs': 1, 'minutes': 0.1,
         'dataset': {'name': identity.name, 'num_classes': 40, 'class_names': list(identity.class_names)}})
     return {'data_dir': data_dir, 'cache': cache,
-            'artifact': generator_artifact(root / 'gen.safetensors', num_classes=40, class_names=list(identity.class_names))}
+            'artifact': fake_modelnet40_artifact(root / 'gen.safetensors', data_dir)}
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))

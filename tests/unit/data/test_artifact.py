@@ -262,3 +262,43 @@ def test_save_rejects_wrong_container_types(tmp_path):
     with pytest.raises(ArtifactError, match=r"metadata\['dataset'\]\['name'\] must be a string"):
         save_artifact(tmp_path / 'a.safetensors', {},
                       _metadata(dataset={'name': 40, 'num_classes': 1, 'class_names': ['a']}))
+
+
+def test_loading_checks_the_tensors_and_their_checksum(tmp_path):
+    """NaN coordinates, labels out of range, clouds that are not what the metadata says, changed tensor bytes."""
+    import json as _json
+    from openpoints_dd.data.artifact import METADATA_KEY, content_checksum
+    from safetensors.torch import save_file
+
+    def write(name, pos, y, num_points=4, checksum=True):
+        meta = {'kind': 'points', 'synthesizer': {'NAME': 'ExplicitPoints'}, 'objective': {'NAME': 'x'},
+                'rotator': {'NAME': 'IdentityRotator'}, 'cpc': 1, 'num_points': num_points, 'format_version': 1,
+                'dataset': {'name': 'D', 'num_classes': 3, 'class_names': ['a', 'b', 'c']}}
+        if checksum:
+            meta['checksum'] = content_checksum({'pos': pos, 'y': y})
+        save_file({'pos': pos, 'y': y}, str(tmp_path / name), metadata={METADATA_KEY: _json.dumps(meta)})
+        return tmp_path / name
+
+    good = torch.zeros(3, 4, 3), torch.arange(3)
+    load_artifact(write('good.safetensors', *good))
+    nan = good[0].clone()
+    nan[1, 2, 0] = float('nan')
+    with pytest.raises(ArtifactError, match=r"tensors \['pos'\] hold NaN or infinite values"):
+        load_artifact(write('nan.safetensors', nan, good[1]))
+    with pytest.raises(ArtifactError, match=r'labels must be class indices in \[0, 3\), got torch.int64 values 0..7'):
+        load_artifact(write('labels.safetensors', good[0], torch.tensor([0, 1, 7])))
+    with pytest.raises(ArtifactError, match='its clouds hold 4 points but its metadata says num_points 128'):
+        load_artifact(write('points.safetensors', *good, num_points=128))
+    changed = write('changed.safetensors', *good)
+    meta = _json.loads(json_header(changed))
+    save_file({'pos': torch.ones(3, 4, 3), 'y': good[1]}, str(changed), metadata={METADATA_KEY: _json.dumps(meta)})
+    with pytest.raises(ArtifactError, match='do not match the checksum written with them'):
+        load_artifact(changed)
+    load_artifact(write('old.safetensors', *good, checksum=False))   # written before checksums: read, unchecked
+
+
+def json_header(path):
+    from safetensors import safe_open
+    from openpoints_dd.data.artifact import METADATA_KEY
+    with safe_open(str(path), framework='pt') as handle:
+        return handle.metadata()[METADATA_KEY]

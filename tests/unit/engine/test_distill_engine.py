@@ -18,13 +18,14 @@ def _run(cfg, resume=True):
     return distiller, distiller.run(resume=resume)
 
 
-def test_interrupted_run_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize('crash_at', [1, 2, 3])   # StepLR steps after iteration 2: before, at and after it
+def test_interrupted_run_resumes_bit_identical(tmp_path, crash_at):
     full_cfg = tiny_embedded_cfg(tmp_path / 'full', iterations=4)
     _, full = _run(full_cfg)
 
     part_cfg = tiny_embedded_cfg(tmp_path / 'part', iterations=4)
     interrupted = Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir'])
-    run_until_crash(interrupted, crash_at=2)
+    run_until_crash(interrupted, crash_at=crash_at)
     assert (tmp_path / 'part' / 'run' / CHECKPOINT_NAME).is_file()
     resumed, result = _run(part_cfg)
     assert result.iterations_done == 4
@@ -171,3 +172,11 @@ def test_packed_slots_and_m3d_compose_with_the_other_parts(tmp_path, synthesizer
     if synthesizer['NAME'] == 'MorphedClouds':
         assert accounting['training_clouds_per_class'] == 4 and accounting['points_per_training_cloud'] == 16
         assert accounting['floats_per_class'] == 2 * 16 * 3 + 2 * 2
+
+
+def test_a_points_artifact_records_the_points_it_holds(tmp_path):
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1, synthesizer={'NAME': 'ExplicitPoints', 'num_points': 96},
+                            export_num_points=128)
+    _, result = _run(cfg)
+    synthetic = SyntheticSet(result.artifact_path)
+    assert synthetic.pos.shape[1] == synthetic.num_points == synthetic.metadata['accounting']['points_per_training_cloud'] == 96

@@ -330,6 +330,14 @@ def test_an_artifact_of_another_dataset_is_named_as_such(fake_data, tmp_path):
                 'dataset': {'name': 'mine', 'num_classes': 2, 'class_names': ['a', 'b']}}
     path = save_artifact(tmp_path / 'a.safetensors', {'pos': torch.rand(4, 2048, 3), 'y': torch.tensor([0, 0, 1, 1])},
                          metadata)
-    with pytest.raises(ValueError, match=r'training set DistilledDataset \(2 classes: a, b, ...\) and the val dataset '
-                                         r'ModelNet40Ply2048 \(40: .*made from another dataset'):
+    with pytest.raises(ValueError, match=r'was distilled from mine \(2 classes: a, b, ...\) but this config tests on '
+                                         r'ModelNet40Ply2048 \(40 classes: .*Point dataset.common'):
         train_classifier(tiny_cfg(fake_data, artifact=str(path)), tmp_path / 'run')
+    # the same class count and names, another dataset: refused too (it trained silently before)
+    from openpoints_dd.labels import DatasetIdentity, dataset_identity
+    real = dataset_identity({'common': {'NAME': 'ModelNet40Ply2048', 'data_dir': str(fake_data)}, 'train': {}})
+    other = save_artifact(tmp_path / 'b.safetensors', {'pos': torch.rand(40, 2048, 3), 'y': torch.arange(40)},
+                          {**metadata, 'cpc': 1, 'dataset': {'name': 'ScanObjectNN', 'num_classes': 40,
+                                                             'class_names': list(real.class_names)}})
+    with pytest.raises(ValueError, match=r'was distilled from ScanObjectNN \(40 classes'):
+        train_classifier(tiny_cfg(fake_data, artifact=str(other)), tmp_path / 'run2')
