@@ -1,35 +1,46 @@
-"""Coreset selection rules (Random, Herding, K-Center greedy) and the embedding they select in.
+"""Coreset selection rules (Random, Herding, K-Center greedy, facility location) and the embedding they select in.
 
 Used by `ExplicitPoints` and `PointGenerator` to pick their initial clouds from the real pool (baselines
 spec §B.6); with `distill.iterations: 0` an ExplicitPoints selection is the distilled set (the coreset baselines).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.config import resolve_path
 from ..utils.geometry import normalize_to_unit_sphere, subsample_points
 
 logger = logging.getLogger(__name__)
 
 
-RULES = ('random', 'herding', 'kcenter')
+RULES = ('random', 'herding', 'kcenter', 'facility')
+#: part of a cached embedding network's identity: raise it when `train_embedding_net` changes what it trains
+EMBEDDING_VERSION = 1
 
 
 @dataclass(frozen=True)
 class CoresetSelection:
     """Which real clouds of each class a synthesizer starts from.
 
-    'random' draws uniformly; 'herding' and 'kcenter' pick greedily in the embedding of a DistillPointNet
-    trained for `embed_steps` Adam steps on the whole real set (`embed_*` are its settings). Steps, not epochs:
-    a small dataset (a few hundred clouds) then still gets a trained embedding, and the cost is the same for
-    any dataset size. `kcenter_first`: the first K-Center pick, 'mean' (the cloud nearest the class mean, as
-    SADM) or 'random' (DeepCore).
+    'random' draws uniformly; 'herding', 'kcenter' and 'facility' pick greedily in the embedding of a
+    DistillPointNet trained for `embed_steps` Adam steps on the whole real set (`embed_*` are its settings).
+    Steps, not epochs: a small dataset (a few hundred clouds) then still gets a trained embedding, and the cost is
+    the same for any dataset size. `kcenter_first`: the first K-Center pick, 'mean' (the cloud nearest the class
+    mean, as SADM) or 'random' (DeepCore). `facility_sigma`: the RBF width of facility location on unit-length
+    embeddings (3D-Pruner: 0.5). `embed_cache`: a folder where the trained embedding network is kept, one file
+    per (dataset, settings, seed): Herding, K-Center and facility location runs of one seed then select in the
+    same embedding, trained once (None: always train).
     """
 
     rule: str = 'random'
@@ -39,6 +50,8 @@ class CoresetSelection:
     embed_batch: int = 64
     embed_lr: float = 1e-3
     embed_widths: tuple[int, ...] = (64, 128, 1024)
+    facility_sigma: float = 0.5
+    embed_cache: str | None = None
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -48,7 +61,10 @@ class CoresetSelection:
         if int(self.embed_steps) < 0 or int(self.embed_points) < 1 or int(self.embed_batch) < 1:
             raise ValueError(f'coreset selection: need embed_steps >= 0, embed_points >= 1 and embed_batch >= 1, '
                              f'got {self.embed_steps}, {self.embed_points}, {self.embed_batch}')
-        for name, kind in (('embed_steps', int), ('embed_points', int), ('embed_batch', int), ('embed_lr', float)):
+        if float(self.facility_sigma) <= 0:
+            raise ValueError(f'coreset selection: facility_sigma must be > 0, got {self.facility_sigma!r}')
+        for name, kind in (('embed_steps', int), ('embed_points', int), ('embed_batch', int), ('embed_lr', float),
+                           ('facility_sigma', float)):
             object.__setattr__(self, name, kind(getattr(self, name)))   # YAML may give strings or floats
         object.__setattr__(self, 'embed_widths', tuple(int(w) for w in self.embed_widths))
 
@@ -58,18 +74,41 @@ class CoresetSelection:
         if self.rule == 'random':
             return pool.random_per_class(cpc, generator)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
-        net = train_embedding_net(pool, steps=self.embed_steps, num_points=self.embed_points,
-                                  batch_size=self.embed_batch, lr=self.embed_lr, widths=list(self.embed_widths),
-                                  seed=seed, device=device)
+        net = self.embedding_net(pool, seed, device)
         features = embed_pool(net, pool, num_points=self.embed_points, batch_size=self.embed_batch, seed=seed)
-        index = select_per_class(features, pool, cpc, self.rule, self.kcenter_first, generator)
+        index = select_per_class(features, pool, cpc, self.rule, self.kcenter_first, generator, self.facility_sigma)
         return gather_clouds(pool, index), index
+
+    def embedding_net(self, pool, seed: int, device: torch.device | str = 'cpu'):
+        """The selection network for `pool` and `seed`: from `embed_cache` if it holds it, else trained (and kept)."""
+        settings = {'steps': self.embed_steps, 'num_points': self.embed_points, 'batch_size': self.embed_batch,
+                    'lr': self.embed_lr, 'widths': list(self.embed_widths), 'seed': seed}
+        train = functools.partial(train_embedding_net, pool, **settings, device=device)
+        if self.embed_cache is None:
+            return train()
+        from ..data.artifact import read_tensor_file, save_tensor_file
+        from ..models.pointnet import DistillPointNet
+        identity = {'network': EMBEDDING_VERSION, 'dataset': pool.name, 'class_names': list(pool.class_names),
+                    'clouds': len(pool.labels), 'points': int(pool.pos.shape[1]), **settings}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(resolve_path(self.embed_cache)) / f'{pool.name}-{key}.safetensors'
+        net = DistillPointNet(num_classes=pool.num_classes, widths=tuple(self.embed_widths)).to(device)
+        if path.is_file():
+            tensors, metadata = read_tensor_file(path, 'coreset embedding', 'a coreset selection (delete the file)')
+            if metadata.get('kind') == 'coreset embedding' and metadata.get('identity') == identity:
+                net.load_state_dict(tensors)
+                logger.info('coreset embedding net: loaded %s', path)
+                return net.eval()
+            logger.warning('coreset embedding net: %s is not this selection\'s network; training it again', path)
+        net = train()
+        save_tensor_file(path, net.state_dict(), {'kind': 'coreset embedding', 'identity': identity})
+        return net
 
     def describe(self) -> str:
         """The settings that matter for `rule`, for a module's repr."""
         if self.rule == 'random':
             return ''
-        return (f'kcenter_first={self.kcenter_first!r}, embed_steps={self.embed_steps}, '
+        return (f'kcenter_first={self.kcenter_first!r}, facility_sigma={self.facility_sigma}, embed_steps={self.embed_steps}, '
                 f'embed_points={self.embed_points}, embed_batch={self.embed_batch}, embed_lr={self.embed_lr}, '
                 f'embed_widths={list(self.embed_widths)}')
 
@@ -159,6 +198,51 @@ def k_center(features: Tensor, k: int, first: int) -> Tensor:
     return torch.tensor(picks, dtype=torch.long)
 
 
+def facility_location(features: Tensor, k: int, sigma: float = 0.5) -> Tensor:
+    """Greedy facility location (3D-Pruner's rule; research/packing_and_soft_labels.md, document 2, §2.3, §2.7).
+
+    On L2-normalised embeddings with sim(i, j) = exp(-||e_i - e_j||² / (2 sigma²)), greedily maximise
+    F(S) = Σ_i max_{j in S} sim(i, j): each pick is the candidate with the largest gain Σ_i max(0, sim(i, j) - cov_i),
+    where cov_i is item i's best similarity to the picks so far. Typical clouds that also cover the class's modes.
+
+    Args:
+        features: (M, D) floating point embeddings of one class.
+        k: number of picks, 1 <= k <= M.
+        sigma: the RBF width on unit-length embeddings. Default 0.5.
+
+    Returns:
+        (k,) int64 indices into `features`, in pick order (the first on ties).
+    """
+    _check_features(features, k)
+    unit = F.normalize(features.double(), dim=1)
+    similarity = torch.exp(-torch.cdist(unit, unit).square() / (2 * sigma ** 2))          # (M, M)
+    coverage = torch.zeros(len(unit), dtype=torch.float64, device=unit.device)
+    picks = []
+    for _ in range(k):
+        gain = (similarity - coverage.unsqueeze(1)).clamp_min(0).sum(dim=0)
+        gain[picks] = -1.0
+        index = int(gain.argmax())
+        picks.append(index)
+        coverage = torch.maximum(coverage, similarity[:, index])
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def _facility_location_naive(features: Tensor, k: int, sigma: float = 0.5) -> list[int]:
+    """Readable twin of `facility_location`: the objective F(S ∪ {j}) evaluated for every candidate j."""
+    rows = F.normalize(features.double(), dim=1).tolist()
+
+    def sim(a: list[float], b: list[float]) -> float:
+        return math.exp(-sum((x - y) ** 2 for x, y in zip(a, b)) / (2 * sigma ** 2))
+
+    def objective(chosen: list[int]) -> float:
+        return sum(max(sim(row, rows[j]) for j in chosen) for row in rows)
+    picks: list[int] = []
+    for _ in range(k):
+        candidates = [j for j in range(len(rows)) if j not in picks]
+        picks.append(max(candidates, key=lambda j: (objective(picks + [j]), -j)))
+    return picks
+
+
 def nearest_to_mean(features: Tensor) -> int:
     """Index of the row of (M, D) `features` closest to their mean (herding's first pick)."""
     features = features.double()
@@ -229,7 +313,8 @@ def embed_pool(net, pool, *, num_points: int, batch_size: int, seed: int) -> Ten
 
 
 def select_per_class(features: Tensor, pool, per_class: int, method: str,
-                     kcenter_first: str = 'mean', generator: torch.Generator | None = None) -> Tensor:
+                     kcenter_first: str = 'mean', generator: torch.Generator | None = None,
+                     facility_sigma: float = 0.5) -> Tensor:
     """Class-balanced selection: `per_class` pool indices of every class, class-major: (K·per_class,) int64."""
     picks = []
     for label in range(pool.num_classes):
@@ -243,8 +328,10 @@ def select_per_class(features: Tensor, pool, per_class: int, method: str,
             first = (nearest_to_mean(class_features) if kcenter_first == 'mean'
                      else int(torch.randint(len(index), (1,), generator=generator)))
             local = k_center(class_features, per_class, first)
+        elif method == 'facility':
+            local = facility_location(class_features, per_class, facility_sigma)
         else:
-            raise ValueError(f"unknown coreset method {method!r}; choose 'herding' or 'kcenter'")
+            raise ValueError(f"unknown coreset method {method!r}; choose 'herding', 'kcenter' or 'facility'")
         picks.append(index[local])
     return torch.cat(picks)
 

@@ -10,7 +10,7 @@ from ..registry import SYNTHESIZERS
 from . import coresets
 from .base import Synthesizer
 
-_INITS = ('random', 'real', 'herding', 'kcenter', 'noise')
+_INITS = ('random', 'real', 'herding', 'kcenter', 'facility', 'noise')
 
 
 @SYNTHESIZERS.register_module()
@@ -18,9 +18,9 @@ class ExplicitPoints(Synthesizer):
     """A fixed tensor of K·cpc clouds, initialised from real clouds of each class or from noise.
 
     The real initialisations are the coreset rules of baselines spec §B.6 (`coresets.py`), applied per
-    class: 'random' (uniform draw, the DC / DM / SADM default), 'herding' or 'kcenter' (greedy, in the
-    embedding of a DistillPointNet trained briefly on the real set). With `distill.iterations: 0` the
-    selection is exported as it is: the Random / Herding / K-Center baselines.
+    class: 'random' (uniform draw, the DC / DM / SADM default), 'herding', 'kcenter' or 'facility' (greedy, in
+    the embedding of a DistillPointNet trained briefly on the real set). With `distill.iterations: 0` the
+    selection is exported as it is: the Random / Herding / K-Center / facility-location baselines.
 
     When asked for fewer points than it stores, it returns one random subset of point indices shared by
     the requested clouds (only those points receive a gradient in that step).
@@ -28,8 +28,8 @@ class ExplicitPoints(Synthesizer):
     Args:
         num_classes, cpc: see `Synthesizer`.
         num_points: points stored per cloud. Default 1024.
-        init: 'random' (alias 'real', kept for old configs), 'herding', 'kcenter' or 'noise' (uniform in
-            the unit ball). Default 'random'.
+        init: 'random' (alias 'real', kept for old configs), 'herding', 'kcenter', 'facility' (facility
+            location, 3D-Pruner's rule) or 'noise' (uniform in the unit ball). Default 'random'.
         kcenter_first: first K-Center pick, 'mean' (the cloud nearest the class mean, as SADM: K-Center
             then equals Herding at cpc 1) or 'random' (DeepCore). Default 'mean'.
         embed_steps: Adam steps of the selection network on the whole real set (batches of `embed_batch`
@@ -38,13 +38,17 @@ class ExplicitPoints(Synthesizer):
         embed_batch: its batch size. Default 64.
         embed_lr: its Adam learning rate. Default 1e-3.
         embed_widths: its per-point widths. Default [64, 128, 1024].
+        facility_sigma: the RBF width of facility location. Default 0.5.
+        embed_cache: a folder keeping the selection network per (dataset, settings, seed), shared by the rules;
+            None: trained every run. Default None.
     """
 
     def __init__(self, *, num_classes: int, cpc: int, num_points: int = 1024,
-                 init: Literal['random', 'real', 'herding', 'kcenter', 'noise'] = 'random',
+                 init: Literal['random', 'real', 'herding', 'kcenter', 'facility', 'noise'] = 'random',
                  kcenter_first: Literal['mean', 'random'] = 'mean', embed_steps: int = 500,
                  embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
-                 embed_widths: Sequence[int] | None = None):
+                 embed_widths: Sequence[int] | None = None, facility_sigma: float = 0.5,
+                 embed_cache: str | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
         if init not in _INITS:
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
@@ -52,7 +56,8 @@ class ExplicitPoints(Synthesizer):
         selection = coresets.CoresetSelection(
             'random' if self.init == 'noise' else self.init, kcenter_first=kcenter_first, embed_steps=embed_steps,
             embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr,
-            embed_widths=embed_widths if embed_widths is not None else (64, 128, 1024))
+            embed_widths=embed_widths if embed_widths is not None else (64, 128, 1024), facility_sigma=facility_sigma,
+            embed_cache=embed_cache)
         self.selection = None if self.init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.num_points = int(num_points)
         self.points = nn.Parameter(_uniform_in_ball(self.num_slots, self.num_points))

@@ -20,7 +20,7 @@ from ..registry import SYNTHESIZERS
 from . import coresets
 from .base import Synthesizer
 
-_INITS = ('random', 'herding', 'kcenter', 'noise')
+_INITS = ('random', 'herding', 'kcenter', 'facility', 'noise')
 
 
 @SYNTHESIZERS.register_module()
@@ -36,19 +36,22 @@ class MorphedClouds(Synthesizer):
         anchors: S, anchor clouds per slot. Default 4.
         morphs: M, learned blends per slot. Default 4.
         points: P, points per anchor (and morph). Default 255 (4 · 255 + 4 blends = 1024 "points" of budget).
-        init: 'random' (3DDP: S random real clouds of the class per slot), 'herding' or 'kcenter' (the coreset
-            rules, `coresets.CoresetSelection`, asked for cpc · S clouds per class), or 'noise' (tanh of N(0, 1)
+        init: 'random' (3DDP: S random real clouds of the class per slot), 'herding', 'kcenter' or 'facility' (the
+            coreset rules, `coresets.CoresetSelection`, asked for cpc · S clouds per class), or 'noise' (tanh of N(0, 1)
             coordinates). Real clouds are reduced to P points by furthest point sampling and aligned to the slot's
             first anchor by a linear assignment of points (Hungarian, on Euclidean distances). Default 'random'.
         blend_lr_scale: the blend logits' learning rate as a multiple of the synthesizer's (3DDP: 10 / 100).
             Default 0.1.
-        kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths: the selection of 'herding'
-            and 'kcenter' (`coresets.CoresetSelection`).
+        kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths, facility_sigma, embed_cache:
+            the selection of the coreset rules (`coresets.CoresetSelection`).
     """
 
     def __init__(self, *, num_classes: int, cpc: int, anchors: int = 4, morphs: int = 4, points: int = 255,
-                 init: Literal['random', 'herding', 'kcenter', 'noise'] = 'random', blend_lr_scale: float = 0.1,
-                 kcenter_first: Literal['mean', 'random'] = 'mean', **selection):
+                 init: Literal['random', 'herding', 'kcenter', 'facility', 'noise'] = 'random',
+                 blend_lr_scale: float = 0.1, kcenter_first: Literal['mean', 'random'] = 'mean', embed_steps: int = 500,
+                 embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
+                 embed_widths: Sequence[int] = (64, 128, 1024), facility_sigma: float = 0.5,
+                 embed_cache: str | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
         if init not in _INITS:
             raise ValueError(f'MorphedClouds: init must be one of {_INITS}, got {init!r}')
@@ -60,7 +63,10 @@ class MorphedClouds(Synthesizer):
         self.num_anchors, self.num_morphs, self.points = int(anchors), int(morphs), int(points)
         self.init, self.blend_lr_scale = init, float(blend_lr_scale)
         rule = {'noise': 'random', 'random': 'random'}.get(init, init)
-        built = coresets.CoresetSelection(rule, kcenter_first=kcenter_first, **selection)   # bad keys fail alike
+        built = coresets.CoresetSelection(rule, kcenter_first=kcenter_first, embed_steps=embed_steps,
+                                          embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr,
+                                          embed_widths=embed_widths, facility_sigma=facility_sigma,
+                                          embed_cache=embed_cache)   # built for 'noise' too: bad values fail alike
         self.selection = None if init == 'noise' else built
         self.anchor_points = nn.Parameter(torch.tanh(torch.randn(self.num_slots, self.num_anchors, self.points, 3)))
         self.blend_logits = nn.Parameter(torch.randn(self.num_slots, self.num_morphs, self.num_anchors))

@@ -14,7 +14,7 @@ from ..utils.geometry import normalize_to_unit_sphere
 from . import coresets
 from .base import Synthesizer
 
-_INITS = ('noise', 'real', 'herding', 'kcenter')
+_INITS = ('noise', 'real', 'herding', 'kcenter', 'facility')
 
 
 class _SirenLayer(nn.Module):
@@ -57,7 +57,8 @@ class PointGenerator(Synthesizer):
         init_steps: Adam steps of the Chamfer fit. Default 300.
         init_lr: learning rate of the Chamfer fit. Default 1e-3.
         init_num_points: points per cloud in the Chamfer fit. Default 256.
-        kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths: the selection of
+        kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths, facility_sigma, embed_cache:
+            the selection of
             'herding' / 'kcenter' (`coresets.CoresetSelection`, as in `ExplicitPoints`).
     """
 
@@ -66,7 +67,8 @@ class PointGenerator(Synthesizer):
                  init: Literal['noise', 'real', 'herding', 'kcenter'] = 'noise', init_steps: int = 300,
                  init_lr: float = 1e-3, init_num_points: int = 256, kcenter_first: Literal['mean', 'random'] = 'mean',
                  embed_steps: int = 500, embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
-                 embed_widths: Sequence[int] = (64, 128, 1024)):
+                 embed_widths: Sequence[int] = (64, 128, 1024), facility_sigma: float = 0.5,
+                 embed_cache: str | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
         if init not in _INITS:
             raise ValueError(f'PointGenerator: init must be one of {_INITS}, got {init!r}')
@@ -79,7 +81,8 @@ class PointGenerator(Synthesizer):
         self.init, self.init_steps, self.init_lr, self.init_num_points = init, init_steps, init_lr, init_num_points
         selection = coresets.CoresetSelection(
             'random' if init in ('noise', 'real') else init, kcenter_first=kcenter_first, embed_steps=embed_steps,
-            embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr, embed_widths=embed_widths)
+            embed_points=embed_points, embed_batch=embed_batch, embed_lr=embed_lr, embed_widths=embed_widths,
+            facility_sigma=facility_sigma, embed_cache=embed_cache)
         self.selection = None if init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.embedding = nn.Embedding(self.num_slots, hidden_dim)
         self.modulators = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers - 1))

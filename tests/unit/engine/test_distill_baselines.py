@@ -18,7 +18,7 @@ def _distiller(cfg):
     return Distiller(cfg, pool, cfg['run_dir'])
 
 
-@pytest.mark.parametrize('init', ['random', 'herding', 'kcenter'])
+@pytest.mark.parametrize('init', ['random', 'herding', 'kcenter', 'facility'])
 def test_coreset_at_iterations_zero_exports_the_selected_clouds(tmp_path, init):
     cfg = tiny_embedded_cfg(tmp_path, iterations=0, objective={'NAME': 'DistributionMatching'},
                             synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': init, **SMALL_EMBED})
@@ -113,3 +113,26 @@ def test_parameter_groups_scale_the_synthesizers_and_give_a_plain_rotator_its_ow
     groups, schedules = _parameter_groups(synthesizer, rotator, None, 0.01, 10, 0.1)
     assert schedules is None and len(groups) == 2
     assert {id(p) for p in rotator.parameters()} <= {id(p) for p in groups[0]['params']}
+
+
+OBJECTIVES_TINY = {'GradientMatching': {}, 'DistributionMatching': {}, 'SADM': {'alpha_kernel': 'linear'},
+                   'M3D': {'partitions': 2, 'points_per_partition': 16, 'neighbours': 8},
+                   'TrajectoryMatching': {'num_experts': 1, 'expert_epochs': 2, 'max_start_epoch': 1, 'syn_steps': 1}}
+
+
+@pytest.mark.parametrize('init', ['random', 'herding', 'kcenter', 'facility'])
+@pytest.mark.parametrize('objective', sorted(OBJECTIVES_TINY))
+def test_every_objective_accepts_every_coreset_start(tmp_path, objective, init):
+    frozen = objective in ('DistributionMatching', 'SADM', 'M3D')
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1, outer_loop=1 if frozen else 2, inner_loop=0 if frozen else 1,
+                            objective={'NAME': objective, **OBJECTIVES_TINY[objective]},
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': init, **SMALL_EMBED},
+                            syn_optimizer={'NAME': 'sgd', 'lr': 0.01, 'momentum': 0.5})
+    if objective == 'TrajectoryMatching':
+        cfg['distill']['objective']['buffer_dir'] = str(tmp_path / 'experts')
+    distiller = _distiller(cfg)
+    result = distiller.run()
+    assert result.iterations_done == 1 and all(torch.isfinite(torch.tensor(result.loss_history)))
+    index = torch.tensor(distiller.init_report['real_indices'])
+    assert distiller.pool.labels[index].tolist() == list(range(10))
+    assert SyntheticSet(result.artifact_path).kind == 'points'

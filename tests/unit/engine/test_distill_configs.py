@@ -18,7 +18,7 @@ def test_the_baseline_grid_is_shipped():
     expected = {f'{m}-cpc{k}{s}.yaml' for m in ('random', 'herding', 'kcenter', 'dm', 'gm', 'tm') for k in (1, 10)
                 for s in ('', '-cpu30m')}
     expected |= {f'{m}-cpc{k}.yaml' for m in ('sadm', 'gm') for k in (1, 3, 10)} | {f'sadm-cpc{k}-cpu30m.yaml' for k in (1, 10)}
-    expected |= {'dd3d-generator-dm-cpc10-cpu30m.yaml'}
+    expected |= {'dd3d-generator-dm-cpc10-cpu30m.yaml'} | {f'facility-cpc{k}-cpu30m.yaml' for k in (1, 10)}
     assert expected <= names, sorted(expected - names)
 
 

@@ -65,7 +65,7 @@ def _pool(per_class=5, num_classes=3, num_points=64):
     return RealPool(pos, labels, [f'c{i}' for i in range(num_classes)], 'tiny')
 
 
-@pytest.mark.parametrize('init', ['random', 'real', 'herding', 'kcenter'])
+@pytest.mark.parametrize('init', ['random', 'real', 'herding', 'kcenter', 'facility'])
 def test_explicit_points_selects_class_balanced_real_clouds(init):
     pool = _pool()
     synth = ExplicitPoints(num_classes=3, cpc=2, num_points=64, init=init, embed_steps=4, embed_points=32,
@@ -162,7 +162,8 @@ def test_explicit_points_repr_shows_selection_settings():
     assert "init='kcenter'" in text and 'embed_steps=2' in text and "kcenter_first='mean'" in text
 
 
-@pytest.mark.parametrize('init, rule', [('real', 'random'), ('herding', 'herding'), ('kcenter', 'kcenter')])
+@pytest.mark.parametrize('init, rule', [('real', 'random'), ('herding', 'herding'), ('kcenter', 'kcenter'),
+                                        ('facility', 'facility')])
 def test_generator_starts_from_the_same_selection_as_explicit_points(init, rule):
     pool = _pool()
     embedding = dict(embed_steps=4, embed_points=32, embed_batch=4, embed_widths=[8, 16, 32])
@@ -185,3 +186,41 @@ def test_generator_from_noise_selects_nothing_and_part_generator_refuses_coreset
     with pytest.raises(ValueError, match="PartPointGenerator: init must be 'noise' or 'real'"):
         PartPointGenerator(num_classes=2, cpc=1, part_proportions=[[1.0], [1.0]], init='herding')
     assert 'embed_steps=2' in repr(PointGenerator(num_classes=3, cpc=2, hidden_dim=8, init='herding', embed_steps=2))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_facility_location_equals_the_greedy_objective(seed):
+    features = torch.randn(12, 5, generator=torch.Generator().manual_seed(seed))
+    for k in (1, 4, 12):
+        assert coresets.facility_location(features, k, sigma=0.5).tolist() == coresets._facility_location_naive(
+            features, k, sigma=0.5)
+
+
+def test_facility_location_covers_the_modes_before_repeating_one():
+    # two tight clusters of unequal size: the first pick is in the big one, the second covers the small one
+    big, small = torch.tensor([[1.0, 0.0]]) + 0.01 * torch.randn(8, 2), torch.tensor([[0.0, 1.0]]) + 0.01 * torch.randn(3, 2)
+    picks = coresets.facility_location(torch.cat([big, small]), 2, sigma=0.5).tolist()
+    assert picks[0] < 8 and picks[1] >= 8
+    with pytest.raises(ValueError, match='facility_sigma must be > 0'):
+        coresets.CoresetSelection('facility', facility_sigma=0)
+
+
+def test_the_embedding_cache_shares_one_network_between_rules_and_refuses_foreign_files(tmp_path, caplog):
+    pool = _pool()
+    embedding = dict(embed_steps=4, embed_points=32, embed_batch=4, embed_widths=(8, 16, 32),
+                     embed_cache=str(tmp_path / 'cache'))
+    trained = coresets.CoresetSelection('herding', **embedding).embedding_net(pool, seed=3)
+    (cached,) = list((tmp_path / 'cache').iterdir())
+    stamp = cached.stat().st_mtime_ns
+    with caplog.at_level('INFO'):
+        loaded = coresets.CoresetSelection('facility', **embedding).embedding_net(pool, seed=3)
+    assert 'coreset embedding net: loaded' in caplog.text and cached.stat().st_mtime_ns == stamp
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    other = coresets.CoresetSelection('herding', **embedding).embedding_net(pool, seed=4)   # another seed: its own
+    assert len(list((tmp_path / 'cache').iterdir())) == 2 and not torch.equal(
+        next(iter(other.state_dict().values())), next(iter(trained.state_dict().values())))
+    cached.write_bytes(cached.read_bytes()[:50])                                        # a corrupt cache file
+    from openpoints_dd.data.artifact import ArtifactError
+    with pytest.raises(ArtifactError, match='not a readable safetensors file'):
+        coresets.CoresetSelection('herding', **embedding).embedding_net(pool, seed=3)
