@@ -26,7 +26,7 @@ import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints
 from openpoints_dd.data import RealPool  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
 from openpoints_dd.engine.evaluate import evaluation_settings  # noqa: E402
-from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.settings import load_distill_config  # noqa: E402
 
 
 def exported_clouds(distiller: Distiller, num_points: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.steps < 1:
         parser.error(f'--steps must be >= 1, got {args.steps}')
-    cfg = load_config(args.cfg, overrides)
+    cfg = load_distill_config(args.cfg, overrides)
     d = cfg['distill']
     num_points = int(evaluation_settings(cfg.get('evaluation'))['num_points'])   # the exported resolution
     pool = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=num_points)

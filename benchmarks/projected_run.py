@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import openpoints_dd  # noqa: E402,F401
 from openpoints_dd.data.real_pool import RealPool  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
-from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.settings import load_distill_config  # noqa: E402
 from openpoints_dd.utils.memory import keep_freed_memory  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +41,7 @@ def main() -> int:
     args, overrides = parser.parse_known_args()
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = load_config(args.cfg, [f'run_dir={run_dir}', *overrides])
+        cfg = load_distill_config(args.cfg, [f'run_dir={run_dir}', *overrides])
         d = cfg['distill']
         pool = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=max(1024, int(d['num_points'])))
         distiller = Distiller(cfg, pool, run_dir)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from openpoints.utils.registry import Registry
 
 SYNTHESIZERS = Registry('synthesizers')  # how the synthetic set is parameterised
 OBJECTIVES = Registry('objectives')      # how synthetic and real batches of one class are compared
 ROTATORS = Registry('rotators')          # how a cloud is put in a canonical orientation
 LABELERS = Registry('labelers')          # what a training set's clouds are trained against: hard or teacher labels
+#: the optimizers of `distill.syn_optimizer` (NAME, any case)
+SYN_OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
 
 
 def build_synthesizer(cfg: Mapping[str, Any], **default_args):

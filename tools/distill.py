@@ -2,6 +2,7 @@
 
     python tools/distill.py --cfg cfgs/distill/demo.yaml [key=value ...]
     python tools/distill.py --cfg cfgs/distill/demo.yaml run_dir=runs/x   # re-running resumes runs/x
+    python tools/distill.py --settings [classification|segmentation]     # every key, its kind and default
     torchrun --nproc_per_node=2 tools/distill.py --cfg ...               # classes sharded over 2 processes
 """
 from __future__ import annotations
@@ -17,21 +18,25 @@ from openpoints_dd.engine import distributed  # noqa: E402
 from openpoints_dd.engine.distill import CHECKPOINT_NAME  # noqa: E402
 from openpoints_dd.engine.distill_seg import run_seg_distillation  # noqa: E402
 from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402
-from openpoints_dd.utils.config import load_config  # noqa: E402
+from openpoints_dd.settings import describe_schema, load_distill_config  # noqa: E402
 from openpoints_dd.utils.run import start_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--cfg', required=True, help='experiment YAML')
+    parser.add_argument('--cfg', help='experiment YAML')
+    parser.add_argument('--settings', nargs='?', const='classification', choices=('classification', 'segmentation'),
+                        help='print every key of a distillation config (its kind, default and meaning) and exit')
     args, overrides = parser.parse_known_args(argv)
-    cfg = load_config(args.cfg, overrides)
-    distributed.init_from_env(cfg.get('device', 'cpu'))
+    if args.settings:
+        print(describe_schema(args.settings))
+        return 0
+    if not args.cfg:
+        parser.error('--cfg is required')
+    cfg = load_distill_config(args.cfg, overrides)   # every key checked, every registry name resolved
+    distributed.init_from_env(cfg['device'])
     try:
-        task = cfg.get('task', 'classification')
-        if task not in ('classification', 'segmentation'):
-            raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
-        run = run_seg_distillation if task == 'segmentation' else run_distillation
+        run = run_seg_distillation if cfg['task'] == 'segmentation' else run_distillation
         with start_run(cfg, args.cfg, overrides, checkpoint=CHECKPOINT_NAME) as run_dir:
             run(cfg, run_dir)
     finally:

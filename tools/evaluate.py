@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.engine.protocol import parse_set_args, run_protocol  # noqa: E402
+from openpoints_dd.settings import load_distill_config  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
 from openpoints_dd.utils.memory import keep_freed_memory  # noqa: E402
 
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     sets = parse_set_args(args.set)
     data_cfg = None
-    if args.cfg:
-        data_cfg = load_config(args.cfg, [] if args.model else overrides)
+    if args.cfg and args.model:   # only its dataset section is read
+        data_cfg = load_config(args.cfg)
+    elif args.cfg:                # the fast protocol: the evaluation section too, checked, defaults filled in
+        data_cfg = load_distill_config(args.cfg, overrides)
     elif not args.model:
         parser.error('give --cfg (data and evaluation settings) or at least one --model YAML')
     out = Path(args.out or Path('runs') / 'evaluate' / time.strftime('%Y%m%d-%H%M%S'))

@@ -29,7 +29,9 @@ from openpoints.utils import EasyConfig
 from ..data.artifact import save_artifact
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import ROTATOR_PREFIX, synthesizer_tensors
-from ..registry import ROTATORS, build_objective, build_rotator, build_synthesizer
+from ..registry import ROTATORS, SYN_OPTIMIZERS, build_objective, build_rotator, build_synthesizer
+from ..settings import resolve_distill_config
+from ..objectives import SetObjective
 from ..synthesizers import Synthesizer
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import atomic_path
@@ -44,8 +46,6 @@ ARTIFACT_NAME = 'artifact.safetensors'
 #: grouped pass, and keeps its per-point maps small enough to stay near the cache: larger chunks made the step
 #: slower, not faster (docs/results/distill_step.md).
 DEFAULT_CHUNK_POINTS = 1 << 14
-
-_OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
 
 
 @dataclass
@@ -62,35 +62,37 @@ class Distiller:
     """Builds the three parts and the backbone from a cfg and runs the loop.
 
     Args:
-        cfg: the resolved experiment config (`distill`, `dataset`, `seed`, `device` sections).
+        cfg: the experiment config (`distill`, `dataset`, `seed`, `device` sections); checked and completed
+            with the defaults of `openpoints_dd.settings`.
         pool: the real training pool.
         run_dir: where checkpoints and the artifact go.
         evaluate_fn: optional callback(distiller, iteration) -> dict, run every `distill.eval_every`.
     """
 
+    TASK = 'classification'
+
     def __init__(self, cfg: Mapping[str, Any], pool: RealPool, run_dir: str | os.PathLike,
                  evaluate_fn: Callable[['Distiller', int], dict] | None = None):
+        cfg = resolve_distill_config(cfg, task=self.TASK)
         self.cfg, self.pool, self.run_dir = cfg, pool, Path(run_dir)
         d = cfg['distill']
         self.d = d
-        self.seed = int(cfg.get('seed') or 0)
-        self.device = torch.device(resolve_device(cfg.get('device', 'cpu')))
+        self.seed = cfg['seed']
+        self.device = torch.device(resolve_device(cfg['device']))
         self.num_classes = pool.num_classes
         torch.manual_seed(self.seed)   # the synthesizer's initial weights depend on the seed only
-        self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=int(d['cpc'])).to(self.device)
+        self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=d['cpc']).to(self.device)
         self.objective = build_objective(d['objective'])
         # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many
-        self.rotator = build_rotator(d.get('rotator'), **_rotator_args(d.get('rotator'), self.synthesizer.num_slots)).to(self.device)
+        self.rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], self.synthesizer.num_slots)).to(self.device)
         self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
-        iterations = int(d['iterations'])
-        sched = d.get('syn_scheduler') or {}
-        step = max(1, int(iterations * float(sched.get('step_fraction', 0.5))))
-        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d.get('rotator_optimizer'),
-                                              float(d['syn_optimizer'].get('lr', 1e-3)), step,
-                                              float(sched.get('gamma', 0.1)))
+        sched = d['syn_scheduler']
+        step = max(1, int(d['iterations'] * sched['step_fraction']))
+        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d['rotator_optimizer'],
+                                              float(d['syn_optimizer'].get('lr', 1e-3)), step, sched['gamma'])
         self.optimizer = build_optimizer(d['syn_optimizer'], groups)
         if schedules is None:
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=float(sched.get('gamma', 0.1)))
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=sched['gamma'])
         else:   # the rotator's groups follow their own StepLR
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
         self.evaluate_fn = evaluate_fn
@@ -102,8 +104,7 @@ class Distiller:
         self.objective_optimizer = self._prepare_objective()
         # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients);
         # None (nothing trainable) falls back to a plain backward
-        self.matched_parameters = [p for p in self.parameters + list(getattr(self.objective, 'parameters', list)())
-                                   if p.requires_grad] or None
+        self.matched_parameters = [p for p in self.parameters + self.objective.parameters() if p.requires_grad] or None
 
     # ------------------------------------------------------------------------------------ helpers
     def _generator(self, *key: int) -> torch.Generator:
@@ -136,12 +137,11 @@ class Distiller:
     # --------------------------------------------------------------------------------------- loop
     def run(self, resume: bool = True) -> DistillResult:
         d = self.d
-        iterations, outer, inner = int(d['iterations']), int(d['outer_loop']), int(d['inner_loop'])
-        budget = d.get('budget_minutes')
+        iterations, outer, inner = d['iterations'], d['outer_loop'], d['inner_loop']
+        budget = d['budget_minutes']
         budget_s = float(budget) * 60 if budget else math.inf
-        checkpoint_every, eval_every = int(d.get('checkpoint_every') or 0), int(d.get('eval_every') or 0)
-        log_every = int(d.get('log_every') or 10)
-        eval_minutes = float(d.get('eval_every_minutes') or 0)
+        checkpoint_every, eval_every, log_every = d['checkpoint_every'], d['eval_every'], d['log_every']
+        eval_minutes = d['eval_every_minutes']
         if not (resume and self.load_checkpoint()):
             start_init = time.perf_counter()
             self.init_report = self.initialize()
@@ -152,7 +152,7 @@ class Distiller:
         distributed.broadcast_module(self.rotator)
         main = distributed.is_main()
         stopped_by_budget = False
-        bar = tqdm(total=iterations, initial=self.iteration, disable=not (d.get('progress', True) and main),
+        bar = tqdm(total=iterations, initial=self.iteration, disable=not (d['progress'] and main),
                    desc='distill', dynamic_ncols=True)
         iteration_seconds: list[float] = []   # this process's iterations: the next one is expected to take their mean
         while self.iteration < iterations:
@@ -204,10 +204,10 @@ class Distiller:
         trains_backbone = self.objective.trains_backbone and outer > 1
         if not self.objective.trains_backbone:
             backbone.requires_grad_(False)
-        net_optimizer = torch.optim.SGD(backbone.parameters(), lr=float(self.d.get('net_lr', 1e-3)))
+        net_optimizer = torch.optim.SGD(backbone.parameters(), lr=self.d['net_lr'])
         num_points = int(self.d['num_points'])
         total = 0.0
-        all_classes = getattr(self.objective, 'matches_all_classes', False)
+        all_classes = isinstance(self.objective, SetObjective)
         for step in range(outer):
             self.optimizer.zero_grad(set_to_none=True)
             if self.objective_optimizer is not None:
@@ -266,7 +266,7 @@ class Distiller:
         if not getattr(backbone, 'per_sample_separable', False):
             return 1
         per_class = (batch_real + self.synthesizer.cpc) * num_points
-        return max(1, min(self.num_classes, int(self.d.get('chunk_points') or DEFAULT_CHUNK_POINTS) // per_class))
+        return max(1, min(self.num_classes, (self.d['chunk_points'] or DEFAULT_CHUNK_POINTS) // per_class))
 
     def class_clouds(self, labels: Tensor, num_points: int, generators: list[torch.Generator]) -> Tensor:
         """(G, cpc, N, 3) synthetic clouds of G classes, class g's drawn from generators[g]; the same path as
@@ -301,11 +301,9 @@ class Distiller:
         Runs once, at construction: the experts' one-off training is not counted in `elapsed` (the budget);
         its seconds are logged and kept in `objective_setup_seconds`. Returns the objective's optimizer, if any.
         """
-        prepare = getattr(self.objective, 'prepare', None)
-        self.objective_setup_seconds = float(prepare(self.pool, self.cfg, self.run_dir, self.device,
-                                                     self.build_backbone) or 0.0) if prepare else 0.0
-        has_parameters = bool(list(getattr(self.objective, 'parameters', list)()))
-        return self.objective.optimizer() if has_parameters else None
+        self.objective_setup_seconds = float(self.objective.prepare(self.pool, self.cfg, self.run_dir, self.device,
+                                                                    self.build_backbone))
+        return self.objective.optimizer() if self.objective.parameters() else None
 
     def _objective_state(self) -> dict:
         if self.objective_optimizer is None:
@@ -319,7 +317,7 @@ class Distiller:
             slots = torch.arange(self.synthesizer.num_slots)
             clouds = self.synthetic_clouds(slots, num_points, generator)
         labels = self.synthesizer.cloud_labels.to(self.device)
-        batch = int(self.d.get('inner_batch', 256))
+        batch = self.d['inner_batch']
         for _ in range(epochs):
             order = torch.randperm(len(clouds), generator=generator).to(self.device)
             for start in range(0, len(clouds), batch):
@@ -368,9 +366,9 @@ class Distiller:
         return True
 
     def metadata(self) -> dict:
-        accounting = self.synthesizer.accounting(int(self.d.get('export_num_points', 1024)))
+        accounting = self.synthesizer.accounting(self.d['export_num_points'])
         return {'synthesizer': dict(self.d['synthesizer']), 'objective': dict(self.d['objective']),
-                'rotator': dict(self.d.get('rotator') or {'NAME': 'IdentityRotator'}),
+                'rotator': dict(self.d['rotator']),
                 'backbone': dict(self.d['backbone']),
                 'dataset': {'name': self.pool.name, 'num_classes': self.num_classes, 'class_names': self.pool.class_names,
                             'rotation': dict(getattr(self.pool, 'rotation', None) or {'mode': 'none'})},
@@ -383,7 +381,7 @@ class Distiller:
         path = Path(path) if path else self.run_dir / ARTIFACT_NAME
         if not distributed.is_main():
             return path
-        num_points = int(self.d.get('export_num_points', 1024))
+        num_points = self.d['export_num_points']
         metadata = self.metadata()
         if getattr(self.rotator, 'per_slot', False):
             # learned per-cloud poses are baked into the exported points; real clouds need no rotation after
@@ -405,9 +403,9 @@ class Distiller:
 def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
     cfg = dict(cfg)
     name = str(cfg.pop('NAME', 'adam')).lower()
-    if name not in _OPTIMIZERS:
-        raise KeyError(f'unknown optimizer {name!r} in distill.syn_optimizer; choose one of {sorted(_OPTIMIZERS)}')
-    return _OPTIMIZERS[name](params, **cfg)
+    if name not in SYN_OPTIMIZERS:
+        raise KeyError(f'unknown optimizer {name!r} in distill.syn_optimizer; choose one of {sorted(SYN_OPTIMIZERS)}')
+    return SYN_OPTIMIZERS[name](params, **cfg)
 
 
 def _rotator_args(cfg: Mapping[str, Any] | None, num_slots: int) -> dict:

@@ -10,7 +10,6 @@ come from the real training data. `run_seg_distillation` is what tools/distill.p
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from openpoints.utils import EasyConfig
 
 from ..data.part_pool import PartPool
 from ..data.synthetic_set import SyntheticSet
+from ..settings import resolve_distill_config
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import write_json
@@ -50,26 +50,24 @@ class SegDistiller(Distiller):
         run_dir, evaluate_fn: as `Distiller`.
     """
 
+    TASK = 'segmentation'
+
     def __init__(self, cfg: Mapping[str, Any], pool: PartPool, run_dir: str | os.PathLike,
                  evaluate_fn: Callable[['Distiller', int], dict] | None = None):
-        cfg = copy.deepcopy(cfg)
+        cfg = resolve_distill_config(cfg, task=self.TASK)   # a copy
         d = cfg['distill']
         if d['synthesizer'].get('NAME') != 'PartPointGenerator':
             raise ValueError(f"segmentation distillation needs distill.synthesizer.NAME: PartPointGenerator (the "
                              f"noise decides each point's part), got {d['synthesizer'].get('NAME')!r}")
-        rotator = (d.get('rotator') or {}).get('NAME', 'IdentityRotator')
+        rotator = d['rotator']['NAME']
         if rotator != 'IdentityRotator':
             raise ValueError(f'segmentation distillation runs without a rotator (spec §7.4); set '
                              f'distill.rotator.NAME: IdentityRotator, got {rotator!r}')
-        presence = d.get('part_presence', 'category')
-        if presence not in ('category', 'slot'):
-            raise ValueError(f"distill.part_presence must be 'category' (every slot shows every part of its category, "
-                             f"in the category's proportions: the reference) or 'slot' (slots reproduce how often each "
-                             f"part is present: PartPool.part_proportions(cpc)), got {presence!r}")
-        d['synthesizer']['part_proportions'] = pool.part_proportions(int(d['cpc']) if presence == 'slot' else None)
+        slot_presence = d['part_presence'] == 'slot'   # else every part of the category (the reference)
+        d['synthesizer']['part_proportions'] = pool.part_proportions(d['cpc'] if slot_presence else None)
         d['synthesizer']['cls2parts'] = pool.cls2parts
         super().__init__(cfg, pool, run_dir, evaluate_fn)
-        if not hasattr(self.objective, 'is_local'):
+        if self.objective.task != 'segmentation':
             raise ValueError(f'segmentation distillation needs an objective that matches part labels '
                              f'(PartGradientMatching), got {type(self.objective).__name__}')
 
@@ -89,9 +87,7 @@ class SegDistiller(Distiller):
         """
         if self.synthesizer.init != 'real':
             return {}
-        selection = self.d.get('init_selection', 'parts')
-        if selection not in ('parts', 'random'):
-            raise ValueError(f"distill.init_selection must be 'parts' or 'random', got {selection!r}")
+        selection = self.d['init_selection']
         generator = torch.Generator().manual_seed(self.seed)
         if selection == 'parts':
             clouds, index = self.pool.select_by_parts(self.synthesizer.slot_proportions, self.synthesizer.cpc, generator)
@@ -109,7 +105,7 @@ class SegDistiller(Distiller):
 
     def refresh_batchnorm(self, backbone: nn.Module, iteration: int, step: int, num_points: int) -> None:
         """One train-mode forward on a few real clouds per category, then every BatchNorm in eval mode."""
-        per_class = min(int(self.d.get('bn_warmup', 8)), int(self.pool.counts.min()))
+        per_class = min(self.d['bn_warmup'], int(self.pool.counts.min()))
         backbone.train()
         if per_class > 0:
             pos = torch.cat([self.pool.sample(c, per_class, num_points, self._generator(iteration, 4, step, c))[0]
@@ -194,16 +190,16 @@ def generator_sampler(synthesizer: PartPointGenerator, num_points: int, resample
 
 def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Distill a part-segmentation set, export it, evaluate it and Random at the same cpc; write metrics.json."""
-    settings = seg_evaluation_settings(cfg.get('evaluation'))
-    device = resolve_device(cfg.get('device', 'cpu'))
-    seed = int(cfg.get('seed') or 0)
+    cfg = resolve_distill_config(cfg, task='segmentation')
+    settings = seg_evaluation_settings(cfg['evaluation'])
+    device, seed = resolve_device(cfg['device']), cfg['seed']
     eval_points, distill_points = int(settings['num_points']), int(cfg['distill']['num_points'])
     train = PartPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=max(eval_points, distill_points), seed=seed)
-    evaluates = cfg.get('evaluation') is not None and distributed.is_main()
+    evaluates = cfg['evaluation'] is not None and distributed.is_main()
     split = 'test' if cfg['dataset'].get('test') is not None else 'val'
     test = PartPool.from_dataset_cfg(cfg['dataset'], split, num_points=eval_points, seed=seed) if evaluates else None
     distiller = SegDistiller(cfg, train, run_dir)
-    result = distiller.run(resume=resume_mode(cfg.get('resume')) != 'never')
+    result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
     if not distributed.is_main():
         return {}
     metrics: dict = {'task': 'segmentation', 'artifact': str(result.artifact_path),
@@ -211,14 +207,14 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                      'stopped_by_budget': result.stopped_by_budget, 'loss_history': result.loss_history,
                      'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
     if test is not None:
-        seeds = [int(s) for s in settings.get('seeds') or [0]]
+        seeds = list(settings['seeds'])
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
         rows = {}
-        modes = generator_modes(settings.get('generator_modes'))
+        modes = generator_modes(settings['generator_modes'])
         for resample in modes:
             sampler = generator_sampler(synthetic.synthesizer, eval_points, resample,
-                                        float(settings.get('part_balance', 1.0)))
+                                        settings['part_balance'])
             name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
             rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device) for s in seeds]
         runs = []

@@ -21,7 +21,8 @@ from openpoints.utils import EasyConfig
 from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
 from ..labels import DatasetIdentity, HardLabels, Labeler
 from ..registry import build_labeler
-from ..utils.precision import autocast, check_amp
+from ..settings import resolve_section
+from ..utils.precision import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -30,28 +31,17 @@ GENERATOR_MODES = ('resampled', 'fixed')   # fresh generator clouds every epoch;
 #: (epoch, generator) -> (pos (S, N, 3), y (S,)): a fixed set ignores the epoch, a generator resamples
 TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
-DEFAULTS = {'model': {'NAME': 'DistillPointNet'}, 'epochs': 200, 'batch_size': 256, 'lr': 1e-3,
-            'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024, 'test_every': 0, 'amp': None, 'labels': None,
-            'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05}}
-#: evaluation keys read by the distillation run itself, not by one training
-RUN_KEYS = ('seeds', 'generator_modes', 'random_selections', 'eval_epochs_during_distill')
-
-
 def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
-    """The evaluation section with defaults filled in (unknown keys are errors)."""
-    settings = {**DEFAULTS, **dict(cfg or {})}
-    unknown = set(settings) - set(DEFAULTS) - set(RUN_KEYS)
-    if unknown:
-        raise KeyError(f'unknown evaluation keys {sorted(unknown)}; known: {sorted(DEFAULTS)} + {", ".join(RUN_KEYS)}')
-    check_amp(settings['amp'], 'evaluation.amp')
-    build_labeler(settings['labels'])   # a wrong labels section fails here, before any training
+    """The evaluation section, checked, with every default of `openpoints_dd.settings` filled in."""
+    settings = resolve_section('evaluation', cfg, 'classification')
+    build_labeler(settings['labels'])   # the labeler's own checks (ranges) fail here, before any training
     return settings
 
 
 def prepared_labeler(settings: Mapping[str, Any], dataset: DatasetIdentity, device: str | torch.device) -> Labeler:
     """The labeler of `settings['labels']` (None: hard labels), ready for `dataset`'s classes (a teacher is
     loaded, or trained once and cached)."""
-    labeler = build_labeler(settings.get('labels'))
+    labeler = build_labeler(settings['labels'])
     labeler.prepare(dataset, device)
     return labeler
 
@@ -100,9 +90,9 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
     model = build_model_from_cfg(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
-    augment = settings.get('augment') or {}
-    test_every = int(settings.get('test_every') or 0)
-    batch_size, amp = int(settings['batch_size']), check_amp(settings.get('amp'), 'evaluation.amp')
+    augment = settings['augment']
+    test_every = settings['test_every']
+    batch_size, amp = int(settings['batch_size']), settings['amp']
     labeler = labeler or HardLabels()
     test_pos, test_labels = test_pos.to(device), test_labels.to(device)
     best_oa, best_epoch = -1.0, -1

@@ -20,33 +20,16 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..utils.geometry import normalize_to_unit_sphere
-from ..utils.precision import autocast, check_amp
+from ..utils.precision import autocast
+from ..settings import resolve_section
 from .evaluate import augment_batch
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
 PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
 
-SEG_DEFAULTS = {'model': {'NAME': 'DistillPointNetSeg'}, 'epochs': 200, 'batch_size': 32, 'optimizer': 'adam',
-                'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'min_lr': 1e-4, 'num_points': 1024,
-                'augment': {'scale': [0.8, 1.25], 'jitter_sigma': 0.01, 'jitter_clip': 0.05},
-                'seeds': [0, 1, 2], 'random_selections': 3, 'generator_modes': ['resampled', 'fixed'],
-                'part_balance': 1.0, 'amp': None, 'labels': None}
-_IGNORED = {'test_every', 'eval_epochs_during_distill'}   # classification keys inherited from default.yaml
-
-
 def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
-    """The evaluation section with defaults filled in (unknown keys are errors)."""
-    settings = {**SEG_DEFAULTS, **{k: v for k, v in dict(cfg or {}).items() if k not in _IGNORED}}
-    unknown = set(settings) - set(SEG_DEFAULTS)
-    if unknown:
-        raise KeyError(f'unknown segmentation evaluation keys {sorted(unknown)}; known: {sorted(SEG_DEFAULTS)}')
-    if str(settings['optimizer']).lower() not in ('adam', 'sgd'):
-        raise ValueError(f"evaluation.optimizer must be 'adam' or 'sgd', got {settings['optimizer']!r}")
-    check_amp(settings['amp'], 'evaluation.amp')
-    if settings['labels'] is not None:
-        raise NotImplementedError(f"evaluation.labels {settings['labels']!r}: part segmentation trains on hard part "
-                                  f"labels only (teacher labels are for classification); set evaluation.labels=null")
-    return settings
+    """The evaluation section of a part-segmentation config, checked, with every default filled in."""
+    return resolve_section('evaluation', cfg, 'segmentation')
 
 
 def part_mask(categories: Tensor, cls2parts: Sequence[Sequence[int]], num_parts: int) -> Tensor:
@@ -140,8 +123,8 @@ def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
-    augment = settings.get('augment') or {}
-    batch_size, amp = int(settings['batch_size']), check_amp(settings.get('amp'), 'evaluation.amp')
+    augment = settings['augment']
+    batch_size, amp = int(settings['batch_size']), settings['amp']
     for epoch in range(epochs):
         pos, parts, categories = (t.to(device) for t in sampler(epoch, generator))
         order = torch.randperm(len(pos), generator=generator).to(device)

@@ -10,6 +10,7 @@ import torch
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
 from ..labels import DatasetIdentity
+from ..settings import resolve_distill_config
 from ..utils.io import write_json
 from ..utils.run import resume_mode
 from . import distributed
@@ -61,12 +62,13 @@ def random_baseline(train: RealPool, test: RealPool, cpc: int, settings, selecti
 
 def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Distill, export the artifact, evaluate it (and Random at the same cpc), write metrics.json."""
-    settings = evaluation_settings(cfg.get('evaluation'))
-    device = resolve_device(cfg.get('device', 'cpu'))
+    cfg = resolve_distill_config(cfg, task='classification')
+    settings = evaluation_settings(cfg['evaluation'])
+    device = resolve_device(cfg['device'])
     train = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=int(settings['num_points']))
-    evaluates = cfg.get('evaluation') is not None and distributed.is_main()   # rank 0 evaluates under torchrun
+    evaluates = cfg['evaluation'] is not None and distributed.is_main()   # rank 0 evaluates under torchrun
     test = test_pool(cfg['dataset'], int(settings['num_points'])) if evaluates else None
-    quick_epochs = settings.get('eval_epochs_during_distill')
+    quick_epochs = settings['eval_epochs_during_distill']
 
     def evaluate_during(distiller: Distiller, iteration: int) -> dict:
         """Quick one-seed evaluation; the snapshot is kept so it can be evaluated fully later."""
@@ -76,7 +78,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         return {'oa': round(result['oa'], 2), 'snapshot': str(path)}
 
     distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
-    result = distiller.run(resume=resume_mode(cfg.get('resume')) != 'never')
+    result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
     if not distributed.is_main():
         return {}
     metrics: dict = {'artifact': str(result.artifact_path), 'iterations_done': result.iterations_done,
@@ -84,12 +86,12 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                      'loss_history': result.loss_history, 'evaluations_during_distillation': result.evaluations,
                      'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
     if test is not None:
-        seeds = list(settings.get('seeds') or [0])
+        seeds = list(settings['seeds'])
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
         rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
         rows = {}
-        modes = generator_modes(settings.get('generator_modes')) if synthetic.is_generator else [False]
+        modes = generator_modes(settings['generator_modes']) if synthetic.is_generator else [False]
         for resample in modes:
             name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
             runs = evaluate_set(synthetic_sampler(synthetic, settings['num_points'], resample), test, settings,

@@ -188,7 +188,7 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int]
     rotator = build_rotator((cfg.get('distill') or {}).get('rotator')).to(device)   # Random's; a set brings its own
     train = None
     grouped: dict[tuple, list[dict]] = {}
-    tested = int(settings.get('test_every') or 0) or int(settings['epochs'])
+    tested = settings['test_every'] or settings['epochs']
     budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
               f"tested every {tested} epochs")
     for item in eval_sets:

@@ -1,5 +1,5 @@
 """Objectives: how synthetic and real batches of one class are compared (registered in OBJECTIVES)."""
-from .base import Objective
+from .base import Objective, ObjectiveBase, SetObjective
 from .distribution_matching import DistributionMatching
 from .gradient_matching import GradientMatching, gradient_distance
 from .m3d import M3D, fps_partitions, uniformity
@@ -7,5 +7,5 @@ from .part_gradient_matching import PartGradientMatching
 from .sadm import SADM, rbf_mmd, sadm_loss, sort_point_features
 from .trajectory_matching import TrajectoryMatching
 
-__all__ = ['Objective', 'DistributionMatching', 'M3D', 'fps_partitions', 'uniformity', 'SADM', 'rbf_mmd', 'sadm_loss', 'sort_point_features',
+__all__ = ['Objective', 'ObjectiveBase', 'SetObjective', 'DistributionMatching', 'M3D', 'fps_partitions', 'uniformity', 'SADM', 'rbf_mmd', 'sadm_loss', 'sort_point_features',
            'GradientMatching', 'PartGradientMatching', 'TrajectoryMatching', 'gradient_distance']

@@ -1,28 +1,59 @@
-"""The interface every objective implements: a distance between synthetic and real batches of one class."""
+"""The two interfaces an objective implements: per class (`Objective`) or the whole set at once (`SetObjective`).
+
+The engine tells them apart by type, and calls every hook of `ObjectiveBase` on both: an objective without state
+of its own inherits the no-op defaults.
+"""
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 
-class Objective(ABC):
-    """Compares the synthetic and real clouds of one class through a backbone.
+class ObjectiveBase(ABC):
+    """What the engine asks of every objective.
 
-    Class attributes tell the engine how to drive the backbone:
-        trains_backbone: True if the backbone is trained between matching steps (the inner loop of
-            gradient matching); False for a fresh, frozen random backbone (distribution matching).
-        matches_all_classes: True if the objective compares the whole synthetic set at once (trajectory
-            matching): the engine then calls `match_all(backbone, syn_pos, labels, generator)` once per
-            outer step instead of `__call__` per class, and also uses the optional hooks `prepare(...)`,
-            `parameters()`, `optimizer()`, `state_dict()` / `load_state_dict()` when they exist.
+    Class attributes:
+        trains_backbone: True if the backbone is trained between matching steps (the inner loop of gradient
+            matching); False for a fresh, frozen random backbone (distribution matching).
         task: 'classification' (the Distiller) or 'segmentation' (engine/distill_seg.py, per-point parts).
     """
 
     trains_backbone: bool = True
-    matches_all_classes: bool = False
     task: str = 'classification'
+
+    def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
+                make_backbone: Callable[[], nn.Module]) -> float:
+        """One-off set-up before the first iteration (trajectory matching trains its experts); returns its
+        seconds, which the engine logs and does not count in the budget."""
+        return 0.0
+
+    def parameters(self) -> list[Tensor]:
+        """Learnable tensors of the objective itself (trajectory matching's step size); none by default."""
+        return []
+
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of `parameters()`, stepped with the synthesizer's; None when there are none."""
+        return None
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the objective beyond its optimizer."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore `state_dict()`."""
+
+    def __repr__(self) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))
+        return f'{type(self).__name__}({args})'
+
+
+class Objective(ObjectiveBase):
+    """Compares the synthetic and real clouds of one class through a backbone: the engine matches the classes in
+    chunks through `match_classes`."""
 
     @abstractmethod
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
@@ -43,6 +74,11 @@ class Objective(ABC):
         """
         return torch.stack([self(backbone, syn, real, int(label)) for syn, real, label in zip(syn_pos, real_pos, labels)])
 
-    def __repr__(self) -> str:
-        args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))
-        return f'{type(self).__name__}({args})'
+
+class SetObjective(ObjectiveBase):
+    """Compares the whole synthetic set at once (trajectory matching): the engine calls `match_all` once per outer
+    step, with every synthetic cloud and its label."""
+
+    @abstractmethod
+    def match_all(self, backbone: nn.Module, syn_pos: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """Scalar loss of the whole set: `syn_pos` (S, N, 3) differentiable, `labels` (S,) int64."""

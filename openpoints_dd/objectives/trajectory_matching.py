@@ -13,21 +13,21 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..registry import OBJECTIVES
-from .base import Objective
+from .base import SetObjective
 from .expert_trajectories import ExpertBuffer
 
 logger = logging.getLogger(__name__)
 
 
 @OBJECTIVES.register_module()
-class TrajectoryMatching(Objective):
+class TrajectoryMatching(SetObjective):
     """MTT's normalised parameter distance after an unrolled, differentiable SGD on all synthetic clouds.
 
     From a random expert's snapshot θ_t (t < max_start_epoch), `syn_steps` plain-SGD steps of the backbone on
     the synthetic set with a learnable step size α give θ_student; the loss is ‖θ_student − θ_{t+M}‖² /
     ‖θ_t − θ_{t+M}‖², M = `expert_epochs` (exactly 1 when syn_steps is 0 or α is 0). The unroll is built with
     create_graph, so the loss reaches the synthetic clouds and α. The engine calls `prepare` once (expert
-    buffer, see expert_trajectories.py) and `match_all` once per outer step, not the per-class `__call__`.
+    buffer, see expert_trajectories.py) and `match_all` once per outer step.
 
     Memory bound: for every differentiable step the graph keeps the activations of one synthetic minibatch
     (DistillPointNet: about batch_syn × N × Σwidths × 3 floats) and one flat parameter vector, so memory ≈
@@ -60,7 +60,6 @@ class TrajectoryMatching(Objective):
     """
 
     trains_backbone = False
-    matches_all_classes = True   # the engine calls `match_all` once per step instead of per class
 
     def __init__(self, *, num_experts: int = 10, train_epochs: int = 50, lr_teacher: float = 0.01,
                  expert_batch: int = 256, expert_num_points: int | None = None, expert_epochs: int = 3,
@@ -141,10 +140,6 @@ class TrajectoryMatching(Objective):
         return seconds
 
     # ---------------------------------------------------------------------------------- the loss
-    def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
-        raise TypeError('TrajectoryMatching matches all classes at once: the engine calls match_all(), not the '
-                        'per-class interface.')
-
     def match_all(self, backbone: nn.Module, syn_pos: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         """The normalised parameter distance for one random (expert, start epoch).
 

@@ -64,7 +64,7 @@ class PointGenerator(Synthesizer):
 
     def __init__(self, *, num_classes: int, cpc: int, hidden_dim: int = 256, num_layers: int = 2,
                  w0_initial: float = 100.0, w0: float = 1.0,
-                 init: Literal['noise', 'real', 'herding', 'kcenter'] = 'noise', init_steps: int = 300,
+                 init: Literal['noise', 'real', 'herding', 'kcenter', 'facility'] = 'noise', init_steps: int = 300,
                  init_lr: float = 1e-3, init_num_points: int = 256, kcenter_first: Literal['mean', 'random'] = 'mean',
                  embed_steps: int = 500, embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
                  embed_widths: Sequence[int] = (64, 128, 1024), facility_sigma: float = 0.5,

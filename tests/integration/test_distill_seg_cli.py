@@ -50,14 +50,14 @@ def test_slot_partition_config_end_to_end(tmp_path):
     slot is one that at most half of the category's clouds show."""
     import torch
     from openpoints_dd.data.part_pool import PartPool
-    from openpoints_dd.utils.config import load_config
+    from openpoints_dd.settings import load_distill_config
     cfg = str(ROOT / 'cfgs' / 'distill' / 'embedded_part' / 'dd3d-realinit-slotparts-cpc1.yaml')
     overrides = [o.replace('num_shape_classes=3', 'num_shape_classes=4') for o in TINY] + [
         'distill.synthesizer.init_steps=3', 'distill.synthesizer.init_num_points=32']
     run_dir = tmp_path / 'run'
     assert _distill_main()(['--cfg', cfg, f'run_dir={run_dir}', *overrides]) == 0
     meta = SyntheticSet(run_dir / 'artifact.safetensors').metadata
-    pool = PartPool.from_dataset_cfg(load_config(cfg, overrides).dataset, 'train', num_points=64)
+    pool = PartPool.from_dataset_cfg(load_distill_config(str(cfg), overrides).dataset, 'train', num_points=64)
     assert meta['segmentation']['part_proportions'] == pool.part_proportions(1)
     for c, q in enumerate(meta['segmentation']['part_proportions']):
         shown = torch.stack([(pool.parts[pool.labels == c] == p).any(1) for p in pool.cls2parts[c]], 1).float().mean(0)

@@ -97,7 +97,10 @@ def test_euler_rotator_learns_with_its_own_rates_and_is_baked_into_the_export(tm
 
 def test_bad_rotator_optimizer_is_a_clear_error(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, rotator={'NAME': 'EulerRotator'}, rotator_optimizer={'learning_rate': 0.5})
-    with pytest.raises(ValueError, match=r'rotator_optimizer takes lr \(required\)'):
+    with pytest.raises(ValueError, match=r"unknown key distill\.rotator_optimizer\.learning_rate\. Known keys of distill\.rotator_optimizer: lr,"):
+        _distiller(cfg)
+    cfg = tiny_embedded_cfg(tmp_path, rotator={'NAME': 'EulerRotator'}, rotator_optimizer={'momentum': 0.5})
+    with pytest.raises(ValueError, match=r'distill\.rotator_optimizer\.lr is required'):
         _distiller(cfg)
 
 

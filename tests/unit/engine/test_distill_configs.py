@@ -7,7 +7,7 @@ import pytest
 
 from openpoints_dd.engine.distill import _rotator_args
 from openpoints_dd.registry import SYNTHESIZERS, build_objective, build_rotator, build_synthesizer
-from openpoints_dd.utils.config import load_config
+from openpoints_dd.settings import load_distill_config
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = sorted(p for p in (ROOT / 'cfgs' / 'distill').rglob('*.yaml') if p.name != 'default.yaml')
@@ -25,7 +25,7 @@ def test_the_baseline_grid_is_shipped():
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(ROOT / 'cfgs' / 'distill')))
 def test_config_loads_and_builds_its_parts(path, monkeypatch):
     monkeypatch.chdir(ROOT)                    # relative data_dir values are relative to the repository root
-    cfg = load_config(path)
+    cfg = load_distill_config(str(path))
     d = cfg['distill']
     num_classes = 40 if 'modelnet40' in path.parts else 10
     num_slots = num_classes * int(d['cpc'])
@@ -34,7 +34,7 @@ def test_config_loads_and_builds_its_parts(path, monkeypatch):
     else:
         assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots
     build_objective(d['objective'])
-    rotator = build_rotator(d.get('rotator'), **_rotator_args(d.get('rotator'), num_slots))
+    rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], num_slots))
     if getattr(rotator, 'per_slot', False):
         assert rotator.num_slots == num_slots
     if path.stem.endswith('-cpu30m'):   # research/cpu_protocol.md: the same budget and scale for every method

@@ -34,9 +34,11 @@ def test_restricted_and_unrestricted_predictions():
 
 
 def test_settings_reject_unknown_keys():
-    assert seg_evaluation_settings({'epochs': 3, 'test_every': 0})['epochs'] == 3
-    with pytest.raises(KeyError, match='epocs'):
+    assert seg_evaluation_settings({'epochs': 3})['epochs'] == 3
+    with pytest.raises(ValueError, match=r"unknown key evaluation\.epocs \(did you mean 'epochs'\?\)"):
         seg_evaluation_settings({'epocs': 3})
+    with pytest.raises(ValueError, match=r'unknown key evaluation\.test_every'):   # a classification key
+        seg_evaluation_settings({'test_every': 0})
 
 
 POINTNEXT_S_PARTSEG = {   # PointNeXt-S part segmentation (openpoints BasePartSeg), narrowed for a CPU test

@@ -103,7 +103,7 @@ def test_bad_labels_sections_are_clear_errors():
         TeacherLabels(teacher=TEACHER_YAML, alpha=1.5)
     with pytest.raises(ValueError, match='smoothing must be in'):
         HardLabels(smoothing=1.0)
-    with pytest.raises(TypeError, match='Check the keys of the labeler section'):
+    with pytest.raises(ValueError, match=r"TeacherLabels takes no such key \(did you mean 'temperature'\?\)"):
         evaluation_settings({'labels': {'NAME': 'TeacherLabels', 'teacher': TEACHER_YAML, 'temprature': 3}})
 
 
