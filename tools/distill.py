@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
-from openpoints_dd.engine import distributed  # noqa: E402
+from openpoints_dd.utils import distributed  # noqa: E402
 from openpoints_dd.engine.distill import CHECKPOINT_NAME  # noqa: E402
 from openpoints_dd.engine.distill_seg import run_seg_distillation  # noqa: E402
 from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402

@@ -111,6 +111,15 @@ class RealPool:
         return normalize_to_unit_sphere(self.pos[index]), index
 
 
+#: Random baseline: selection i draws its clouds with seed RANDOM_SEED_OFFSET + i (every table, every task)
+RANDOM_SEED_OFFSET = 10_000
+
+
+def random_selection_generator(selection: int) -> torch.Generator:
+    """The generator of the Random baseline's selection `selection` (`random_per_class` of a real or part pool)."""
+    return torch.Generator().manual_seed(RANDOM_SEED_OFFSET + int(selection))
+
+
 def dataset_labels(dataset) -> np.ndarray:
     """(M,) int64 class labels of an openpoints classification dataset, without loading its clouds when it keeps
     them as an array (our EmbeddedShapes and DistilledDataset's val/test, openpoints' ModelNet40Ply2048)."""

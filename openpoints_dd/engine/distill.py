@@ -33,9 +33,10 @@ from ..registry import ROTATORS, SYN_OPTIMIZERS, build_objective, build_rotator,
 from ..settings import resolve_distill_config
 from ..objectives import SetObjective
 from ..synthesizers import Synthesizer
+from ..utils.device import resolve_device
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import atomic_path
-from . import distributed
+from ..utils import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Distiller:
         d = cfg['distill']
         self.d = d
         self.seed = cfg['seed']
-        self.device = torch.device(resolve_device(cfg['device']))
+        self.device = resolve_device(cfg['device'])
         self.num_classes = pool.num_classes
         torch.manual_seed(self.seed)   # the synthesizer's initial weights depend on the seed only
         self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=d['cpc']).to(self.device)
@@ -464,14 +465,6 @@ def expected_iterations(done: int, iterations: int, elapsed: float, seconds_per_
         return iterations
     fitting = int(max(budget_s - elapsed, 0.0) // seconds_per_iteration)
     return max(done, min(iterations, done + fitting))
-
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, 'auto'):
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if str(device).startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available; set device=cpu')
-    return str(device)
 
 
 def _clock(seconds: float) -> str:

@@ -23,14 +23,16 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..data.part_pool import PartPool
+from ..data.real_pool import random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..settings import resolve_distill_config
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
+from ..utils.device import resolve_device
 from ..utils.io import write_json
 from ..utils.run import resume_mode
-from . import distributed
-from .distill import Distiller, resolve_device
+from ..utils import distributed
+from .distill import Distiller
 from .evaluate import format_mean_std, generator_modes, random_selections, summarize
 from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
 
@@ -220,7 +222,7 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         runs = []
         selections = random_selections(settings, seeds)
         for selection in selections:
-            pos, index = train.random_per_class(cpc, torch.Generator().manual_seed(10_000 + selection))
+            pos, index = train.random_per_class(cpc, random_selection_generator(selection))
             sampler = fixed_part_sampler(pos[:, :eval_points], train.parts[index, :eval_points], train.labels[index])
             runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device))
         if runs:

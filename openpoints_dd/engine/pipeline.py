@@ -7,14 +7,15 @@ from typing import Any, Mapping
 
 import torch
 
-from ..data.real_pool import RealPool
+from ..data.real_pool import RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..labels import DatasetIdentity
 from ..settings import resolve_distill_config
+from ..utils.device import resolve_device
 from ..utils.io import write_json
 from ..utils.run import resume_mode
-from . import distributed
-from .distill import Distiller, resolve_device
+from ..utils import distributed
+from .distill import Distiller
 from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, prepared_labeler,
                        random_selections, summarize, train_and_test)
 
@@ -53,7 +54,7 @@ def random_baseline(train: RealPool, test: RealPool, cpc: int, settings, selecti
     """Random real subsets: one selection per seed, each evaluated once (cpu_protocol)."""
     results = []
     for selection in selections:
-        clouds, _ = train.random_per_class(cpc, torch.Generator().manual_seed(10_000 + int(selection)))
+        clouds, _ = train.random_per_class(cpc, random_selection_generator(selection))
         labels = torch.arange(train.num_classes).repeat_interleave(cpc)
         results += evaluate_set(fixed_sampler(clouds[:, :settings['num_points']], labels), test, settings,
                                 [selection], rotator, device)

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..data.artifact import save_artifact
-from ..data.real_pool import RealPool
+from ..data.real_pool import RANDOM_SEED_OFFSET, RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..registry import build_rotator
 from ..utils.config import resolve_path
@@ -40,7 +40,6 @@ FAST_MODEL = 'PointNet (CPU protocol)'
 BEST_LABEL = "papers' protocol (best test epoch)"
 RESAMPLED, FIXED = 'resampled each epoch', 'fixed set'
 FULL_TRAIN_LABEL = 'full train set'
-RANDOM_SEED_OFFSET = 10_000  # selection i draws with seed 10_000 + i, as engine.pipeline.random_baseline
 
 
 @dataclass
@@ -90,7 +89,7 @@ def expand_sets(sets: Mapping[str, Path], modes: Sequence[str] = GENERATOR_MODES
 
 def random_selection(pool: RealPool, cpc: int, selection: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selection `selection` of `cpc` random real clouds per class: (clouds, labels, pool indices)."""
-    clouds, index = pool.random_per_class(cpc, torch.Generator().manual_seed(RANDOM_SEED_OFFSET + int(selection)))
+    clouds, index = pool.random_per_class(cpc, random_selection_generator(selection))
     return clouds, torch.arange(pool.num_classes).repeat_interleave(cpc), index
 
 

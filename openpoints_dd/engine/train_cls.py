@@ -40,6 +40,7 @@ from ..data.real_pool import dataset_labels
 from ..labels import DatasetIdentity
 from ..registry import build_labeler
 from ..utils.config import config_hash, load_config, resolve_path, save_config
+from ..utils.device import resolve_device
 from ..utils.io import atomic_path, write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
 from .artifact_cfg import adapt_to_artifact, artifact_path
@@ -286,7 +287,7 @@ class _Trainer:
         self._check_keys()
         if cfg.seed is None:
             cfg.seed = secrets.randbelow(2 ** 31)
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         save_config(cfg, run_dir / 'cfg.yaml')
         logger.info('train_cls | run dir %s | device %s | seed %d | mode %s | cfg hash %s',
                     run_dir, self.device, cfg.seed, cfg.mode, self.given_hash)
@@ -807,17 +808,6 @@ def _tqdm_safe_logging(enabled: bool) -> Iterator[None]:
     from tqdm.contrib.logging import logging_redirect_tqdm
     with logging_redirect_tqdm(loggers=[logging.getLogger()]):
         yield
-
-
-def _resolve_device(name: str) -> torch.device:
-    name = str(name or 'auto').lower()
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'device {name!r} asked for but CUDA is not available here; use device=cpu or device=auto')
-    if not (name == 'cpu' or name.startswith('cuda')):
-        raise ValueError(f"device must be 'cpu', 'cuda' (or 'cuda:<i>') or 'auto', got {name!r}")
-    return torch.device(name)
 
 
 def _easy(value: Any) -> Any:

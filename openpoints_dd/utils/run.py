@@ -15,6 +15,7 @@ import yaml
 
 import torch
 
+from . import distributed
 from .config import config_hash, save_config
 
 from .memory import keep_freed_memory
@@ -64,7 +65,6 @@ def start_run(cfg, cfg_path: str, overrides: list[str], *, checkpoint: str | Non
         RuntimeError: another process holds the run directory.
         ValueError: a resume with a changed config (without resume=force), or an unknown `resume` value.
     """
-    from ..engine import distributed
     kept = keep_freed_memory()
     run_dir = Path(distributed.object_of_main(str(make_run_dir(cfg, cfg_path))))
     if not distributed.is_main():
