@@ -36,6 +36,7 @@ from ..synthesizers import Synthesizer
 from ..utils.device import resolve_device
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import atomic_path
+from ..utils.progress import bar_disabled
 from ..utils import distributed
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Distiller:
         distributed.broadcast_module(self.rotator)
         main = distributed.is_main()
         stopped_by_budget = False
-        bar = tqdm(total=iterations, initial=self.iteration, disable=not (d['progress'] and main),
+        bar = tqdm(total=iterations, initial=self.iteration, disable=bar_disabled(d['progress'] and main),
                    desc='distill', dynamic_ncols=True)
         iteration_seconds: list[float] = []   # this process's iterations: the next one is expected to take their mean
         while self.iteration < iterations:

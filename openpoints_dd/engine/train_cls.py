@@ -43,6 +43,7 @@ from ..utils.config import config_hash, load_config, resolve_path, save_config
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
+from ..utils.progress import bar_disabled
 from .artifact_cfg import adapt_to_artifact, artifact_path
 
 logger = logging.getLogger(__name__)
@@ -571,7 +572,7 @@ class _Trainer:
         step_per_update = int(cfg.step_per_update)
         clip = cfg.grad_norm_clip
         bar = tqdm(total=total_batches, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, dynamic_ncols=True,
-                   disable=not cfg.progress)
+                   disable=bar_disabled(cfg.progress))
         with _tqdm_safe_logging(bool(cfg.progress)):
             for idx, data in enumerate(itertools.islice(loader, total_batches)):
                 data, target = self._prepare(data, training=True)
@@ -618,7 +619,7 @@ class _Trainer:
         cm = ConfusionMatrix(num_classes=self.num_classes)
         total_batches = _limit(len(loader), self.cfg.max_val_batches)
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
-                         dynamic_ncols=True, disable=not self.cfg.progress):
+                         dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
             data, target = self._prepare(data, training=False)
             with self._forward_precision():
                 logits = model(data)

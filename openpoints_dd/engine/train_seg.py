@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .evaluate_seg import predict_parts, shape_ious, summarize_ious
 from .train_cls import _limit, _run_log_file, _Trainer
+from ..utils.progress import bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class _SegTrainer(_Trainer):
         categories, correct, seen = [], 0, 0
         total_batches = _limit(len(loader), self.cfg.max_val_batches)
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
-                         dynamic_ncols=True, disable=not self.cfg.progress):
+                         dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
             data, target = self._prepare(data, training=False)
             with self._forward_precision():
                 logits = model(data)
