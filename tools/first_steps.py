@@ -6,8 +6,8 @@ docs/results/baselines_cpu30m.md). This runs the config's own engine for a few i
 prints, per step, the matching loss and how far the exported clouds moved, so a learning rate can be checked in
 seconds instead of a 30-minute run and its evaluation.
 
-    .venv/bin/python benchmarks/first_steps.py --cfg cfgs/distill/modelnet40/dm-cpc10-cpu30m.yaml
-    .venv/bin/python benchmarks/first_steps.py --cfg cfgs/distill/modelnet40/dm-cpc10-cpu30m.yaml distill.syn_optimizer.lr=0.01
+    .venv/bin/python tools/first_steps.py --cfg cfgs/distill/modelnet40/dm-cpc10-cpu30m.yaml
+    .venv/bin/python tools/first_steps.py --cfg cfgs/distill/modelnet40/dm-cpc10-cpu30m.yaml distill.syn_optimizer.lr=0.01
 """
 from __future__ import annotations
 
