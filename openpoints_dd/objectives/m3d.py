@@ -55,9 +55,10 @@ def uniformity(clouds: Tensor, neighbours: int = 16) -> Tensor:
 
 
 def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
-    """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened."""
-    features = backbone.point_features(clouds).abs()                                           # (B, N, C)
-    return torch.sort(features, dim=1, descending=True).values.flatten(1)
+    """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened
+    channel-major (the MMD does not depend on the order of the dimensions; sorting contiguous rows is faster)."""
+    features = backbone.point_features(clouds).abs().transpose(1, 2).contiguous()              # (B, C, N)
+    return torch.sort(features, dim=-1, descending=True).values.flatten(1)
 
 
 @OBJECTIVES.register_module()

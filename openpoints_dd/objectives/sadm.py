@@ -23,7 +23,20 @@ def sort_point_features(features: Tensor) -> Tensor:
         (the sort's backward scatters along its permutation). Invariant to the order of the points and,
         since channels are sorted independently, to which point holds which value.
     """
-    return torch.sort(features, dim=-2, descending=True).values
+    # sorting along the contiguous last dimension is ~1.4x faster on CPU than along the strided points dimension
+    return torch.sort(features.transpose(-1, -2).contiguous(), dim=-1, descending=True).values.transpose(-1, -2)
+
+
+def pairwise_squared_distances(points: Tensor) -> Tensor:
+    """(G, n, n) squared Euclidean distances within each of G sets of n vectors (G, n, D), for large D.
+
+    One Gram matmul on vectors centred per set: distances do not change under a shift, and centring removes the
+    cancellation of |a|² + |b|² - 2 a·b for long vectors far from the origin (sorted feature maps), so this is
+    both faster and closer to float64 than `torch.cdist`'s direct path, which it takes for small n.
+    """
+    centred = points - points.mean(dim=1, keepdim=True)
+    norms = centred.square().sum(dim=-1)
+    return (norms.unsqueeze(2) + norms.unsqueeze(1) - 2 * centred @ centred.transpose(1, 2)).clamp_min(0)
 
 
 def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> Tensor:
@@ -43,9 +56,8 @@ def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0
     """
     if x.dim() == 2:
         return rbf_mmd(x.unsqueeze(0), y.unsqueeze(0), multipliers)[0]
-    pooled = torch.cat([x, y], dim=1)
-    squared = torch.cdist(pooled, pooled).square()                                   # (G, B + S, B + S)
-    n = pooled.shape[1]
+    squared = pairwise_squared_distances(torch.cat([x, y], dim=1))                    # (G, B + S, B + S)
+    n = squared.shape[1]
     bandwidth = (squared.detach().sum(dim=(1, 2)) / max(n * n - n, 1)).clamp_min(1e-12).view(-1, 1, 1)
     kernel = sum(torch.exp(-squared / (bandwidth * float(m))) for m in multipliers)
     b = x.shape[1]

@@ -81,3 +81,14 @@ def test_bad_settings_and_shapes_are_clear_errors():
         sadm_loss(torch.randn(1, 8, 4), torch.randn(2, 16, 4))
     text = repr(SADM(alpha_kernel='linear', alpha_weight=0.2))
     assert "alpha_kernel='linear'" in text and 'alpha_weight=0.2' in text and 'beta_weight=0.001' in text
+
+
+def test_pairwise_squared_distances_of_long_offset_vectors_match_float64():
+    """Sorted feature maps are long vectors far from the origin: the centred Gram form stays accurate there."""
+    from openpoints_dd.objectives.sadm import pairwise_squared_distances
+    torch.manual_seed(0)
+    points = 50 + torch.rand(3, 12, 200_000)                                       # (G, n, D)
+    exact = torch.cdist(points.double(), points.double()).square()
+    ours = pairwise_squared_distances(points)
+    assert ours.shape == (3, 12, 12)
+    assert ((ours.double() - exact).abs().max() / exact.max()).item() < 1e-5   # the diagonal (0) included
