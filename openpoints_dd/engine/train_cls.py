@@ -145,8 +145,8 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_log_file(run_dir / 'log.txt'):
-        return _Trainer(cfg, run_dir, overrides).run()
+    with run_log_file(run_dir / 'log.txt'):
+        return Trainer(cfg, run_dir, overrides).run()
 
 
 def per_class_loader(loader: DataLoader, per_class: int) -> DataLoader:
@@ -265,7 +265,7 @@ def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
 
 
 # ============================================================================================ the trainer
-class _Trainer:
+class Trainer:
     """One call of `train_classifier`: holds the built objects; `run()` does the work.
 
     Subclasses (engine/train_seg.py) change the task through `METRIC` (the validation figure that picks
@@ -567,7 +567,7 @@ class _Trainer:
         cfg = self.cfg
         model.train()
         cm = ConfusionMatrix(num_classes=self.num_classes)
-        total_batches = _limit(len(loader), cfg.max_train_batches)
+        total_batches = capped_batches(len(loader), cfg.max_train_batches)
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
         step_per_update = int(cfg.step_per_update)
         clip = cfg.grad_norm_clip
@@ -617,7 +617,7 @@ class _Trainer:
         """OA, mAcc (in %) and per-class accuracies of `model` on `loader` (eval mode, PointNeXt's `validate`)."""
         model.eval()
         cm = ConfusionMatrix(num_classes=self.num_classes)
-        total_batches = _limit(len(loader), self.cfg.max_val_batches)
+        total_batches = capped_batches(len(loader), self.cfg.max_val_batches)
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
                          dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
             data, target = self._prepare(data, training=False)
@@ -777,7 +777,7 @@ class _Trackers:
 
 
 @contextmanager
-def _run_log_file(path: Path) -> Iterator[None]:
+def run_log_file(path: Path) -> Iterator[None]:
     """Copy this package's INFO records to `path`, unless a handler already writes there (tools/train.py)."""
     package_logger = logging.getLogger('openpoints_dd')
     target = os.path.abspath(path)
@@ -851,7 +851,8 @@ def _dataset_reads(name: str | None, key: str) -> bool:
     return key in inspect.signature(cls.__init__).parameters
 
 
-def _limit(num_batches: int, cap: int | None) -> int:
+def capped_batches(num_batches: int, cap: int | None) -> int:
+    """The batches an epoch or evaluation runs: all of them, or `cap` (max_train_batches, max_val_batches)."""
     return num_batches if cap is None else min(num_batches, int(cap))
 
 

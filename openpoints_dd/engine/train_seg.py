@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .evaluate_seg import predict_parts, shape_ious, summarize_ious
-from .train_cls import _limit, _run_log_file, _Trainer
+from .train_cls import capped_batches, run_log_file, Trainer
 from ..utils.progress import bar_disabled
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,12 @@ def train_segmenter(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_log_file(run_dir / 'log.txt'):
-        return _SegTrainer(cfg, run_dir, overrides).run()
+    with run_log_file(run_dir / 'log.txt'):
+        return SegTrainer(cfg, run_dir, overrides).run()
 
 
-class _SegTrainer(_Trainer):
-    """`train_cls._Trainer` with part targets and mIoU evaluation."""
+class SegTrainer(Trainer):
+    """`train_cls.Trainer` with part targets and mIoU evaluation."""
 
     TASK = 'segmentation'
     METRIC = 'instance_miou'
@@ -157,7 +157,7 @@ class _SegTrainer(_Trainer):
         model.eval()
         ious: dict[str, list[Tensor]] = {'': [], 'unrestricted_': []}
         categories, correct, seen = [], 0, 0
-        total_batches = _limit(len(loader), self.cfg.max_val_batches)
+        total_batches = capped_batches(len(loader), self.cfg.max_val_batches)
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
                          dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
             data, target = self._prepare(data, training=False)

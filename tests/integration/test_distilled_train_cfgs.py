@@ -10,7 +10,7 @@ import torch
 from _artifacts import fake_modelnet40_artifact
 from openpoints_dd.data import SyntheticSet
 from conftest import make_fake_modelnet40
-from openpoints_dd.engine.train_cls import _Trainer
+from openpoints_dd.engine.train_cls import Trainer
 from openpoints_dd.utils.config import REPO_ROOT, load_config
 
 DISTILLED_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml'))
@@ -38,7 +38,7 @@ def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
                              'device=cpu', 'progress=False', 'seed=0'])
     assert cfg.dataset.common.NAME == 'DistilledDataset' and cfg.epochs < 600   # a CPU-scale budget
     assert cfg.dataset.train.num_points == cfg.num_points == cfg.model.get('points', cfg.num_points)
-    trainer = _Trainer(cfg, tmp_path, None)
+    trainer = Trainer(cfg, tmp_path, None)
     model = trainer._build_model()
     trainer._check_head(model)                      # 40 logits for random clouds
     train, val = trainer._loader('train', 2), trainer._loader('val', 2)

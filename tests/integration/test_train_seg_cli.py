@@ -137,10 +137,10 @@ def test_trainer_miou_equals_the_distillation_evaluation(tmp_path):
     """The trainer's mIoU over a loader is evaluate_seg.test_miou's over the same clouds (one code, two callers)."""
     from openpoints_dd.data.part_pool import PartPool
     from openpoints_dd.engine.evaluate_seg import test_miou
-    from openpoints_dd.engine.train_seg import _SegTrainer
+    from openpoints_dd.engine.train_seg import SegTrainer
     cfg = load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnet.yaml',
                       [o for o in TINY_DATA if not o.startswith('dataset.train.')] + ['model.widths=[8,16,32]'])
-    trainer = _SegTrainer(cfg, tmp_path, None)
+    trainer = SegTrainer(cfg, tmp_path, None)
     model = trainer._build_model()
     loader = trainer._loader('val', 7)                       # batches of 7, 3 of them, the last one short
     trainer.classes = trainer._check_dataset(loader.dataset, 'val')

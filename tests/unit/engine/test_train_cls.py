@@ -17,7 +17,7 @@ from openpoints.dataset.build import DATASETS
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 from openpoints_dd.engine.train_cls import (BEST_NOTE, find_checkpoint, load_model_weights, resample_points,
-                                            train_classifier, _Trainer)
+                                            train_classifier, Trainer)
 from openpoints_dd.utils.config import load_config
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -184,7 +184,7 @@ def test_no_weight_decay_models_build_their_optimizer(fake_data, tmp_path):
         def no_weight_decay(self):
             return {'token'}
 
-    trainer = _Trainer(tiny_cfg(fake_data), tmp_path, None)
+    trainer = Trainer(tiny_cfg(fake_data), tmp_path, None)
     model = WithSkipList()
     optimizer, _ = trainer._build_optimizer(model)   # openpoints alone: AttributeError 'module'
     no_decay = [g for g in optimizer.param_groups if g['weight_decay'] == 0]
@@ -268,7 +268,7 @@ def test_resume_needs_a_checkpoint(fake_data, tmp_path):
 
 def test_amp_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(fake_data, tmp_path, monkeypatch):
     seen = {'logits': set(), 'loss': set()}
-    original = _Trainer._build_model
+    original = Trainer._build_model
 
     def build(self):
         model = original(self)
@@ -277,7 +277,7 @@ def test_amp_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(fake_data, tmp_p
                                     or len(seen['loss']) else None)
         model.criterion.register_forward_hook(lambda module, args, out: seen['loss'].add(out.dtype))
         return model
-    monkeypatch.setattr(_Trainer, '_build_model', build)
+    monkeypatch.setattr(Trainer, '_build_model', build)
     cfg = tiny_cfg(fake_data, POINTNEXT_S, amp='bf16', max_train_batches=1, max_val_batches=1,
                    criterion_args={'NAME': 'SmoothCrossEntropy', 'label_smoothing': 0.2})
     result = train_classifier(cfg, tmp_path)
@@ -295,7 +295,7 @@ def test_a_wrong_labels_section_fails_before_any_data_loads(fake_data, tmp_path)
 def test_loader_workers_are_capped_to_the_cores(fake_data, tmp_path, monkeypatch, caplog):
     from openpoints_dd.engine import train_cls
     monkeypatch.setattr(train_cls, 'available_cores', lambda: 1)
-    trainer = _Trainer(tiny_cfg(fake_data, dataloader={'num_workers': 6}), tmp_path, None)
+    trainer = Trainer(tiny_cfg(fake_data, dataloader={'num_workers': 6}), tmp_path, None)
     with caplog.at_level('INFO'):
         loader = trainer._loader('train', 4)
     assert loader.num_workers == 1 and 'dataloader.num_workers 6 -> 1: the cores this process may use' in caplog.text
