@@ -38,6 +38,7 @@ from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import atomic_path
 from ..utils.progress import bar_disabled
 from ..utils import distributed
+from ..utils.fit import fit_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +320,8 @@ class Distiller:
             slots = torch.arange(self.synthesizer.num_slots)
             clouds = self.synthetic_clouds(slots, num_points, generator)
         labels = self.synthesizer.cloud_labels.to(self.device)
-        batch = self.d['inner_batch']
-        for _ in range(epochs):
-            order = torch.randperm(len(clouds), generator=generator).to(self.device)
-            for start in range(0, len(clouds), batch):
-                pick = order[start:start + batch]
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(backbone(clouds[pick]), labels[pick]).backward()
-                optimizer.step()
+        fit_epochs(optimizer, lambda pos, y: F.cross_entropy(backbone(pos), y), lambda epoch, g: (clouds, labels),
+                   epochs=epochs, batch_size=self.d['inner_batch'], generator=generator, device=self.device)
 
     # --------------------------------------------------------------------------- checkpoint/export
     def state(self) -> dict:

@@ -29,6 +29,7 @@ from ..settings import resolve_distill_config
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.device import resolve_device
+from ..utils.fit import fit_epochs
 from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
@@ -154,16 +155,10 @@ class SegDistiller(Distiller):
             clouds, parts = self.synthetic_clouds_with_parts(torch.arange(self.synthesizer.num_slots), num_points,
                                                              generator)
         categories = self.synthesizer.labels.to(self.device)
-        batch = int(self.d.get('inner_batch', 32))
         backbone.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(clouds), generator=generator).to(self.device)
-            for start in range(0, len(clouds), batch):
-                pick = order[start:start + batch]
-                optimizer.zero_grad(set_to_none=True)
-                logits = backbone({'pos': clouds[pick], 'cls': categories[pick]})
-                F.cross_entropy(logits, parts[pick]).backward()
-                optimizer.step()
+        fit_epochs(optimizer, lambda pos, y, c: F.cross_entropy(backbone({'pos': pos, 'cls': c}), y),
+                   lambda epoch, g: (clouds, parts, categories), epochs=epochs,
+                   batch_size=int(self.d.get('inner_batch', 32)), generator=generator, device=self.device)
 
     def metadata(self) -> dict:
         return {**super().metadata(), 'task': 'segmentation',

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
+from ..utils.fit import fit_epochs
 from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
 from ..labels import DatasetIdentity, HardLabels, Labeler
 from ..registry import build_labeler
@@ -96,26 +97,23 @@ def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor,
     labeler = labeler or HardLabels()
     test_pos, test_labels = test_pos.to(device), test_labels.to(device)
     best_oa, best_epoch = -1.0, -1
-    for epoch in range(epochs):
-        pos, labels = sampler(epoch, generator)
-        pos, labels = pos.to(device), labels.to(device)
-        order = torch.randperm(len(pos), generator=generator).to(device)
-        for begin in range(0, len(pos), batch_size):
-            pick = order[begin:begin + batch_size]
-            batch = augment_batch(pos[pick], augment, generator)
-            if rotator is not None:
-                batch = rotator(batch)
-            with autocast(amp, device):
-                logits = model(batch)
-                loss = labeler.loss(logits, labels[pick], batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+
+    def batch_loss(pos: Tensor, labels: Tensor) -> Tensor:
+        batch = augment_batch(pos, augment, generator)
+        if rotator is not None:
+            batch = rotator(batch)
+        with autocast(amp, device):
+            return labeler.loss(model(batch), labels, batch)
+
+    def test_now(epoch: int) -> None:
+        nonlocal best_oa, best_epoch
         if test_every and (epoch + 1) % test_every == 0 and epoch + 1 < epochs:
             oa, _ = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
             if oa > best_oa:
                 best_oa, best_epoch = oa, epoch + 1
+
+    fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=batch_size, generator=generator,
+               device=device, scheduler=scheduler, after_epoch=test_now)
     oa, macc = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
     if oa > best_oa:
         best_oa, best_epoch = oa, epochs

@@ -23,6 +23,7 @@ from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast
 from ..settings import resolve_section
 from .evaluate import augment_batch
+from ..utils.fit import fit_epochs
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
 PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
@@ -125,19 +126,14 @@ def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
     augment = settings['augment']
     batch_size, amp = int(settings['batch_size']), settings['amp']
-    for epoch in range(epochs):
-        pos, parts, categories = (t.to(device) for t in sampler(epoch, generator))
-        order = torch.randperm(len(pos), generator=generator).to(device)
-        for begin in range(0, len(pos), batch_size):
-            pick = order[begin:begin + batch_size]
-            batch = augment_batch(pos[pick], augment, generator)
-            with autocast(amp, device):
-                logits = model(_batch(batch, categories[pick]))
-            loss = F.cross_entropy(logits.float(), parts[pick])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+    def batch_loss(pos: Tensor, parts: Tensor, categories: Tensor) -> Tensor:
+        batch = augment_batch(pos, augment, generator)
+        with autocast(amp, device):
+            logits = model(_batch(batch, categories))
+        return F.cross_entropy(logits.float(), parts)
+
+    fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=batch_size, generator=generator,
+               device=device, scheduler=scheduler)
     result = test_miou(model, test.pos.to(device), test.parts.to(device), test.labels.to(device), test.cls2parts,
                        amp=amp)
     return {**result, 'epochs': epochs, 'seconds': time.perf_counter() - start}

@@ -16,6 +16,7 @@ from safetensors.torch import save as _safetensors_bytes
 from torch import Tensor, nn
 
 from ..utils.io import write_atomically
+from ..utils.fit import fit_epochs
 from ..utils.geometry import subsample_points
 
 __all__ = ['FORMAT_VERSION', 'METADATA_KEY', 'TENSOR_NAME', 'ExpertBufferError', 'ExpertBuffer', 'flat_parameters',
@@ -63,15 +64,13 @@ def train_expert(backbone: nn.Module, pos: Tensor, labels: Tensor, *, epochs: in
     device = next(backbone.parameters()).device
     optimizer = torch.optim.SGD(backbone.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
     snapshots = [flat_parameters(backbone)]
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), batch_size):
-            pick = order[start:start + batch_size]
-            clouds = subsample_points(pos[pick], num_points, generator=generator).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(backbone(clouds), labels[pick].to(device)).backward()
-            optimizer.step()
-        snapshots.append(flat_parameters(backbone))
+
+    def batch_loss(clouds: Tensor, y: Tensor) -> Tensor:
+        clouds = subsample_points(clouds, num_points, generator=generator).to(device)
+        return F.cross_entropy(backbone(clouds), y.to(device))
+
+    fit_epochs(optimizer, batch_loss, lambda epoch, g: (pos, labels), epochs=epochs, batch_size=batch_size,
+               generator=generator, after_epoch=lambda epoch: snapshots.append(flat_parameters(backbone)))
     return torch.stack(snapshots)
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.config import resolve_path
+from ..utils.fit import fit_epochs
 from ..utils.geometry import normalize_to_unit_sphere, subsample_points
 
 logger = logging.getLogger(__name__)
@@ -278,23 +279,24 @@ def train_embedding_net(pool, *, steps: int, num_points: int, batch_size: int, l
         net = DistillPointNet(num_classes=pool.num_classes, widths=tuple(widths)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     start = time.perf_counter()
-    order, begin = torch.empty(0, dtype=torch.long), 0
     log_every = max(1, steps // 10)
-    total, seen = 0.0, 0
-    for step in range(1, steps + 1):
-        if begin >= len(order):   # a new shuffled pass over the pool
-            order, begin = torch.randperm(len(pool.labels), generator=generator), 0
-        pick = order[begin:begin + batch_size]
-        begin += batch_size
-        pos = subsample_points(pool.pos[pick], num_points, generator=generator).to(device)
-        loss = F.cross_entropy(net(pos), pool.labels[pick].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, seen = total + loss.item() * len(pick), seen + len(pick)
-        if step % log_every == 0 or step == steps:
-            logger.info('coreset embedding net: step %d/%d, loss %.4f', step, steps, total / seen)
-            total, seen = 0.0, 0
+    progress = {'step': 0, 'total': 0.0, 'seen': 0}
+
+    def batch_loss(clouds: Tensor, labels: Tensor) -> Tensor:
+        pos = subsample_points(clouds, num_points, generator=generator).to(device)
+        loss = F.cross_entropy(net(pos), labels.to(device))
+        progress['step'] += 1
+        progress['total'] += loss.item() * len(labels)
+        progress['seen'] += len(labels)
+        if progress['step'] % log_every == 0 or progress['step'] == steps:
+            logger.info('coreset embedding net: step %d/%d, loss %.4f', progress['step'], steps,
+                        progress['total'] / progress['seen'])
+            progress['total'], progress['seen'] = 0.0, 0
+        return loss
+
+    passes = math.ceil(steps / max(math.ceil(len(pool.labels) / batch_size), 1))
+    fit_epochs(optimizer, batch_loss, lambda epoch, g: (pool.pos, pool.labels), epochs=passes,
+               batch_size=batch_size, generator=generator, max_steps=steps)
     logger.info('coreset embedding net: %d steps (%.1f passes over %d clouds) in %.1f s', steps,
                 steps * batch_size / max(len(pool.labels), 1), len(pool.labels), time.perf_counter() - start)
     return net.eval()
