@@ -423,9 +423,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
     for report in teachers.values():
         t = report['teacher']
-        lines.append(f"Teacher labels: {t['model']} from {t['config']} {' '.join(t['overrides'])}, trained on the whole "
-                     f"real train set in {t.get('minutes', '?')} min, test OA {t.get('test_oa', '?')} %; "
-                     f"T {report['temperature']:g}, alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
+        config = ' '.join([t['config'], *t['overrides']])
+        lines.append(f"Teacher labels: {t['model']} from {config}, trained on the whole real train set in "
+                     f"{t.get('minutes', '?')} min, test OA {t.get('test_oa', '?')} %; T {report['temperature']:g}, "
+                     f"alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
     return '\n'.join(lines)
 
 

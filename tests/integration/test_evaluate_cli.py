@@ -111,6 +111,20 @@ def test_markdown_table_shows_mean_std_and_runs():
     assert '| m | s | - | 1 | hard labels | 50.00 ± 2.50 | 50.00 ± 2.50 | 50.00 ± 2.50 | 2 | b |' in table
 
 
+
+def test_a_teacher_row_names_its_teacher_under_the_table():
+    summary = {'mean': 60.0, 'std': 1.0, 'n': 1, 'values': [60.0]}
+    report = {'labels': 'teacher labels', 'temperature': 5.0, 'alpha': 0.8, 'smoothing': 0.2,
+              'teacher': {'config': 'cfgs/train/t.yaml', 'overrides': [], 'model': 'DistillPointNet',
+                          'test_oa': 86.79, 'minutes': 15.3}}
+    table = markdown_table([{'model': 'm', 'set': 's', 'mode': '-', 'cpc': 1, 'budget': 'b', 'labels': 'teacher labels',
+                             'final_oa': summary, 'final_macc': summary, 'best_oa_papers_protocol': summary,
+                             'runs': [{'labels_report': report}]}])
+    assert '| m | s | - | 1 | teacher labels | 60.00 ± 1.00 |' in table
+    assert ('Teacher labels: DistillPointNet from cfgs/train/t.yaml, trained on the whole real train set in 15.3 min, '
+            'test OA 86.79 %; T 5, alpha 0.8, smoothing 0.2.') in table
+
+
 def test_real_section_turns_a_distilled_dataset_back_into_its_real_one():
     distilled = {'common': {'NAME': 'DistilledDataset', 'real_dataset': 'EmbeddedShapes', 'num_points': 128},
                  'train': {'split': 'train', 'repeat': 4, 'resample': True}, 'val': {'split': 'test'}}
