@@ -26,7 +26,7 @@ from openpoints.models.build import MODELS
 from openpoints.utils import EasyConfig
 
 from .registry import LABELERS, OBJECTIVES, ROTATORS, SYN_OPTIMIZERS, SYNTHESIZERS
-from .utils.config import load_config
+from .utils.config import load_config, to_plain
 from .utils.precision import AMP_CHOICES
 
 TASKS = ('classification', 'segmentation')
@@ -282,7 +282,7 @@ def _resolve_value(key: str, value: Any, s: Setting) -> Any:
             raise SettingsError(f'{key} must be a mapping; got {value!r}')
         if key == 'dataset':
             _check_dataset(value, key)
-        return _plain(value)
+        return to_plain(value)
     if s.kind == 'list':
         return _resolve_list(key, value, s)
     value = _scalar(key, value, s.kind)
@@ -363,7 +363,7 @@ def _resolve_component(key: str, value: Any, s: Setting) -> dict:
                             f'{", ".join(sorted(registry))}')
     args = {k: v for k, v in value.items() if k != 'NAME'}
     _check_keywords(key, registry[lookup], args)
-    return {'NAME': name, **_plain(args)}
+    return {'NAME': name, **to_plain(args)}
 
 
 def _check_keywords(key: str, cls: type, args: Mapping[str, Any]) -> None:
@@ -509,15 +509,6 @@ def _easy(values: Mapping[str, Any]) -> EasyConfig:
     out = EasyConfig()
     out.update(dict(values))
     return out
-
-
-def _plain(value: Any) -> Any:
-    """Nested EasyConfig / tuples as plain dicts and lists (deep copies)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return copy.deepcopy(value)
 
 
 def describe_schema(task: str = 'classification') -> str:

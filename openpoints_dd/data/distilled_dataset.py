@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from openpoints.dataset.build import DATASETS
 
+from .openpoints_item import finish_item
 from .synthetic_set import SyntheticSet
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,4 @@ class DistilledDataset(Dataset):
             data = {'pos': self.pos[i].copy(), 'cls': self.labels[i:i + 1].copy(), 'y': self.parts[i].copy()}
         else:
             data = {'pos': self.pos[i].copy(), 'y': self.labels[i]}
-        if self.transform is not None:
-            data = self.transform(data)
-        if not torch.is_tensor(data['pos']):
-            data['pos'] = torch.from_numpy(data['pos'])
-        data['x'] = torch.cat((data['pos'], data['heights']), 1) if 'heights' in data else data['pos']
-        return data
+        return finish_item(data, self.transform)

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from openpoints.dataset.build import DATASETS
 
 from ..utils.io import atomic_path
+from .openpoints_item import finish_item
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,7 @@ class PointCloudFolderDataset(Dataset):
         if self.partition == 'train':
             np.random.shuffle(pos)   # openpoints' ModelNet40Ply2048 shuffles training points (in place there)
         data = {'pos': pos, 'y': self.labels[index]}
-        if self.transform is not None:
-            data = self.transform(data)
-        if not torch.is_tensor(data['pos']):
-            data['pos'] = torch.from_numpy(np.ascontiguousarray(data['pos']))
-        data['x'] = torch.cat((data['pos'], data['heights']), 1) if 'heights' in data else data['pos']
-        return data
+        return finish_item(data, self.transform)
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(name={self.name!r}, split={self.split!r}, layout={self.layout!r}, '

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from openpoints.dataset.build import DATASETS
 
+from .openpoints_item import finish_item
 from .rotation import DatasetRotation
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,4 @@ class RotatedDataset(Dataset):
                 pos = np.array(pos, copy=True)
                 pos[:, :3] = pos[:, :3] @ rotation.astype(pos.dtype)
                 data['pos'] = pos
-        if self.transform is not None:
-            data = self.transform(data)
-        if not torch.is_tensor(data['pos']):
-            data['pos'] = torch.from_numpy(np.ascontiguousarray(data['pos']))
-        data['x'] = torch.cat((data['pos'], data['heights']), 1) if 'heights' in data else data['pos']
-        return data
+        return finish_item(data, self.transform)

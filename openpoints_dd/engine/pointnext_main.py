@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from openpoints.utils import EasyConfig
 
+from ..utils.config import to_easy
 from .artifact_cfg import adapt_to_artifact
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def main_overrides(cfg: Mapping[str, Any], *, artifact: str, data_dir: str | Non
     """PointNeXt `key=value` options that train `cfg` (a PointNeXt YAML, loaded as main.py loads it) for `epochs`
     on the artifact: DistilledDataset with the YAML's dataset for val/test, classes and head from the artifact
     (`adapt_to_artifact`), the data folder, the loader workers, wandb off."""
-    given = copy.deepcopy(cfg) if isinstance(cfg, EasyConfig) else _easy(cfg)
+    given = copy.deepcopy(cfg) if isinstance(cfg, EasyConfig) else to_easy(cfg)
     given.artifact = artifact
     fitted = adapt_to_artifact(given, 'classification')
     options = [f'{key}={value}' for key, value in _changed(given, fitted, '') if key != 'artifact']
@@ -183,15 +184,6 @@ def _import_error(module: str) -> str | None:
     return None
 
 
-def _easy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        out = EasyConfig()
-        for key, item in value.items():
-            out[key] = _easy(item)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_easy(v) for v in value]
-    return value
 
 
 def _changed(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:

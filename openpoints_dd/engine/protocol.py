@@ -27,7 +27,7 @@ from ..data.artifact import save_artifact
 from ..data.real_pool import RANDOM_SEED_OFFSET, RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..registry import build_rotator
-from ..utils.config import resolve_path
+from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
 from .evaluate import (GENERATOR_MODES, evaluation_settings, fixed_sampler, format_mean_std, generator_modes,
                        summarize)
@@ -278,15 +278,7 @@ def _full_train_jobs(name: str, base, data_cfg: Mapping[str, Any] | None, num_cl
 def _finish(cfg, seed: int, device: str, run_dir: Path) -> dict:
     """The job's config as plain dicts (it may cross a process boundary), with its seed, device and folder."""
     cfg.seed, cfg.device, cfg.progress, cfg.run_dir = seed, device, False, str(run_dir)
-    return _plain(cfg)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return to_plain(cfg)
 
 
 def _train_job(job: _Job) -> dict:

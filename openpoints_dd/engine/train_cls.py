@@ -39,7 +39,7 @@ from ..data.artifact import load_artifact
 from ..data.real_pool import dataset_labels
 from ..labels import DatasetIdentity
 from ..registry import build_labeler
-from ..utils.config import config_hash, load_config, resolve_path, save_config
+from ..utils.config import config_hash, load_config, resolve_path, save_config, to_easy
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
@@ -257,10 +257,10 @@ def load_train_config(path: str | os.PathLike, overrides: Sequence[str] | None =
 
 def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
     """A deep copy of `cfg` as `EasyConfig` with `TRAIN_DEFAULTS` filled in where keys are missing."""
-    out = _easy(copy.deepcopy(dict(cfg)))
+    out = to_easy(copy.deepcopy(dict(cfg)))
     for key, value in TRAIN_DEFAULTS.items():
         if key not in out:
-            out[key] = _easy(copy.deepcopy(value))
+            out[key] = to_easy(copy.deepcopy(value))
     return out
 
 
@@ -323,7 +323,7 @@ class Trainer:
             if self.TASK != 'classification':
                 raise NotImplementedError(f'labels: {cfg.labels!r}: {self.TASK} trains on hard labels only (teacher '
                                           f'labels are for classification); set labels=null')
-            build_labeler(_easy(cfg.labels))   # an unknown labeler or key fails here, before any data loads
+            build_labeler(to_easy(cfg.labels))   # an unknown labeler or key fails here, before any data loads
 
     def _build_model(self) -> nn.Module:
         model_cfg = copy.deepcopy(self.cfg.model)  # BaseCls writes cls_args.in_channels into its cfg
@@ -337,7 +337,7 @@ class Trainer:
         if hasattr(model, 'get_logits_loss') and criterion is not None:
             self.loss_fn = None
         else:
-            self.loss_fn = build_criterion_from_cfg(_easy(self.cfg.criterion_args or {'NAME': 'CrossEntropy'}))
+            self.loss_fn = build_criterion_from_cfg(to_easy(self.cfg.criterion_args or {'NAME': 'CrossEntropy'}))
         return model.to(self.device)
 
     @torch.no_grad()
@@ -414,7 +414,7 @@ class Trainer:
                 f'dataset.common.NAME={source} (and its own data keys)')
 
     def _loader(self, split: str, batch_size: int):
-        dataloader_cfg = _easy(copy.deepcopy(self.cfg.dataloader or {}))
+        dataloader_cfg = to_easy(copy.deepcopy(self.cfg.dataloader or {}))
         dataloader_cfg.setdefault('num_workers', 0)
         cores = available_cores()
         if int(dataloader_cfg.num_workers) > cores:   # PointNeXt's 6 workers on a 2-core machine only contend
@@ -494,7 +494,7 @@ class Trainer:
 
         self.labeler = None
         if cfg.get('labels') is not None:   # the teacher labels this dataset's classes: checked, trained or loaded once
-            self.labeler = build_labeler(_easy(cfg.labels))
+            self.labeler = build_labeler(to_easy(cfg.labels))
             self.labeler.prepare(DatasetIdentity.of(_real(_unwrap(val_loader.dataset))), self.device)
             logger.info('labels: %s', self.labeler.report())
 
@@ -811,15 +811,6 @@ def _tqdm_safe_logging(enabled: bool) -> Iterator[None]:
         yield
 
 
-def _easy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        out = EasyConfig()
-        for k, v in value.items():
-            out[k] = _easy(v)
-        return out
-    if isinstance(value, list):
-        return [_easy(v) for v in value]
-    return value
 
 
 def _real(dataset):

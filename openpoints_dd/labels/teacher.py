@@ -26,7 +26,7 @@ from openpoints.utils import EasyConfig
 
 from ..data.artifact import ArtifactError, read_tensor_file, save_tensor_file
 from ..registry import LABELERS
-from ..utils.config import config_hash, load_config, resolve_path
+from ..utils.config import config_hash, load_config, resolve_path, to_plain
 from .base import DatasetIdentity, Labeler
 from .losses import distillation_kl, smoothed_cross_entropy
 
@@ -117,7 +117,7 @@ def train_teacher(cfg: Any, path: Path) -> Path:
     minutes = (time.perf_counter() - started) / 60
     trained_on = dataset_identity(cfg['dataset'])
     state = load_file(str(run_dir / 'checkpoint' / 'last.safetensors'), device='cpu')
-    metadata = {'kind': KIND, 'model': _plain(cfg['model']), 'cfg_hash': config_hash(cfg),
+    metadata = {'kind': KIND, 'model': to_plain(cfg['model']), 'cfg_hash': config_hash(cfg),
                 'dataset': {'name': trained_on.name, 'num_classes': trained_on.num_classes,
                             'class_names': list(trained_on.class_names)},
                 'test_oa': round(float(metrics['last_oa']), 2), 'test_macc': round(float(metrics['last_macc']), 2),
@@ -143,7 +143,7 @@ def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None
                             f'but the set to label comes from {dataset.name} ({dataset.num_classes} classes'
                             f'{", other class names" if trained["num_classes"] == dataset.num_classes else ""}). '
                             f'Give TeacherLabels a teacher YAML whose dataset section is that dataset.')
-    model = build_model_from_cfg(EasyConfig(_plain(metadata['model'])))
+    model = build_model_from_cfg(EasyConfig(to_plain(metadata['model'])))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -168,15 +168,6 @@ def _model_input(inputs: Tensor | Mapping[str, Any]) -> Any:
     if torch.is_tensor(inputs):
         return {'pos': inputs, 'x': inputs.transpose(1, 2).contiguous()}
     return inputs
-
-
-def _plain(section: Any) -> Any:
-    """A config section as plain dicts and lists (JSON)."""
-    if isinstance(section, Mapping):
-        return {str(k): _plain(v) for k, v in section.items()}
-    if isinstance(section, (list, tuple)):
-        return [_plain(v) for v in section]
-    return section
 
 
 @contextlib.contextmanager

@@ -290,18 +290,30 @@ def _parse_value(text: str) -> Any:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             return text
-    return _to_easy(value)
+    return to_easy(value)
 
 
-def _to_easy(value: Any) -> Any:
+def to_easy(value: Any) -> Any:
+    """Nested mappings as `EasyConfig`s (attribute access, as openpoints' builders expect), tuples as lists (as
+    YAML would give them)."""
     if isinstance(value, Mapping):
         out = EasyConfig()
         for k, v in value.items():
-            out[k] = _to_easy(v)
+            out[k] = to_easy(v)
         return out
-    if isinstance(value, (list, tuple)):  # as YAML would give them
-        return [_to_easy(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        return [to_easy(v) for v in value]
     return value
+
+
+def to_plain(value: Any) -> Any:
+    """Nested `EasyConfig`s / tuples as plain dicts and lists, leaves deep-copied: a config that can be written as
+    JSON or YAML, hashed, or sent to another process, and changed without touching the original."""
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return copy.deepcopy(value)
 
 
 def _kind(value: Any) -> str | None:

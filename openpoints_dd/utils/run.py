@@ -16,7 +16,7 @@ import yaml
 import torch
 
 from . import distributed
-from .config import config_hash, save_config
+from .config import config_hash, save_config, to_plain
 
 from .memory import keep_freed_memory
 
@@ -112,7 +112,7 @@ def _resume_changes(cfg, run_dir: Path, checkpoint: str | None) -> list[str]:
     if checkpoint is None or mode == 'never' or not (run_dir / checkpoint).is_file() or not stored_path.is_file():
         return []
     stored = yaml.safe_load(stored_path.read_text()) or {}
-    changes = config_changes(stored, json.loads(json.dumps(_plain(cfg), default=str)), RESUME_HARMLESS)
+    changes = config_changes(stored, json.loads(json.dumps(to_plain(cfg), default=str)), RESUME_HARMLESS)
     if changes and mode != 'force':
         raise ValueError(f'run_dir {run_dir} holds a checkpoint of another config; this one changes '
                          f'{", ".join(changes)}. Use a new run_dir, resume=never to start over, or resume=force to '
@@ -143,14 +143,6 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
         else:
             out[f'{prefix}{key}'] = value
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @contextlib.contextmanager
