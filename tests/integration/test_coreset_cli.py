@@ -1,6 +1,5 @@
 """A coreset baseline end to end through tools/distill.py: selection at iterations 0 → artifact → evaluation,
 and the artifact read back by SyntheticSet and DistilledDataset."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import yaml
 from conftest import tiny_embedded_cfg
 from openpoints_dd.data import SyntheticSet
 from openpoints_dd.data.distilled_dataset import DistilledDataset
+from _tools import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 @pytest.mark.parametrize('init', ['herding', 'kcenter'])

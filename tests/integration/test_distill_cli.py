@@ -1,11 +1,11 @@
 """tools/distill.py in-process: distill → artifact → DistilledDataset-ready files → evaluation table."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from openpoints_dd.data import SyntheticSet
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
@@ -17,10 +17,7 @@ TINY = ['+dataset.common.num_per_class_train=6', '+dataset.common.num_per_class_
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 def test_distill_cli_writes_artifact_metrics_and_table(tmp_path):

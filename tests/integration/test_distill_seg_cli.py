@@ -1,9 +1,9 @@
 """tools/distill.py with `task: segmentation`: a tiny part-segmentation distillation end to end."""
-import importlib.util
 import json
 from pathlib import Path
 
 from openpoints_dd.data import SyntheticSet
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / 'cfgs' / 'distill' / 'embedded_part' / 'dd3d-cpc1.yaml')
@@ -16,10 +16,7 @@ TINY = ['+dataset.common.num_shape_classes=3', 'dataset.common.num_per_class_tra
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 def test_segmentation_distillation_writes_artifact_and_miou_table(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from _artifacts import fake_modelnet40_artifact
+from _tools import load_tool
 from openpoints_dd.data import SyntheticSet
 from conftest import make_fake_modelnet40
 from openpoints_dd.engine.train_cls import Trainer
@@ -52,11 +53,7 @@ def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
 
 
 def _train_main():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('train').main
 
 
 @pytest.mark.parametrize('name,extra', [('distilled-pointnet-cpu', ['model.widths=[8,16,32]']),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artifact
+from _tools import load_tool
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.data.artifact import ArtifactError, load_artifact, save_artifact
 from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, markdown_table, parse_set_args,
@@ -19,10 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location('evaluate_tool', ROOT / 'tools' / 'evaluate.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('evaluate').main
 
 
 evaluate_main = _main()

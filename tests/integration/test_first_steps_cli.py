@@ -1,7 +1,7 @@
 """tools/first_steps.py: a learning rate's first steps, measured on the config's own engine."""
-import importlib.util
 import json
 from pathlib import Path
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
@@ -11,10 +11,7 @@ TINY = ['+dataset.common.num_per_class_train=6', '+dataset.common.num_per_class_
 
 
 def _first_steps(argv):
-    spec = importlib.util.spec_from_file_location('first_steps_tool', ROOT / 'tools' / 'first_steps.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_tool('first_steps').main(argv)
 
 
 def test_a_larger_rate_moves_the_clouds_further(tmp_path, capsys):

@@ -1,5 +1,4 @@
 """A new objective is one class and one registration: it runs through tools/distill.py with no engine change."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import torch
 
 from openpoints_dd.objectives import Objective, SetObjective
 from openpoints_dd.registry import OBJECTIVES
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
@@ -17,10 +17,7 @@ TINY = ['+dataset.common.num_per_class_train=6', '+dataset.common.num_per_class_
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 class CentroidMatching(Objective):

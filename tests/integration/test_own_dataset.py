@@ -3,7 +3,6 @@ datasets with their own 4 class names, each distilled by tools/distill.py (with 
 tools/evaluate.py from a YAML written outside cfgs/ that names neither code nor a class count."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from conftest import SHAPE_NAMES, make_class_folders, make_h5_dataset
 from openpoints_dd.data import SyntheticSet
 from openpoints_dd.utils.config import REPO_ROOT
+from _tools import load_tool
 
 LAYOUTS = {
     'modelnet_h5': lambda root: make_h5_dataset(root, style='modelnet'),
@@ -21,10 +21,7 @@ LAYOUTS = {
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', REPO_ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(name).main
 
 
 def user_yaml(folder: Path, data_dir: Path) -> Path:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from _artifacts import fake_modelnet40_artifact
+from _tools import load_tool
 from conftest import make_fake_modelnet40
 from openpoints_dd.engine import pointnext_main as pn
-from openpoints_dd.utils.config import REPO_ROOT
 
 MIRROR = Path('/work/.mirror/guochengqian+PointNeXt/repo')
 
@@ -88,10 +88,7 @@ def _checkout(root: Path, cuda: bool) -> Path:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('pointnext_tool', REPO_ROOT / 'tools' / 'pointnext_main.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('pointnext_main')
 
 
 @pytest.fixture(scope='module')

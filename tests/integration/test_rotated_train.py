@@ -1,20 +1,17 @@
 """tools/train.py trains PointNeXt-S on rotated, canonicalised fake ModelNet40 (cfgs/train rotated example)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 from conftest import make_fake_modelnet40
 from openpoints_dd.utils.config import REPO_ROOT, load_config
+from _tools import load_tool
 
 CFG = REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-rotated-pointnext-s-pcasign.yaml'
 
 
 def _train_tool():
-    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('train')
 
 
 def test_pointnext_s_trains_one_epoch_through_canonicalize_on_rotated_data(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from _artifacts import fake_modelnet40_artifact
+from _tools import load_tool
 from conftest import make_fake_modelnet40
 from openpoints_dd.utils.config import REPO_ROOT
 
@@ -31,11 +32,7 @@ def data(tmp_path_factory):
 
 
 def _train_main():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('train').main
 
 
 def test_the_six_backbones_are_the_train_configs():

@@ -5,7 +5,6 @@ mirror rule; they live here because overrides are what the command line exposes.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -20,16 +19,14 @@ from conftest import make_fake_modelnet40
 from openpoints.utils import EasyConfig
 from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS, per_class_loader
 from openpoints_dd.utils.config import REPO_ROOT, config_hash, load_config, resolve_path, save_config
+from _tools import load_tool
 
 TRAIN_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('*.yaml'))
 EXAMPLES = [p for p in TRAIN_CFGS if p.name != 'default.yaml']
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('train')
 
 
 train_tool = _load_tool()

@@ -2,7 +2,6 @@
 here, the task dispatch, and the mIoU the trainer reports against a hand check."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -17,6 +16,7 @@ from openpoints_dd.registry import build_synthesizer
 from openpoints_dd.utils.config import REPO_ROOT, load_config
 
 from openpoints_dd.data.embedded_shapes import PARTS_PER_CLASS  # noqa: E402  (10 categories, 31 part labels)
+from _tools import load_tool
 TINY_DATA = ['dataset.common.num_per_class_train=2', 'dataset.common.num_per_class_test=1',
              'dataset.common.num_points=64', 'dataset.train.num_points=64', 'num_points=64', 'batch_size=8',
              'val_batch_size=16', 'dataset.train.repeat=1', 'epochs=1', 'device=cpu', 'progress=False', 'seed=0']
@@ -28,10 +28,7 @@ TINY_MODELS = {
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location('train_tool', REPO_ROOT / 'tools' / 'train.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('train').main
 
 
 def part_artifact(path, points: bool = False):

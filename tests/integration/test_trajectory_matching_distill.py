@@ -1,5 +1,4 @@
 """Trajectory matching end to end: tools/distill.py at tiny size, and bit-identical resume."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import torch
 from conftest import run_until_crash, tiny_embedded_cfg
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.engine.distill import CHECKPOINT_NAME, Distiller
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TM = {'NAME': 'TrajectoryMatching', 'num_experts': 2, 'train_epochs': 3, 'expert_epochs': 1, 'max_start_epoch': 2,
@@ -15,10 +15,7 @@ TM = {'NAME': 'TrajectoryMatching', 'num_experts': 2, 'train_epochs': 3, 'expert
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 def test_tm_distillation_through_the_cli_writes_an_artifact(tmp_path):

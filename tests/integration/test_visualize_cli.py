@@ -1,24 +1,18 @@
 """tools/visualize.py in-process: PNG grids of clouds and run curves, read back with matplotlib."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
 from _artifacts import data_cfg_text, generator_artifact, points_artifact
-
-ROOT = Path(__file__).resolve().parents[2]
+from _tools import load_tool
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location('visualize_tool', ROOT / 'tools' / 'visualize.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('visualize').main
 
 
 visualize_main = _main()

@@ -2,7 +2,6 @@
 place (openpoints_dd/settings.py)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 
 from openpoints_dd.settings import (SettingsError, describe_schema, load_distill_config, resolve_distill_config,
                                     resolve_section, schema)
+from _tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / 'cfgs' / 'distill' / 'demo.yaml'
@@ -24,10 +24,7 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 
 
 def _distill_main():
-    spec = importlib.util.spec_from_file_location('distill_tool', ROOT / 'tools' / 'distill.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('distill').main
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(ROOT / 'cfgs' / 'distill')))
