@@ -173,8 +173,8 @@ EVALUATION_SEGMENTATION = {
     'optimizer': _choice('adam', ('adam', 'sgd'), 'optimizer'),
     'momentum': _float(0.9, 'SGD momentum', low=0, high=1),
     'part_balance': _float(1.0, 'weight of the part-frequency balancing of the loss (0: none)', low=0),
-    'labels': _component(None, dict, 'null: part segmentation trains on hard part labels only (teacher labels '
-                         'are for classification)', nullable=True),
+    'labels': _component(None, lambda: LABELERS.module_dict, 'null: hard part labels; {NAME: TeacherLabels, '
+                         'teacher: <part-segmentation train YAML>}: per-point soft labels', nullable=True),
     'random_selections': _int(3, 'Random baseline: one real subset per selection', low=0),
 }
 

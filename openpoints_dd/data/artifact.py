@@ -85,7 +85,8 @@ def content_checksum(tensors: Mapping[str, Tensor]) -> str:
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes as it is
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
     return digest.hexdigest()
 
 

@@ -25,6 +25,7 @@ from openpoints.utils import EasyConfig
 from ..data.part_pool import PartPool
 from ..data.real_pool import random_selection_generator
 from ..data.synthetic_set import SyntheticSet
+from ..labels import DatasetIdentity, parts_of, teacher_line
 from ..settings import resolve_distill_config
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
@@ -34,7 +35,7 @@ from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
-from .evaluate import format_mean_std, generator_modes, random_selections, summarize
+from .evaluate import format_mean_std, generator_modes, prepared_labeler, random_selections, summarize
 from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
 
 logger = logging.getLogger(__name__)
@@ -207,28 +208,35 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         seeds = list(settings['seeds'])
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
+        labeler = prepared_labeler(settings, DatasetIdentity(train.name, tuple(train.class_names),
+                                                             parts_of(train.cls2parts)), device)
         rows = {}
         modes = generator_modes(settings['generator_modes'])
         for resample in modes:
             sampler = generator_sampler(synthetic.synthesizer, eval_points, resample,
                                         settings['part_balance'])
             name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
-            rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device) for s in seeds]
+            rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device, labeler=labeler)
+                          for s in seeds]
         runs = []
         selections = random_selections(settings, seeds)
         for selection in selections:
             pos, index = train.random_per_class(cpc, random_selection_generator(selection))
             sampler = fixed_part_sampler(pos[:, :eval_points], train.parts[index, :eval_points], train.labels[index])
-            runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device))
+            runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device,
+                                           labeler=labeler))
         if runs:
             rows[f'random ({len(selections)} selections)'] = runs
         keys = ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou')
         metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
+        metrics['labels'] = labeler.report()
         header = f'{"set":30s} {"inst mIoU":>14s} {"class mIoU":>14s} {"inst (unrestr.)":>16s} {"class (unrestr.)":>16s}'
-        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds})']
+        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds}, {labeler.describe()})']
         lines += [f'{name:30s} ' + ' '.join(f'{format_mean_std(row[k]):>14s}' if i < 2 else f'{format_mean_std(row[k]):>16s}'
                                              for i, k in enumerate(keys))
                   for name, row in metrics['evaluation'].items()]
+        if 'teacher' in metrics['labels']:
+            lines.append(teacher_line(metrics['labels']))
         logger.info('results\n%s', '\n'.join(lines))
         metrics['table'] = lines
     write_json(run_dir / 'metrics.json', metrics)

@@ -32,9 +32,9 @@ GENERATOR_MODES = ('resampled', 'fixed')   # fresh generator clouds every epoch;
 #: (epoch, generator) -> (pos (S, N, 3), y (S,)): a fixed set ignores the epoch, a generator resamples
 TrainSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
-def evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
-    """The evaluation section, checked, with every default of `openpoints_dd.settings` filled in."""
-    settings = resolve_section('evaluation', cfg, 'classification')
+def evaluation_settings(cfg: Mapping[str, Any] | None, task: str = 'classification') -> dict:
+    """The evaluation section of `task`, checked, with every default of `openpoints_dd.settings` filled in."""
+    settings = resolve_section('evaluation', cfg, task)
     build_labeler(settings['labels'])   # the labeler's own checks (ranges) fail here, before any training
     return settings
 

@@ -13,16 +13,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
+from ..labels import HardLabels, Labeler
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast
-from ..settings import resolve_section
-from .evaluate import augment_batch
+from .evaluate import augment_batch, evaluation_settings
 from ..utils.fit import fit_epochs
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
@@ -30,7 +29,7 @@ PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
 
 def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
     """The evaluation section of a part-segmentation config, checked, with every default filled in."""
-    return resolve_section('evaluation', cfg, 'segmentation')
+    return evaluation_settings(cfg, 'segmentation')
 
 
 def part_mask(categories: Tensor, cls2parts: Sequence[Sequence[int]], num_parts: int) -> Tensor:
@@ -102,10 +101,13 @@ def test_miou(model: nn.Module, pos: Tensor, parts: Tensor, categories: Tensor, 
 
 
 def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any], seed: int,
-                       device: str | torch.device = 'cpu', epochs: int | None = None) -> dict:
+                       device: str | torch.device = 'cpu', epochs: int | None = None,
+                       labeler: Labeler | None = None) -> dict:
     """Train a fresh segmentation network on `sampler`'s clouds and test it on `test` (a PartPool) once,
     after the last epoch (as the reference). `settings['amp']` as in the classification protocol
-    (`evaluate.train_and_test`). Returns `test_miou`'s figures plus 'epochs' and 'seconds'."""
+    (`evaluate.train_and_test`); `labeler`: the per-point training loss (`prepared_labeler` with a part
+    identity; None: hard part labels, the plain cross-entropy). Returns `test_miou`'s figures plus 'epochs'
+    and 'seconds'."""
     start = time.perf_counter()
     epochs = int(epochs or settings['epochs'])
     torch.manual_seed(seed)
@@ -126,11 +128,12 @@ def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
     augment = settings['augment']
     batch_size, amp = int(settings['batch_size']), settings['amp']
+    labeler = labeler or HardLabels()
+
     def batch_loss(pos: Tensor, parts: Tensor, categories: Tensor) -> Tensor:
-        batch = augment_batch(pos, augment, generator)
+        batch = _batch(augment_batch(pos, augment, generator), categories)
         with autocast(amp, device):
-            logits = model(_batch(batch, categories))
-        return F.cross_entropy(logits.float(), parts)
+            return labeler.loss(model(batch), parts, batch)
 
     fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=batch_size, generator=generator,
                device=device, scheduler=scheduler)

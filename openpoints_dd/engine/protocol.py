@@ -26,6 +26,7 @@ import torch
 from ..data.artifact import save_artifact
 from ..data.real_pool import RANDOM_SEED_OFFSET, RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
+from ..labels import teacher_line
 from ..registry import build_rotator
 from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
@@ -413,12 +414,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                  "picks, per run, the tested epoch with the highest test OA, as the papers' code does: optimistic.")
     teachers = {json.dumps(run['labels_report'], sort_keys=True): run['labels_report'] for r in rows
                 for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
-    for report in teachers.values():
-        t = report['teacher']
-        config = ' '.join([t['config'], *t['overrides']])
-        lines.append(f"Teacher labels: {t['model']} from {config}, trained on the whole real train set in "
-                     f"{t.get('minutes', '?')} min, test OA {t.get('test_oa', '?')} %; T {report['temperature']:g}, "
-                     f"alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
+    lines += [teacher_line(report) for report in teachers.values()]
     return '\n'.join(lines)
 
 

@@ -320,9 +320,6 @@ class Trainer:
                 raise ValueError(f'{key} must be >= 1, got {cfg[key]!r}')
         check_amp(cfg.amp)
         if cfg.get('labels') is not None:
-            if self.TASK != 'classification':
-                raise NotImplementedError(f'labels: {cfg.labels!r}: {self.TASK} trains on hard labels only (teacher '
-                                          f'labels are for classification); set labels=null')
             build_labeler(to_easy(cfg.labels))   # an unknown labeler or key fails here, before any data loads
 
     def _build_model(self) -> nn.Module:
@@ -495,7 +492,8 @@ class Trainer:
         self.labeler = None
         if cfg.get('labels') is not None:   # the teacher labels this dataset's classes: checked, trained or loaded once
             self.labeler = build_labeler(to_easy(cfg.labels))
-            self.labeler.prepare(DatasetIdentity.of(_real(_unwrap(val_loader.dataset))), self.device)
+            self.labeler.prepare(DatasetIdentity.of(_real(_unwrap(val_loader.dataset)),
+                                                     segmentation=self.TASK == 'segmentation'), self.device)
             logger.info('labels: %s', self.labeler.report())
 
         optimizer, scheduler = self._build_optimizer(model)

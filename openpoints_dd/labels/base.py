@@ -11,22 +11,43 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class DatasetIdentity:
-    """The real dataset a set's classes come from: what a teacher must have been trained on."""
+    """The real dataset a set's classes come from: what a teacher must have been trained on.
+
+    `cls2parts` (category -> its part ids) is set for a part-segmentation dataset and None for classification:
+    a teacher labels a student only if both agree on it, so a part teacher never labels classes, nor the reverse.
+    """
     name: str
     class_names: tuple[str, ...]
+    cls2parts: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def task(self) -> str:
+        return 'classification' if self.cls2parts is None else 'segmentation'
+
+    def describe(self) -> str:
+        parts = '' if self.cls2parts is None else f', {1 + max(max(p) for p in self.cls2parts)} part labels'
+        return f'{self.name} ({self.num_classes} classes{parts})'
+
     @classmethod
-    def of(cls, dataset: Any, default_name: str | None = None) -> DatasetIdentity:
+    def of(cls, dataset: Any, default_name: str | None = None, segmentation: bool = False) -> DatasetIdentity:
         """An openpoints dataset's identity, named as `RealPool` names it: its own `name` if it has one (our
-        datasets), else `default_name`, else its class name (openpoints' registry NAME)."""
+        datasets), else `default_name`, else its class name (openpoints' registry NAME). `segmentation`: the
+        dataset's `cls2parts` is part of it (a part dataset trained for classification has none)."""
         name = getattr(dataset, 'name', None)
         if not isinstance(name, str):
             name = default_name or type(dataset).__name__
-        return cls(name, tuple(str(c) for c in dataset.classes))
+        cls2parts = parts_of(dataset.cls2parts) if segmentation else None
+        classes = getattr(dataset, 'classes', None) or range(len(cls2parts or ()))
+        return cls(name, tuple(str(c) for c in classes), cls2parts)
+
+
+def parts_of(cls2parts: Any) -> tuple[tuple[int, ...], ...]:
+    """`cls2parts` of any part dataset (lists, arrays) as the hashable tuples an identity compares."""
+    return tuple(tuple(int(p) for p in ids) for ids in cls2parts)
 
 
 class Labeler(ABC):
@@ -44,9 +65,11 @@ class Labeler(ABC):
         """Scalar training loss.
 
         Args:
-            logits: (B, K) student logits (any float dtype; the loss is computed in fp32).
-            target: (B,) int64 hard labels.
-            inputs: the batch the student saw: (B, N, 3) points or an openpoints batch dict.
+            logits: (B, K) student logits, or (B, K, N) per-point logits (part segmentation); any float dtype,
+                the loss is computed in fp32.
+            target: (B,) int64 hard labels, or (B, N) per-point part ids.
+            inputs: the batch the student saw: (B, N, 3) points or an openpoints batch dict (with `cls` for
+                part segmentation).
         """
 
     @abstractmethod

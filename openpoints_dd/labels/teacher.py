@@ -3,9 +3,10 @@
 Knowledge distillation (Hinton et al. 2015) as 3D-Pruner trains its students (research/packing_and_soft_labels.md,
 document 2, §2.4): loss = α · T² · KL(teacher ‖ student) + (1 - α) · smoothed cross-entropy, the teacher's logits
 computed on the very batch the student sees (augmentation and fresh generator draws included), in eval mode and
-without gradient. The teacher is any classification model a train YAML describes (cfgs/train/*.yaml), trained
-once by `tools/train.py`'s trainer on the real data and cached as a safetensors file whose metadata names its
-config (hash), dataset and test accuracy; a cached teacher is checked against the dataset it labels.
+without gradient. The teacher is any model a train YAML describes (cfgs/train/*.yaml), trained once by
+`tools/train.py`'s trainer on the real data and cached as a safetensors file whose metadata names its config
+(hash), task, dataset and test figures; a cached teacher is checked against the dataset it labels. A
+part-segmentation teacher (a YAML of `task: segmentation`) gives per-point soft labels: the same loss, per point.
 """
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ from openpoints.utils import EasyConfig
 from ..data.artifact import ArtifactError, read_tensor_file, save_tensor_file
 from ..registry import LABELERS
 from ..utils.config import config_hash, load_config, resolve_path, to_plain
-from .base import DatasetIdentity, Labeler
+from .base import DatasetIdentity, Labeler, parts_of
 from .losses import distillation_kl, smoothed_cross_entropy
 
 logger = logging.getLogger(__name__)
 
 KIND = 'teacher'
+#: the test figures a teacher's metadata records, per task: the trainer's `last_<name>` as `test_<name>`
+TEST_FIGURES = {'classification': ('oa', 'macc'), 'segmentation': ('instance_miou', 'class_miou')}
 _REMAKE = 'TeacherLabels.prepare (delete the file and it is retrained)'
 
 
@@ -41,8 +44,9 @@ class TeacherLabels(Labeler):
     """α · T² · KL(teacher ‖ student) + (1 - α) · label-smoothed cross-entropy, teacher logits online.
 
     Args:
-        teacher: the train YAML of the teacher (e.g. cfgs/train/teacher-pointnet-modelnet40.yaml); its dataset
-            section must be the real dataset the student's classes come from.
+        teacher: the train YAML of the teacher (e.g. cfgs/train/teacher-pointnet-modelnet40.yaml, or
+            cfgs/train/partseg/teacher-embedded-pointnet.yaml for part segmentation); its dataset section must be
+            the real dataset the student's classes (and parts) come from.
         overrides: `key=value` overrides of the teacher YAML (part of its identity). Default none.
         temperature: T. Default 5 (3D-Pruner).
         alpha: α, the weight of the teacher term; 0 is hard-label training with the same smoothing. Default 0.8.
@@ -72,8 +76,8 @@ class TeacherLabels(Labeler):
                 train_teacher(cfg, path)
         self._model, self._metadata = load_teacher(path, dataset)
         self._model.to(device).eval()
-        logger.info('teacher %s: %s, test OA %.2f %% (%.1f min to train)', path, self._metadata['model']['NAME'],
-                    self._metadata['test_oa'], self._metadata['minutes'])
+        logger.info('teacher %s: %s, %s (%.1f min to train)', path, self._metadata['model']['NAME'],
+                    test_figures(self._metadata), self._metadata['minutes'])
 
     def loss(self, logits: Tensor, target: Tensor, inputs: Tensor | Mapping[str, Any]) -> Tensor:
         if self._model is None:
@@ -87,7 +91,8 @@ class TeacherLabels(Labeler):
         return 'teacher labels'
 
     def report(self) -> dict:
-        teacher = {k: self._metadata[k] for k in ('test_oa', 'test_macc', 'minutes', 'cfg_hash') if k in self._metadata}
+        kept = [f'test_{name}' for names in TEST_FIGURES.values() for name in names] + ['minutes', 'cfg_hash']
+        teacher = {k: self._metadata[k] for k in kept if k in self._metadata}
         return {'labels': self.describe(), 'temperature': self.temperature, 'alpha': self.alpha,
                 'smoothing': self.smoothing, 'teacher': {'config': self.teacher, 'overrides': self.overrides,
                                                          'model': self._metadata.get('model', {}).get('NAME'),
@@ -104,25 +109,48 @@ def teacher_path(teacher: str, overrides: Sequence[str], cache_dir: str) -> tupl
 
 
 def train_teacher(cfg: Any, path: Path) -> Path:
-    """Train the teacher config with tools/train.py's trainer on its real data and cache its final weights.
+    """Train the teacher config with tools/train.py's trainer (its task's) on its real data and cache its final
+    weights.
 
     The training run (checkpoints, log) goes beside the cache file, so an interrupted training resumes.
     """
     from ..engine.train_cls import train_classifier
+    from ..engine.train_seg import task_of, train_segmenter
 
+    task = task_of(cfg)
     run_dir = path.with_suffix('')
-    logger.info('training teacher %s (run in %s)', path.name, run_dir)
+    logger.info('training %s teacher %s (run in %s)', task, path.name, run_dir)
     started = time.perf_counter()
-    metrics = train_classifier(cfg, run_dir)
+    metrics = (train_segmenter if task == 'segmentation' else train_classifier)(cfg, run_dir)
     minutes = (time.perf_counter() - started) / 60
-    trained_on = dataset_identity(cfg['dataset'])
+    trained_on = dataset_identity(cfg['dataset'], segmentation=task == 'segmentation')
     state = load_file(str(run_dir / 'checkpoint' / 'last.safetensors'), device='cpu')
-    metadata = {'kind': KIND, 'model': to_plain(cfg['model']), 'cfg_hash': config_hash(cfg),
-                'dataset': {'name': trained_on.name, 'num_classes': trained_on.num_classes,
-                            'class_names': list(trained_on.class_names)},
-                'test_oa': round(float(metrics['last_oa']), 2), 'test_macc': round(float(metrics['last_macc']), 2),
+    dataset = {'name': trained_on.name, 'num_classes': trained_on.num_classes,
+               'class_names': list(trained_on.class_names)}
+    if trained_on.cls2parts is not None:
+        dataset['cls2parts'] = [list(ids) for ids in trained_on.cls2parts]
+    metadata = {'kind': KIND, 'task': task, 'model': to_plain(cfg['model']), 'cfg_hash': config_hash(cfg),
+                'dataset': dataset, **{f'test_{name}': round(float(metrics[f'last_{name}']), 2)
+                                       for name in TEST_FIGURES[task]},
                 'epochs': int(metrics['last_epoch']), 'minutes': round(minutes, 1)}
     return save_tensor_file(path, state, metadata)
+
+
+def test_figures(metadata: Mapping[str, Any]) -> str:
+    """A teacher's recorded test figures as text ('test OA 86.79 %'; 'test instance mIoU 80.10 %')."""
+    names = {'oa': 'OA', 'macc': 'mAcc', 'instance_miou': 'instance mIoU', 'class_miou': 'class mIoU'}
+    figures = [f'test {names[name]} {metadata[f"test_{name}"]} %' for names_of_task in TEST_FIGURES.values()
+               for name in names_of_task[:1] if f'test_{name}' in metadata]
+    return ', '.join(figures) or 'no test figure recorded'
+
+
+def teacher_line(report: Mapping[str, Any]) -> str:
+    """The line under a results table that names a teacher-label row's teacher (`TeacherLabels.report()`)."""
+    t = report['teacher']
+    config = ' '.join([t['config'], *t['overrides']])
+    return (f"Teacher labels: {t['model']} from {config}, trained on the whole real train set in "
+            f"{t.get('minutes', '?')} min, {test_figures(t)}; T {report['temperature']:g}, "
+            f"alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
 
 
 def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None) -> tuple[nn.Module, dict]:
@@ -138,11 +166,18 @@ def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None
         raise ArtifactError(f'{path} is not a teacher (kind {metadata.get("kind")!r}): an openpoints_dd file of '
                             f'another kind. Point TeacherLabels at a teacher YAML; its cache file is made for you.')
     trained = metadata['dataset']
-    if dataset is not None and (trained['name'] != dataset.name or list(trained['class_names']) != list(dataset.class_names)):
-        raise ArtifactError(f'teacher {path} was trained on {trained["name"]} ({trained["num_classes"]} classes) '
-                            f'but the set to label comes from {dataset.name} ({dataset.num_classes} classes'
-                            f'{", other class names" if trained["num_classes"] == dataset.num_classes else ""}). '
-                            f'Give TeacherLabels a teacher YAML whose dataset section is that dataset.')
+    trained_on = DatasetIdentity(str(trained['name']), tuple(str(c) for c in trained['class_names']),
+                                 None if trained.get('cls2parts') is None else parts_of(trained['cls2parts']))
+    if dataset is not None and trained_on != dataset:
+        if trained_on.task != dataset.task:
+            why = f'a {trained_on.task} teacher cannot label a {dataset.task} set'
+        elif trained_on.num_classes == dataset.num_classes and trained_on.name == dataset.name:
+            why = 'other class names' if trained_on.class_names != dataset.class_names else 'other parts per category'
+        else:
+            why = 'another dataset'
+        raise ArtifactError(f'teacher {path} was trained on {trained_on.describe()} but the set to label comes from '
+                            f'{dataset.describe()}: {why}. Give TeacherLabels a teacher YAML whose dataset section '
+                            f'(and task) is that of the set.')
     model = build_model_from_cfg(EasyConfig(to_plain(metadata['model'])))
     try:
         model.load_state_dict(tensors, strict=True)
@@ -152,15 +187,16 @@ def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None
     return model, metadata
 
 
-def dataset_identity(dataset_cfg: Mapping[str, Any]) -> DatasetIdentity:
-    """The name and class list of a dataset section's train split, as `RealPool` records them (a dataset that
-    knows its own name is recorded under it, openpoints' datasets under their NAME)."""
+def dataset_identity(dataset_cfg: Mapping[str, Any], segmentation: bool = False) -> DatasetIdentity:
+    """The name and class list (and, for `segmentation`, parts per category) of a dataset section's train split,
+    as `RealPool` records them (a dataset that knows its own name is recorded under it, openpoints' datasets
+    under their NAME)."""
     from openpoints.dataset.build import DATASETS
     common = dict(dataset_cfg['common'])
     common.pop('rotation', None)
     split = {**dict(dataset_cfg.get('train') or {}), 'transform': None}
     split.pop('rotation', None)
-    return DatasetIdentity.of(DATASETS.build(common, default_args=split), str(common['NAME']))
+    return DatasetIdentity.of(DATASETS.build(common, default_args=split), str(common['NAME']), segmentation)
 
 
 def _model_input(inputs: Tensor | Mapping[str, Any]) -> Any:

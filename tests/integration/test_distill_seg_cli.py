@@ -60,3 +60,19 @@ def test_slot_partition_config_end_to_end(tmp_path):
         shown = torch.stack([(pool.parts[pool.labels == c] == p).any(1) for p in pool.cls2parts[c]], 1).float().mean(0)
         assert all(rate <= 0.5 for rate, share in zip(shown.tolist(), q) if share == 0)
         assert all(rate >= 0.5 for rate, share in zip(shown.tolist(), q) if share > 0)
+
+
+def test_segmentation_evaluation_with_a_part_teacher(tmp_path):
+    """evaluation.labels: a part-segmentation teacher labels every row's training points; the table says so and
+    names the teacher under it."""
+    from test_train_seg_cli import tiny_part_teacher
+    run_dir = tmp_path / 'run'
+    labels = (f"evaluation.labels={{NAME: TeacherLabels, teacher: {tiny_part_teacher(tmp_path)}, "
+              f"cache_dir: {tmp_path / 'teachers'}}}")
+    overrides = [o for o in TINY if 'num_shape_classes' not in o]   # the teacher's data: all 10 categories
+    assert _distill_main()(['--cfg', CFG, f'run_dir={run_dir}', *overrides, labels]) == 0
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert metrics['labels']['labels'] == 'teacher labels'
+    assert metrics['labels']['teacher']['model'] == 'DistillPointNetSeg'
+    assert 'teacher labels)' in metrics['table'][0] and metrics['table'][-1].startswith('Teacher labels: DistillPointNetSeg')
+    assert all(0 <= row['instance_miou']['mean'] <= 100 for row in metrics['evaluation'].values())

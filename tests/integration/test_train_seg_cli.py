@@ -165,3 +165,30 @@ def test_train_on_shapenetpart_layout(tmp_path):
                    'progress=False', 'seed=0', f'run_dir={run_dir}'])
     metrics = json.loads((run_dir / 'metrics.json').read_text())
     assert metrics['eval_split'] == 'test' and set(metrics['last_miou_per_class']) == {'Airplane', 'Bag'}
+
+
+def tiny_part_teacher(tmp_path) -> str:
+    """A teacher YAML for the embedded part data: the committed part teacher at a test's size (one epoch, narrow)."""
+    path = tmp_path / 'teacher.yaml'
+    teacher = REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'teacher-embedded-pointnet.yaml'
+    path.write_text(f'base: {teacher}\nepochs: 1\nt_max: 1\nval_freq: 1\nprogress: False\nmodel: {{widths: [8, 16, 32]}}\n'
+                    'dataset: {common: {num_per_class_train: 2, num_per_class_test: 1, num_points: 64}}\n'
+                    'num_points: 64\nbatch_size: 8\nval_batch_size: 8\n')
+    return str(path)
+
+
+def test_train_on_per_point_teacher_labels(artifact, tmp_path):
+    """labels: TeacherLabels with a part-segmentation teacher: it is trained once on the real part data, then
+    labels every point of every training batch; the log names it and its test mIoU."""
+    cfg = str(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'distilled-pointnet-cpu.yaml')
+    labels = f"labels={{NAME: TeacherLabels, teacher: {tiny_part_teacher(tmp_path)}, cache_dir: {tmp_path / 'teachers'}}}"
+    common = [f'artifact={artifact}', *TINY_DATA, *TINY_MODELS['distilled-pointnet-cpu']]
+    main = _train_main()
+    main(['--cfg', cfg, f'run_dir={tmp_path / "hard"}', *common])
+    main(['--cfg', cfg, f'run_dir={tmp_path / "teacher"}', *common, labels])
+    assert len(list((tmp_path / 'teachers').glob('teacher-*.safetensors'))) == 1
+    log = (tmp_path / 'teacher' / 'log.txt').read_text()
+    assert "'labels': 'teacher labels'" in log and "'test_instance_miou'" in log
+    hard, taught = (json.loads((tmp_path / run / 'metrics.json').read_text()) for run in ('hard', 'teacher'))
+    assert hard['history'][0]['train_loss'] != taught['history'][0]['train_loss']   # another loss, same batches
+    assert 0 <= taught['last_instance_miou'] <= 100

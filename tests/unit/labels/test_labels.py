@@ -6,7 +6,7 @@ import torch
 
 import openpoints_dd  # noqa: F401
 from conftest import make_fake_modelnet40
-from openpoints_dd.data.artifact import ArtifactError, save_artifact, save_tensor_file
+from openpoints_dd.data.artifact import ArtifactError, read_tensor_file, save_artifact, save_tensor_file
 from openpoints_dd.engine.evaluate import evaluation_settings, fixed_sampler, train_and_test
 from openpoints_dd.labels import (DatasetIdentity, HardLabels, TeacherLabels, distillation_kl, load_teacher,
                                   smoothed_cross_entropy, teacher_path)
@@ -129,4 +129,89 @@ def _cached_teacher(tmp_path, **options) -> TeacherLabels:
 def _prepared(tmp_path, **options) -> TeacherLabels:
     labeler = _cached_teacher(tmp_path, **options)
     labeler.prepare(THREE, 'cpu')
+    return labeler
+
+
+# ------------------------------------------------------------------------------- part segmentation (per point)
+def test_per_point_terms_are_the_per_cloud_terms_over_every_point():
+    """(B, K, N) logits: each term equals its (B·N, K) per-row form, so every point counts as one labelled row."""
+    torch.manual_seed(0)
+    student, teacher, target = torch.randn(2, 5, 7), torch.randn(2, 5, 7), torch.randint(0, 5, (2, 7))
+    rows = lambda t: t.permute(0, 2, 1).reshape(-1, 5)   # noqa: E731
+    torch.testing.assert_close(distillation_kl(student, teacher, 3.0), distillation_kl(rows(student), rows(teacher), 3.0))
+    torch.testing.assert_close(smoothed_cross_entropy(student, target, 0.2),
+                               smoothed_cross_entropy(rows(student), target.reshape(-1), 0.2))
+    torch.testing.assert_close(smoothed_cross_entropy(student, target), torch.nn.functional.cross_entropy(student, target))
+    assert distillation_kl(student, student.clone(), 5.0).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match='trained for another head'):
+        distillation_kl(student, torch.randn(2, 4, 7), 5.0)
+
+
+def test_a_part_teacher_labels_only_sets_of_its_parts(tmp_path):
+    path = _part_teacher_file(tmp_path)
+    load_teacher(path, PARTS)                                                       # the good one loads
+    with pytest.raises(ArtifactError, match='a segmentation teacher cannot label a classification set'):
+        load_teacher(path, DatasetIdentity('Parts', PARTS.class_names))
+    with pytest.raises(ArtifactError, match='other parts per category'):
+        load_teacher(path, DatasetIdentity('Parts', PARTS.class_names, ((0, 1), (2,), (3, 4))))
+    classifier = _cached_teacher(tmp_path)
+    with pytest.raises(ArtifactError, match='a classification teacher cannot label a segmentation set'):
+        load_teacher(teacher_path(classifier.teacher, [], classifier.cache_dir)[0],
+                     DatasetIdentity('Tiny', THREE.class_names, ((0,), (1,), (2,))))
+
+
+def test_part_alpha_zero_trains_exactly_as_hard_part_labels_and_the_teacher_changes_training(tmp_path):
+    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
+    from openpoints_dd.data.part_pool import PartPool
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat(4)
+    parts = torch.stack([torch.tensor(PARTS.cls2parts[c])[torch.randint(0, len(PARTS.cls2parts[c]), (32,))]
+                         for c in labels.tolist()])
+    pool = PartPool(torch.randn(12, 32, 3), parts, labels, list(PARTS.class_names),
+                    [list(p) for p in PARTS.cls2parts], 'Parts')
+    settings = seg_evaluation_settings({'model': {'NAME': 'DistillPointNetSeg', 'widths': [8, 16, 32]}, 'epochs': 3,
+                                        'batch_size': 4})
+    sampler = fixed_part_sampler(pool.pos, pool.parts, pool.labels)
+    _part_teacher_file(tmp_path)
+    runs = {}
+    for name, labeler in (('hard', HardLabels(smoothing=0.2)), ('alpha0', _part_labeler(tmp_path, alpha=0.0)),
+                          ('teacher', _part_labeler(tmp_path, alpha=0.8))):
+        torch.manual_seed(0)
+        runs[name] = train_and_test_seg(sampler, pool, settings=settings, seed=0, labeler=labeler)
+    keys = ('instance_miou', 'class_miou', 'point_acc')
+    assert [runs['hard'][k] for k in keys] == [runs['alpha0'][k] for k in keys]
+    assert [runs['hard'][k] for k in keys] != [runs['teacher'][k] for k in keys]
+
+
+def test_tensor_files_hold_zero_dim_tensors(tmp_path):
+    """A BatchNorm network's state (num_batches_tracked is 0-dim) is written and verified like any other."""
+    state = torch.nn.BatchNorm1d(4).state_dict()
+    path = save_tensor_file(tmp_path / 'bn.safetensors', state, {'kind': 'teacher'})
+    tensors, _ = read_tensor_file(path, 'teacher', 'retrain it')
+    assert tensors['num_batches_tracked'].shape == () and torch.equal(tensors['running_var'], state['running_var'])
+
+
+PARTS = DatasetIdentity('Parts', ('a', 'b', 'c'), ((0, 1), (2, 3), (4,)))
+PART_YAML = str(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'teacher-embedded-pointnet.yaml')
+
+
+def _part_teacher_file(tmp_path):
+    """A cached tiny part-segmentation teacher of `PARTS` (5 part labels, 3 categories), written untrained."""
+    path, _ = teacher_path(PART_YAML, [], str(tmp_path / 'teachers'))
+    if not path.exists():
+        from openpoints_dd.models import DistillPointNetSeg
+        torch.manual_seed(2)
+        model_cfg = {'NAME': 'DistillPointNetSeg', 'num_classes': 5, 'num_shape_classes': 3, 'widths': [8, 16, 32]}
+        model = DistillPointNetSeg(num_classes=5, num_shape_classes=3, widths=(8, 16, 32))
+        save_tensor_file(path, model.state_dict(), {
+            'kind': 'teacher', 'task': 'segmentation', 'model': model_cfg, 'cfg_hash': 'test',
+            'test_instance_miou': 40.0, 'test_class_miou': 40.0, 'epochs': 1, 'minutes': 0.0,
+            'dataset': {'name': 'Parts', 'num_classes': 3, 'class_names': list(PARTS.class_names),
+                        'cls2parts': [list(p) for p in PARTS.cls2parts]}})
+    return path
+
+
+def _part_labeler(tmp_path, **options) -> TeacherLabels:
+    labeler = TeacherLabels(teacher=PART_YAML, cache_dir=str(tmp_path / 'teachers'), **options)
+    labeler.prepare(PARTS, 'cpu')
     return labeler
