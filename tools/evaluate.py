@@ -11,6 +11,9 @@
         --random 3 --seeds 3 --model cfgs/train/distilled-pointnet-cpu.yaml --full-train --full-epochs 5
     # ... two trainings at a time, one thread each (all cores busy, one table)
     python tools/evaluate.py ... --model cfgs/train/distilled-pointnet-cpu.yaml --workers 2
+    # part-segmentation sets: the CPU protocol of a `task: segmentation` config (instance and class mIoU)
+    python tools/evaluate.py --cfg cfgs/distill/embedded_part/dd3d-cpc1.yaml --set dd3d=runs/<run>/artifact.safetensors \
+        --random 3 --seeds 3
 
 `key=value` overrides apply to every --model YAML (e.g. epochs=10), or to --cfg when no --model is given
 (e.g. evaluation.epochs=50). Writes results.json, results.csv and results.md into --out and prints the table.

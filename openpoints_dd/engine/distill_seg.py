@@ -23,9 +23,8 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..data.part_pool import PartPool
-from ..data.real_pool import random_selection_generator
 from ..data.synthetic_set import SyntheticSet
-from ..labels import DatasetIdentity, parts_of, teacher_line
+from ..labels import teacher_line
 from ..settings import resolve_distill_config
 from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
@@ -35,10 +34,14 @@ from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
-from .evaluate import format_mean_std, generator_modes, prepared_labeler, random_selections, summarize
-from .evaluate_seg import PartSampler, fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
+from .evaluate import format_mean_std, generator_modes, random_selections, summarize
+from .evaluate_seg import seg_evaluation_settings
+from .pipeline import evaluate_set, random_baseline, test_pool
+from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
+
+SEGMENTATION = TASKS['segmentation']
 
 
 class SegDistiller(Distiller):
@@ -168,24 +171,6 @@ class SegDistiller(Distiller):
                                  'part_proportions': self.synthesizer.slot_proportions}}
 
 
-def generator_sampler(synthesizer: PartPointGenerator, num_points: int, resample: bool,
-                      balance: float = 1.0) -> PartSampler:
-    """Clouds and part ids from a part generator: fresh noise every epoch (`resample`) or one fixed draw;
-    `balance` < 1 gives small parts more of the points (`PartPointGenerator.synthesize_with_parts`)."""
-    slots = torch.arange(synthesizer.num_slots)
-    categories = synthesizer.labels.clone()
-
-    def draw(generator: torch.Generator):
-        with torch.no_grad():
-            pos, parts = synthesizer.synthesize_with_parts(slots, num_points, generator, balance)
-        return normalize_to_unit_sphere(pos).cpu(), parts.cpu(), categories
-
-    if resample:
-        return lambda epoch, generator: draw(generator)
-    fixed = draw(torch.Generator().manual_seed(0))
-    return lambda epoch, generator: fixed
-
-
 def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Distill a part-segmentation set, export it, evaluate it and Random at the same cpc; write metrics.json."""
     cfg = resolve_distill_config(cfg, task='segmentation')
@@ -194,8 +179,7 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     eval_points, distill_points = int(settings['num_points']), int(cfg['distill']['num_points'])
     train = PartPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=max(eval_points, distill_points), seed=seed)
     evaluates = cfg['evaluation'] is not None and distributed.is_main()
-    split = 'test' if cfg['dataset'].get('test') is not None else 'val'
-    test = PartPool.from_dataset_cfg(cfg['dataset'], split, num_points=eval_points, seed=seed) if evaluates else None
+    test = test_pool(cfg['dataset'], eval_points, SEGMENTATION, seed) if evaluates else None
     distiller = SegDistiller(cfg, train, run_dir)
     result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
     if not distributed.is_main():
@@ -208,35 +192,26 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         seeds = list(settings['seeds'])
         synthetic = SyntheticSet(result.artifact_path)
         cpc = synthetic.cpc
-        labeler = prepared_labeler(settings, DatasetIdentity(train.name, tuple(train.class_names),
-                                                             parts_of(train.cls2parts)), device)
         rows = {}
-        modes = generator_modes(settings['generator_modes'])
-        for resample in modes:
-            sampler = generator_sampler(synthetic.synthesizer, eval_points, resample,
-                                        settings['part_balance'])
+        for resample in generator_modes(settings['generator_modes']):
+            sampler = SEGMENTATION.set_sampler(synthetic, eval_points, resample, settings)
             name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
-            rows[name] = [train_and_test_seg(sampler, test, settings=settings, seed=s, device=device, labeler=labeler)
-                          for s in seeds]
-        runs = []
+            rows[name] = evaluate_set(sampler, test, settings, seeds, None, device, task=SEGMENTATION)
         selections = random_selections(settings, seeds)
-        for selection in selections:
-            pos, index = train.random_per_class(cpc, random_selection_generator(selection))
-            sampler = fixed_part_sampler(pos[:, :eval_points], train.parts[index, :eval_points], train.labels[index])
-            runs.append(train_and_test_seg(sampler, test, settings=settings, seed=selection, device=device,
-                                           labeler=labeler))
-        if runs:
-            rows[f'random ({len(selections)} selections)'] = runs
-        keys = ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou')
+        if selections:
+            rows[f'random ({len(selections)} selections)'] = random_baseline(train, test, cpc, settings, selections,
+                                                                             None, device, task=SEGMENTATION)
+        keys = [key for key, _ in SEGMENTATION.figures]
         metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
-        metrics['labels'] = labeler.report()
+        report = next(iter(rows.values()))[0]['labels_report']
+        metrics['labels'] = report
         header = f'{"set":30s} {"inst mIoU":>14s} {"class mIoU":>14s} {"inst (unrestr.)":>16s} {"class (unrestr.)":>16s}'
-        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds}, {labeler.describe()})']
+        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds}, {report["labels"]})']
         lines += [f'{name:30s} ' + ' '.join(f'{format_mean_std(row[k]):>14s}' if i < 2 else f'{format_mean_std(row[k]):>16s}'
                                              for i, k in enumerate(keys))
                   for name, row in metrics['evaluation'].items()]
-        if 'teacher' in metrics['labels']:
-            lines.append(teacher_line(metrics['labels']))
+        if 'teacher' in report:
+            lines.append(teacher_line(report))
         logger.info('results\n%s', '\n'.join(lines))
         metrics['table'] = lines
     write_json(run_dir / 'metrics.json', metrics)

@@ -5,59 +5,61 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from ..data.real_pool import RealPool, random_selection_generator
+from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
-from ..labels import DatasetIdentity
 from ..settings import resolve_distill_config
 from ..utils.device import resolve_device
 from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
-from .evaluate import (evaluation_settings, fixed_sampler, format_mean_std, generator_modes, prepared_labeler,
-                       random_selections, summarize, train_and_test)
+from .evaluate import (evaluation_settings, format_mean_std, generator_modes, prepared_labeler, random_selections,
+                       summarize)
+from .tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
 
+CLASSIFICATION = TASKS['classification']
 
-def test_pool(dataset_cfg: Mapping[str, Any], num_points: int) -> RealPool:
+
+def test_pool(dataset_cfg: Mapping[str, Any], num_points: int, task: Task = CLASSIFICATION, seed: int = 0):
+    """The split a set is tested on: `test` where the dataset section has one, else `val`."""
     split = 'test' if dataset_cfg.get('test') is not None else 'val'
-    return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
+    return task.pool(dataset_cfg, split, num_points, seed)
 
 
-def evaluate_set(sampler, test: RealPool, settings: Mapping[str, Any], seeds, rotator, device, epochs=None) -> list[dict]:
+def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, device, epochs=None,
+                 task: Task = CLASSIFICATION) -> list[dict]:
     """One protocol run per seed, with the settings' labels (a teacher is loaded once for all seeds); each run is
     logged as it ends (a long evaluation shows its progress)."""
-    labeler = prepared_labeler(settings, DatasetIdentity(test.name, tuple(test.class_names)), device)
+    labeler = prepared_labeler(settings, task.identity(test), device)
     runs = []
     for seed in seeds:
-        runs.append(train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
-                                   seed=int(seed), rotator=rotator, device=device, epochs=epochs, labeler=labeler))
+        runs.append(task.train_and_test(sampler, test, settings=settings, seed=int(seed), rotator=rotator,
+                                        device=device, epochs=epochs, labeler=labeler))
         runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
         runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
-        logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
-                    runs[-1]['best_oa'], runs[-1]['seconds'])
+        if task is CLASSIFICATION:
+            logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
+                        runs[-1]['best_oa'], runs[-1]['seconds'])
+        else:
+            logger.info('seed %d: final-epoch %s %.2f in %.0f s', int(seed), task.figures[0][1],
+                        runs[-1][task.headline], runs[-1]['seconds'])
     return runs
 
 
 def synthetic_sampler(synthetic: SyntheticSet, num_points: int, resample: bool):
-    """Fresh generator noise every epoch (`resample`), or one fixed draw."""
-    if synthetic.is_generator and resample:
-        return lambda epoch, generator: synthetic.sample(num_points, generator)
-    pos, labels = synthetic.sample(num_points, torch.Generator().manual_seed(0))
-    return fixed_sampler(pos, labels)
+    """Fresh generator noise every epoch (`resample`), or one fixed draw (classification)."""
+    return CLASSIFICATION.set_sampler(synthetic, num_points, resample, {})
 
 
-def random_baseline(train: RealPool, test: RealPool, cpc: int, settings, selections, rotator, device) -> list[dict]:
+def random_baseline(train, test, cpc: int, settings, selections, rotator, device,
+                    task: Task = CLASSIFICATION) -> list[dict]:
     """Random real subsets: one selection per seed, each evaluated once (cpu_protocol)."""
     results = []
     for selection in selections:
-        clouds, _ = train.random_per_class(cpc, random_selection_generator(selection))
-        labels = torch.arange(train.num_classes).repeat_interleave(cpc)
-        results += evaluate_set(fixed_sampler(clouds[:, :settings['num_points']], labels), test, settings,
-                                [selection], rotator, device)
+        sampler = task.random_sampler(train, cpc, selection, int(settings['num_points']))
+        results += evaluate_set(sampler, test, settings, [selection], rotator, device, task=task)
     return results
 
 

@@ -30,9 +30,10 @@ from ..labels import teacher_line
 from ..registry import build_rotator
 from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
-from .evaluate import (GENERATOR_MODES, evaluation_settings, fixed_sampler, format_mean_std, generator_modes,
+from .evaluate import (GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes,
                        summarize)
-from .pipeline import evaluate_set, synthetic_sampler, test_pool
+from .pipeline import evaluate_set, test_pool
+from .tasks import TASKS, Task
 from .train_cls import load_train_config, train_classifier, with_defaults
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
                       for i in range(int(first_seed), int(first_seed) + int(random_k))]
     if not models and data_cfg is None:
         raise ValueError('the fast CPU protocol needs --cfg (a distill config with dataset and evaluation sections)')
+    if models and data_cfg is not None and data_cfg.get('task') == 'segmentation':
+        raise ValueError('--model trains classification YAMLs; a part-segmentation set is evaluated by the CPU '
+                         'protocol of its --cfg (no --model), or trained with tools/train.py and a '
+                         'cfgs/train/partseg/*.yaml')
     t0 = time.perf_counter()
     if models:
         rows = _run_models(models, eval_sets, loaded, data_cfg, seed_list, list(overrides), device, out_dir,
@@ -181,29 +186,46 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
 
 # ---------------------------------------------------------------------------------------------- fast path
 def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int], device: str) -> list[dict]:
-    settings = evaluation_settings(cfg.get('evaluation'))
+    """The protocol of the config's task (`task:` classification or segmentation) and evaluation section."""
+    task = TASKS[cfg.get('task') or 'classification']
+    settings = evaluation_settings(cfg.get('evaluation'), task.name)
+    model = FAST_MODEL if task.name == 'classification' else f"{settings['model']['NAME']} (CPU protocol)"
     num_points = int(settings['num_points'])
     dataset = _real_section(cfg['dataset'])   # a train YAML on DistilledDataset names its real dataset
-    test = test_pool(dataset, num_points)
+    test = test_pool(dataset, num_points, task, int(cfg.get('seed') or 0))
     rotator = build_rotator((cfg.get('distill') or {}).get('rotator')).to(device)   # Random's; a set brings its own
     train = None
     grouped: dict[tuple, list[dict]] = {}
-    tested = settings['test_every'] or settings['epochs']
-    budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
-              f"tested every {tested} epochs")
+    budget = f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
+    if task.name == 'classification':
+        budget += f"tested every {settings['test_every'] or settings['epochs']} epochs"
+    else:
+        budget += 'tested after the last epoch'
     for item in eval_sets:
-        logger.info('protocol | %s | %s (%s)', FAST_MODEL, item.label, item.mode)
-        if item.selection is None:   # a set of another dataset or class count than the test set is refused
+        logger.info('protocol | %s | %s (%s)', model, item.label, item.mode)
+        if item.selection is None:   # a set of another dataset, class count or task than the test set is refused
             synthetic = SyntheticSet(item.path, expect_dataset=test.name, expect_num_classes=test.num_classes)
-            sampler = synthetic_sampler(synthetic, num_points, bool(item.resample))
-            runs = evaluate_set(sampler, test, settings, seeds, synthetic.build_rotator().to(device), device)
+            _check_task(synthetic, task, test)
+            sampler = task.set_sampler(synthetic, num_points, bool(item.resample), settings)
+            runs = evaluate_set(sampler, test, settings, seeds, synthetic.build_rotator().to(device), device, task=task)
         else:
-            train = train or RealPool.from_dataset_cfg(dataset, split='train', num_points=num_points)
-            clouds, labels, _ = random_selection(train, item.cpc, item.selection)
-            runs = evaluate_set(fixed_sampler(clouds, labels), test, settings, [item.selection], rotator, device)
+            train = train or task.pool(dataset, 'train', num_points, int(cfg.get('seed') or 0))
+            sampler = task.random_sampler(train, item.cpc, item.selection, num_points)
+            runs = evaluate_set(sampler, test, settings, [item.selection], rotator, device, task=task)
             runs[0]['selection'] = item.selection
         grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
-    return [_row(label, mode, cpc, FAST_MODEL, budget, runs) for (label, mode, cpc), runs in grouped.items()]
+    return [_row(label, mode, cpc, model, budget, runs, task) for (label, mode, cpc), runs in grouped.items()]
+
+
+def _check_task(synthetic: SyntheticSet, task: Task, test) -> None:
+    """A part-segmentation set is evaluated only by a segmentation config of its parts, and the reverse."""
+    if synthetic.is_segmentation != (task.name == 'segmentation'):
+        made_for = 'segmentation' if synthetic.is_segmentation else 'classification'
+        raise ValueError(f'{synthetic.path} is a {made_for} set but --cfg evaluates {task.name}: give --cfg a '
+                         f'config with task: {made_for} (e.g. the one the set was distilled with)')
+    if synthetic.is_segmentation and synthetic.cls2parts != [list(ids) for ids in test.cls2parts]:
+        raise ValueError(f'{synthetic.path} has other parts per category than the test data of --cfg: it was '
+                         f'distilled from another part dataset')
 
 
 # ---------------------------------------------------------------------------------------------- YAML models
@@ -392,15 +414,40 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
 
 
 # ---------------------------------------------------------------------------------------------- reporting
-def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict]) -> dict:
+def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict],
+         task: Task = TASKS['classification']) -> dict:
     # every row says what its clouds were trained against: 'hard labels' or 'teacher labels'
     labels = sorted({run.get('labels', 'hard labels') for run in runs})
-    return {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'labels': ', '.join(labels), 'budget': budget,
-            'final_oa': summarize(runs, 'oa'), 'final_macc': summarize(runs, 'macc'),
+    row = {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'labels': ', '.join(labels), 'budget': budget}
+    if task.name == 'segmentation':
+        return {**row, 'task': task.name, **{f'final_{key}': summarize(runs, key) for key, _ in task.figures},
+                'runs': runs}
+    return {**row, 'final_oa': summarize(runs, 'oa'), 'final_macc': summarize(runs, 'macc'),
             'best_oa_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
 
 
+def _teacher_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    teachers = {json.dumps(run['labels_report'], sort_keys=True): run['labels_report'] for r in rows
+                for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
+    return [teacher_line(report) for report in teachers.values()]
+
+
+def _segmentation_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    figures = TASKS['segmentation'].figures
+    lines = ['| model | set | mode | cpc | labels | ' + ' | '.join(f'final-epoch {h} %' for _, h in figures)
+             + ' | runs | budget |', '|---|---|---|---|---|' + '---|' * len(figures) + '---|---|']
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {r['labels']} | "
+                     + ' | '.join(format_mean_std(r[f'final_{key}']) for key, _ in figures)
+                     + f" | {r[f'final_{figures[0][0]}']['n']} | {r['budget']} |")
+    lines += ['', "Final-epoch figures (mean ± std over runs), tested once after the last epoch. mIoU over the parts "
+              "of each shape's true category, the argmax restricted to them; unrestr.: over all part logits."]
+    return '\n'.join(lines + _teacher_lines(rows))
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if rows and rows[0].get('task') == 'segmentation':
+        return _segmentation_table(rows)
     lines = [f'| model | set | mode | cpc | labels | final-epoch OA % | final-epoch mAcc % | {BEST_LABEL} OA % | runs '
              f'| budget |',
              '|---|---|---|---|---|---|---|---|---|---|']
@@ -412,13 +459,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines.append('')
     lines.append("Final-epoch figures are this project's protocol (mean ± std over runs). The best-epoch column "
                  "picks, per run, the tested epoch with the highest test OA, as the papers' code does: optimistic.")
-    teachers = {json.dumps(run['labels_report'], sort_keys=True): run['labels_report'] for r in rows
-                for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
-    lines += [teacher_line(report) for report in teachers.values()]
-    return '\n'.join(lines)
+    return '\n'.join(lines + _teacher_lines(rows))
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    if rows and rows[0].get('task') == 'segmentation':
+        return _write_segmentation_csv(rows, path)
     fields = ['model', 'set', 'mode', 'cpc', 'labels', 'final_oa_mean', 'final_oa_std', 'final_macc_mean', 'final_macc_std',
               'best_oa_mean', 'best_oa_std', 'n', 'budget', 'final_oa_values']
     with open(path, 'w', newline='') as f:
@@ -434,6 +480,20 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                              'best_oa_mean': _round(r['best_oa_papers_protocol']['mean']),
                              'best_oa_std': _round(r['best_oa_papers_protocol']['std']), 'n': r['final_oa']['n'],
                              'budget': r['budget'], 'final_oa_values': ' '.join(map(str, r['final_oa']['values']))})
+
+
+def _write_segmentation_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    keys = [key for key, _ in TASKS['segmentation'].figures]
+    fields = ['model', 'set', 'mode', 'cpc', 'labels', *(f'final_{k}_{s}' for k in keys for s in ('mean', 'std')),
+              'n', 'budget', f'final_{keys[0]}_values']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            figures = {f'final_{k}_{s}': _round(r[f'final_{k}'][s]) for k in keys for s in ('mean', 'std')}
+            writer.writerow({**{k: r[k] for k in ('model', 'set', 'mode', 'cpc', 'labels', 'budget')}, **figures,
+                             'n': r[f'final_{keys[0]}']['n'],
+                             f'final_{keys[0]}_values': ' '.join(map(str, r[f'final_{keys[0]}']['values']))})
 
 
 def _round(value: float) -> float | str:

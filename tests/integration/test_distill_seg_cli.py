@@ -76,3 +76,31 @@ def test_segmentation_evaluation_with_a_part_teacher(tmp_path):
     assert metrics['labels']['teacher']['model'] == 'DistillPointNetSeg'
     assert 'teacher labels)' in metrics['table'][0] and metrics['table'][-1].startswith('Teacher labels: DistillPointNetSeg')
     assert all(0 <= row['instance_miou']['mean'] <= 100 for row in metrics['evaluation'].values())
+
+
+def test_tools_evaluate_reproduces_the_segmentation_table_and_refuses_the_other_task(tmp_path):
+    """tools/evaluate.py with a `task: segmentation` --cfg runs the same protocol as the distillation's own
+    evaluation (the same figures, run for run); a part set against a classification config, or the reverse, is
+    refused before any training."""
+    import pytest
+    from test_evaluate_cli import evaluate_main
+    run_dir = tmp_path / 'run'
+    overrides = [*TINY, 'evaluation.seeds=[0,1]', 'evaluation.random_selections=2']
+    assert _distill_main()(['--cfg', CFG, f'run_dir={run_dir}', *overrides]) == 0
+    distilled = json.loads((run_dir / 'metrics.json').read_text())['evaluation']
+    evaluation = [o for o in overrides if o.startswith(('evaluation.', '+dataset', 'dataset'))
+                  and not o.startswith(('evaluation.seeds', 'evaluation.random'))]
+    artifact = run_dir / 'artifact.safetensors'
+    assert evaluate_main(['--cfg', CFG, '--set', f'dd3d={artifact}', '--random', '2', '--seeds', '2',
+                          '--out', str(tmp_path / 'eval'), *evaluation]) == 0
+    rows = {(r['set'], r['mode']): r for r in json.loads((tmp_path / 'eval' / 'results.json').read_text())['rows']}
+    same = {('dd3d', 'resampled each epoch'): 'dd3d (resampled each epoch)', ('dd3d', 'fixed set'): 'dd3d (fixed set)',
+            ('random cpc1', 'random selection'): 'random (2 selections)'}
+    for key, name in same.items():
+        for figure in ('instance_miou', 'unrestricted_instance_miou'):
+            assert rows[key][f'final_{figure}']['values'] == distilled[name][figure]['values']
+    assert 'final-epoch inst mIoU %' in (tmp_path / 'eval' / 'results.md').read_text()
+    classification = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
+    with pytest.raises(ValueError, match='is a segmentation set but --cfg evaluates classification'):
+        evaluate_main(['--cfg', classification, '--set', f'dd3d={artifact}', '--out', str(tmp_path / 'bad'),
+                       'dataset.common.NAME=EmbeddedShapesPart', '+dataset.common.num_shape_classes=3'])

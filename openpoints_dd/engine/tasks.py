@@ -1,0 +1,119 @@
+"""The two tasks of the evaluation protocol, as data: what differs between shape classification and part
+segmentation when a set is trained and tested.
+
+A `Task` names its real-data pool, how a set's and a random selection's training clouds are drawn, the
+training-and-test run, and the figures a run reports (the first is the headline). The protocol
+(`pipeline.evaluate_set`, `pipeline.random_baseline`, `protocol.run_protocol`) is written once against it, so
+tools/evaluate.py and a distillation's own evaluation treat a part-segmentation set as they treat a
+classification set.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..data.part_pool import PartPool
+from ..data.real_pool import RealPool, random_selection_generator
+from ..data.synthetic_set import SyntheticSet
+from ..labels import DatasetIdentity, Labeler, parts_of
+from .evaluate import TrainSampler, fixed_sampler, train_and_test
+from .evaluate_seg import PartSampler, fixed_part_sampler, train_and_test_seg
+
+
+class Task:
+    """What the evaluation protocol needs to know of a task."""
+
+    name: str
+    #: (run key, column header) of the figures a run reports; the first is the row's headline
+    figures: tuple[tuple[str, str], ...]
+
+    def pool(self, dataset_cfg: Mapping[str, Any], split: str, num_points: int, seed: int = 0) -> RealPool | PartPool:
+        """The real clouds of one split of a dataset section (`seed`: a part pool's choice of points)."""
+        raise NotImplementedError
+
+    def identity(self, pool: RealPool | PartPool) -> DatasetIdentity:
+        """What a teacher labelling sets of `pool`'s dataset must have been trained on."""
+        raise NotImplementedError
+
+    def set_sampler(self, synthetic: SyntheticSet, num_points: int, resample: bool, settings: Mapping[str, Any]):
+        """A set's training clouds: fresh generator noise every epoch (`resample`) or one fixed draw."""
+        raise NotImplementedError
+
+    def random_sampler(self, train: RealPool | PartPool, cpc: int, selection: int, num_points: int):
+        """Random selection `selection` of `cpc` real clouds per class, as a fixed training set."""
+        raise NotImplementedError
+
+    def train_and_test(self, sampler, test: RealPool | PartPool, *, settings: Mapping[str, Any], seed: int,
+                       rotator: nn.Module | None, device: str | torch.device, epochs: int | None,
+                       labeler: Labeler) -> dict:
+        """Train a fresh network on `sampler`'s clouds for one seed and test it on `test`: the run's figures."""
+        raise NotImplementedError
+
+    @property
+    def headline(self) -> str:
+        return self.figures[0][0]
+
+
+class Classification(Task):
+    name = 'classification'
+    figures = (('oa', 'final-epoch OA %'), ('macc', 'final-epoch mAcc %'))
+
+    def pool(self, dataset_cfg, split, num_points, seed=0):
+        return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
+
+    def identity(self, pool):
+        return DatasetIdentity(pool.name, tuple(pool.class_names))
+
+    def set_sampler(self, synthetic, num_points, resample, settings) -> TrainSampler:
+        if synthetic.is_generator and resample:
+            return lambda epoch, generator: synthetic.sample(num_points, generator)
+        pos, labels = synthetic.sample(num_points, torch.Generator().manual_seed(0))
+        return fixed_sampler(pos, labels)
+
+    def random_sampler(self, train, cpc, selection, num_points) -> TrainSampler:
+        clouds, _ = train.random_per_class(cpc, random_selection_generator(selection))
+        return fixed_sampler(clouds[:, :num_points], torch.arange(train.num_classes).repeat_interleave(cpc))
+
+    def train_and_test(self, sampler, test, *, settings, seed, rotator, device, epochs, labeler):
+        return train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
+                              seed=seed, rotator=rotator, device=device, epochs=epochs, labeler=labeler)
+
+
+class PartSegmentation(Task):
+    name = 'segmentation'
+    figures = (('instance_miou', 'inst mIoU'), ('class_miou', 'class mIoU'),
+               ('unrestricted_instance_miou', 'inst (unrestr.)'), ('unrestricted_class_miou', 'class (unrestr.)'))
+
+    def pool(self, dataset_cfg, split, num_points, seed=0):
+        return PartPool.from_dataset_cfg(dataset_cfg, split, num_points=num_points, seed=seed)
+
+    def identity(self, pool):
+        return DatasetIdentity(pool.name, tuple(pool.class_names), parts_of(pool.cls2parts))
+
+    def set_sampler(self, synthetic, num_points, resample, settings) -> PartSampler:
+        """`settings['part_balance']` < 1 gives a generator's small parts more of the points."""
+        balance = float(settings['part_balance'])
+        if synthetic.is_generator and resample:
+            return lambda epoch, generator: synthetic.sample_with_parts(num_points, generator, balance)
+        fixed = synthetic.sample_with_parts(num_points, torch.Generator().manual_seed(0), balance)
+        return lambda epoch, generator: fixed
+
+    def random_sampler(self, train, cpc, selection, num_points) -> PartSampler:
+        pos, index = train.random_per_class(cpc, random_selection_generator(selection))
+        return fixed_part_sampler(pos[:, :num_points], train.parts[index, :num_points], train.labels[index])
+
+    def train_and_test(self, sampler, test, *, settings, seed, rotator, device, epochs, labeler):
+        # no canonicaliser in part segmentation (dd3d_spec §7.4): the rotator is the identity and is not applied
+        return train_and_test_seg(sampler, test, settings=settings, seed=seed, device=device, epochs=epochs,
+                                  labeler=labeler)
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), PartSegmentation())}
+
+
+def task_named(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f'task must be one of {", ".join(TASKS)}, got {name!r}')
+    return TASKS[name]
