@@ -230,3 +230,21 @@ def test_a_set_of_another_dataset_or_class_count_is_refused(files, tmp_path):
     with pytest.raises(ArtifactError, match=r'written for ScanObjectNN \(10 classes\)'):
         evaluate_main(['--cfg', str(files['cfg']), '--set', f'other={other}', '--out', str(tmp_path / 'o2'),
                        'evaluation.epochs=1'])
+
+
+def test_rows_of_a_model_that_random_does_not_train_are_not_printed_as_figures():
+    """Issue 26's bar: a model whose Random rows stay under 20 % (1 per class) or 50 % (10 per class) has no
+    measurements at that size; its other models and sizes are printed as usual."""
+    def row(model, set_, mode, cpc, oa):
+        summary = {'mean': oa, 'std': 0.0, 'n': 1, 'values': [oa]}
+        return {'model': model, 'set': set_, 'mode': mode, 'cpc': cpc, 'budget': 'b', 'final_oa': summary,
+                'final_macc': summary, 'best_oa_papers_protocol': summary}
+    rows = [row('pointmlp', 'dd3d', 'fixed set', 10, 30.0), row('pointmlp', 'random cpc10', 'random selection', 10, 9.9),
+            row('pointmlp', 'random cpc1', 'random selection', 1, 21.0), row('pointnet', 'dd3d', 'fixed set', 10, 74.0),
+            row('pointnet', 'random cpc10', 'random selection', 10, 71.3)]
+    table = markdown_table(rows)
+    assert '| pointmlp | dd3d | fixed set | 10 | hard labels | not a measurement: Random under the bar' in table
+    assert '| pointmlp | random cpc1 | random selection | 1 | hard labels | 21.00 ± 0.00 |' in table
+    assert '| pointnet | dd3d | fixed set | 10 | hard labels | 74.00 ± 0.00 |' in table
+    assert 'pointmlp at 10 per class: Random reaches 9.90 % OA, under the 50 %' in table
+    assert 'pointnet at 10' not in table and 'pointmlp at 1 ' not in table
