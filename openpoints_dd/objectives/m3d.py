@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..compat.point_ops import furthest_point_sample
 from ..registry import OBJECTIVES
+from ..utils.sorting import sort_descending
 from .base import Objective
 from .sadm import rbf_mmd
 
@@ -58,7 +59,7 @@ def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
     """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened
     channel-major (the MMD does not depend on the order of the dimensions; sorting contiguous rows is faster)."""
     features = backbone.point_features(clouds).abs().transpose(1, 2).contiguous()              # (B, C, N)
-    return torch.sort(features, dim=-1, descending=True).values.flatten(1)
+    return sort_descending(features).flatten(1)
 
 
 @OBJECTIVES.register_module()
