@@ -5,8 +5,12 @@ cross-entropy takes it); per-point terms are averaged over every point of the ba
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+#: the logit an excluded class takes in `distillation_kl`: its probability underflows to 0 at any temperature
+EXCLUDED = -1e9
 
 
 def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
@@ -29,16 +33,28 @@ def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.
     return -(weights * log_probs).sum(1).mean()
 
 
-def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+                    allowed: Tensor | None = None) -> Tensor:
     """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), batch mean (Hinton et al. 2015; the T² keeps the
     gradient's scale as T changes), mean over clouds, or over points for (B, K, N) logits. Zero when the two
-    logit vectors are equal. Computed in fp32."""
+    logit vectors are equal. Computed in fp32.
+
+    `allowed`: a bool mask of the logits' shape (or broadcastable to it) restricting both distributions to the
+    allowed classes (a shape's own parts in part segmentation); None: all classes.
+    """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f'teacher logits {tuple(teacher_logits.shape)} do not fit the student\'s '
                          f'{tuple(student_logits.shape)}: the teacher was trained for another head')
-    student = F.log_softmax(_rows(student_logits).float() / temperature, dim=-1)
-    teacher = F.log_softmax(_rows(teacher_logits).float() / temperature, dim=-1)
-    return F.kl_div(student, teacher, log_target=True, reduction='batchmean') * temperature ** 2
+    if allowed is None:
+        student = F.log_softmax(_rows(student_logits).float() / temperature, dim=-1)
+        teacher = F.log_softmax(_rows(teacher_logits).float() / temperature, dim=-1)
+        return F.kl_div(student, teacher, log_target=True, reduction='batchmean') * temperature ** 2
+    allowed = _rows(allowed.expand_as(student_logits))
+    # a finite fill (not -inf): the excluded classes get probability 0 and no NaN reaches the backward
+    student = F.log_softmax(_rows(student_logits).float().masked_fill(~allowed, EXCLUDED) / temperature, dim=-1)
+    teacher = F.log_softmax(_rows(teacher_logits).float().masked_fill(~allowed, EXCLUDED) / temperature, dim=-1)
+    per_class = (teacher.exp() * (teacher - student)).where(allowed, torch.zeros((), device=student.device))
+    return per_class.sum() / len(per_class) * temperature ** 2
 
 
 def _rows(logits: Tensor) -> Tensor:

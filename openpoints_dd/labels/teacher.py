@@ -53,10 +53,13 @@ class TeacherLabels(Labeler):
         smoothing: ε of the cross-entropy term (`smoothed_cross_entropy`). Default 0.2.
         cache_dir: where trained teachers are kept, one file per (YAML, overrides) config hash. Default
             runs/teachers.
+        own_parts: part segmentation: the teacher term compares the two distributions over the parts of each
+            shape's category only (the cross-entropy term still ranks every part). Default True. Over all parts,
+            a tempered teacher spreads most of a point's mass over other categories' parts.
     """
 
     def __init__(self, *, teacher: str, overrides: Sequence[str] | None = None, temperature: float = 5.0,
-                 alpha: float = 0.8, smoothing: float = 0.2, cache_dir: str = 'runs/teachers'):
+                 alpha: float = 0.8, smoothing: float = 0.2, cache_dir: str = 'runs/teachers', own_parts: bool = True):
         if float(temperature) <= 0:
             raise ValueError(f'TeacherLabels: temperature must be > 0, got {temperature!r}')
         if not 0 <= float(alpha) <= 1:
@@ -65,9 +68,10 @@ class TeacherLabels(Labeler):
             raise ValueError(f'TeacherLabels: smoothing must be in [0, 1), got {smoothing!r}')
         self.teacher, self.overrides = str(teacher), [str(o) for o in overrides or []]
         self.temperature, self.alpha, self.smoothing = float(temperature), float(alpha), float(smoothing)
-        self.cache_dir = str(cache_dir)
+        self.cache_dir, self.own_parts = str(cache_dir), bool(own_parts)
         self._model: nn.Module | None = None
         self._metadata: dict = {}
+        self._part_table: Tensor | None = None   # (categories, parts) bool, for `own_parts`
 
     def prepare(self, dataset: DatasetIdentity, device: torch.device | str) -> None:
         path, cfg = teacher_path(self.teacher, self.overrides, self.cache_dir)
@@ -76,6 +80,12 @@ class TeacherLabels(Labeler):
                 train_teacher(cfg, path)
         self._model, self._metadata = load_teacher(path, dataset)
         self._model.to(device).eval()
+        if dataset.cls2parts is not None and self.own_parts:
+            parts = 1 + max(max(ids) for ids in dataset.cls2parts)
+            self._part_table = torch.zeros(len(dataset.cls2parts), parts, dtype=torch.bool)
+            for category, ids in enumerate(dataset.cls2parts):
+                self._part_table[category, list(ids)] = True
+            self._part_table = self._part_table.to(device)
         logger.info('teacher %s: %s, %s (%.1f min to train)', path, self._metadata['model']['NAME'],
                     test_figures(self._metadata), self._metadata['minutes'])
 
@@ -84,7 +94,10 @@ class TeacherLabels(Labeler):
             raise RuntimeError('TeacherLabels.loss before prepare(): the teacher is not loaded')
         with torch.no_grad():
             teacher_logits = self._model(_model_input(inputs))
-        return (self.alpha * distillation_kl(logits, teacher_logits, self.temperature)
+        allowed = None
+        if self._part_table is not None:   # (B, parts, 1): each shape's own parts, for every point
+            allowed = self._part_table[inputs['cls'].reshape(-1).long()].unsqueeze(-1)
+        return (self.alpha * distillation_kl(logits, teacher_logits, self.temperature, allowed)
                 + (1 - self.alpha) * smoothed_cross_entropy(logits, target, self.smoothing))
 
     def describe(self) -> str:
@@ -93,8 +106,9 @@ class TeacherLabels(Labeler):
     def report(self) -> dict:
         kept = [f'test_{name}' for names in TEST_FIGURES.values() for name in names] + ['minutes', 'cfg_hash']
         teacher = {k: self._metadata[k] for k in kept if k in self._metadata}
+        parts = {'own_parts': self.own_parts} if self._part_table is not None or not self.own_parts else {}
         return {'labels': self.describe(), 'temperature': self.temperature, 'alpha': self.alpha,
-                'smoothing': self.smoothing, 'teacher': {'config': self.teacher, 'overrides': self.overrides,
+                'smoothing': self.smoothing, **parts, 'teacher': {'config': self.teacher, 'overrides': self.overrides,
                                                          'model': self._metadata.get('model', {}).get('NAME'),
                                                          **teacher}}
 
@@ -148,9 +162,10 @@ def teacher_line(report: Mapping[str, Any]) -> str:
     """The line under a results table that names a teacher-label row's teacher (`TeacherLabels.report()`)."""
     t = report['teacher']
     config = ' '.join([t['config'], *t['overrides']])
+    parts = {None: '', True: "; KL over each shape's own parts", False: '; KL over all parts'}[report.get('own_parts')]
     return (f"Teacher labels: {t['model']} from {config}, trained on the whole real train set in "
             f"{t.get('minutes', '?')} min, {test_figures(t)}; T {report['temperature']:g}, "
-            f"alpha {report['alpha']:g}, smoothing {report['smoothing']:g}.")
+            f"alpha {report['alpha']:g}, smoothing {report['smoothing']:g}{parts}.")
 
 
 def load_teacher(path: str | os.PathLike, dataset: DatasetIdentity | None = None) -> tuple[nn.Module, dict]:

@@ -215,3 +215,22 @@ def _part_labeler(tmp_path, **options) -> TeacherLabels:
     labeler = TeacherLabels(teacher=PART_YAML, cache_dir=str(tmp_path / 'teachers'), **options)
     labeler.prepare(PARTS, 'cpu')
     return labeler
+
+
+def test_the_teacher_term_over_each_shapes_own_parts():
+    """With `allowed`, the KL compares the two distributions renormalised over the allowed classes only: zero when
+    they agree there whatever the other logits, the closed form otherwise, and a finite gradient."""
+    torch.manual_seed(3)
+    student, teacher = torch.randn(2, 5, 7, requires_grad=True), torch.randn(2, 5, 7)
+    allowed = torch.tensor([[True, True, False, False, False], [False, False, True, True, True]]).unsqueeze(-1)
+    same_on_allowed = teacher.where(allowed, teacher + 10 * torch.randn(2, 5, 7))
+    assert distillation_kl(same_on_allowed, teacher, 2.0, allowed).item() == pytest.approx(0.0, abs=1e-6)
+    loss = distillation_kl(student, teacher, 2.0, allowed)
+    expected = 0.0
+    for b, parts in enumerate(([0, 1], [2, 3, 4])):
+        p = torch.softmax(teacher[b, parts] / 2.0, dim=0)
+        q = torch.log_softmax(student[b, parts].detach() / 2.0, dim=0)
+        expected += (p * (p.log() - q)).sum(0).sum()
+    assert loss.item() == pytest.approx((expected / 14 * 4).item(), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad[0, 2:].abs().max() == 0
