@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 KIND = 'teacher'
 #: the test figures a teacher's metadata records, per task: the trainer's `last_<name>` as `test_<name>`
 TEST_FIGURES = {'classification': ('oa', 'macc'), 'segmentation': ('instance_miou', 'class_miou')}
+#: T when the labels section names none, per task (see TeacherLabels)
+DEFAULT_TEMPERATURE = {'classification': 5.0, 'segmentation': 1.0}
 _REMAKE = 'TeacherLabels.prepare (delete the file and it is retrained)'
 
 
@@ -48,7 +50,8 @@ class TeacherLabels(Labeler):
             cfgs/train/partseg/teacher-embedded-pointnet.yaml for part segmentation); its dataset section must be
             the real dataset the student's classes (and parts) come from.
         overrides: `key=value` overrides of the teacher YAML (part of its identity). Default none.
-        temperature: T. Default 5 (3D-Pruner).
+        temperature: T. Default (None): 5 for classification (3D-Pruner), 1 for part segmentation, where per-point
+            labels at T 5 and 2 trained worse than hard labels and T 1 better (docs/results/teacher_labels_partseg.md).
         alpha: α, the weight of the teacher term; 0 is hard-label training with the same smoothing. Default 0.8.
         smoothing: ε of the cross-entropy term (`smoothed_cross_entropy`). Default 0.2.
         cache_dir: where trained teachers are kept, one file per (YAML, overrides) config hash. Default
@@ -58,16 +61,17 @@ class TeacherLabels(Labeler):
             a tempered teacher spreads most of a point's mass over other categories' parts.
     """
 
-    def __init__(self, *, teacher: str, overrides: Sequence[str] | None = None, temperature: float = 5.0,
+    def __init__(self, *, teacher: str, overrides: Sequence[str] | None = None, temperature: float | None = None,
                  alpha: float = 0.8, smoothing: float = 0.2, cache_dir: str = 'runs/teachers', own_parts: bool = True):
-        if float(temperature) <= 0:
+        if temperature is not None and float(temperature) <= 0:
             raise ValueError(f'TeacherLabels: temperature must be > 0, got {temperature!r}')
         if not 0 <= float(alpha) <= 1:
             raise ValueError(f'TeacherLabels: alpha must be in [0, 1], got {alpha!r}')
         if not 0 <= float(smoothing) < 1:
             raise ValueError(f'TeacherLabels: smoothing must be in [0, 1), got {smoothing!r}')
         self.teacher, self.overrides = str(teacher), [str(o) for o in overrides or []]
-        self.temperature, self.alpha, self.smoothing = float(temperature), float(alpha), float(smoothing)
+        self.temperature = None if temperature is None else float(temperature)   # None: the task's, in prepare
+        self.alpha, self.smoothing = float(alpha), float(smoothing)
         self.cache_dir, self.own_parts = str(cache_dir), bool(own_parts)
         self._model: nn.Module | None = None
         self._metadata: dict = {}
@@ -80,6 +84,8 @@ class TeacherLabels(Labeler):
                 train_teacher(cfg, path)
         self._model, self._metadata = load_teacher(path, dataset)
         self._model.to(device).eval()
+        if self.temperature is None:
+            self.temperature = DEFAULT_TEMPERATURE[dataset.task]
         if dataset.cls2parts is not None and self.own_parts:
             parts = 1 + max(max(ids) for ids in dataset.cls2parts)
             self._part_table = torch.zeros(len(dataset.cls2parts), parts, dtype=torch.bool)

@@ -234,3 +234,11 @@ def test_the_teacher_term_over_each_shapes_own_parts():
     assert loss.item() == pytest.approx((expected / 14 * 4).item(), rel=1e-5)
     loss.backward()
     assert torch.isfinite(student.grad).all() and student.grad[0, 2:].abs().max() == 0
+
+
+def test_the_default_temperature_is_the_tasks(tmp_path):
+    """No temperature given: 5 for classification (3D-Pruner), 1 for per-point part labels; a given one stays."""
+    assert _prepared(tmp_path).temperature == 5.0
+    _part_teacher_file(tmp_path)
+    assert _part_labeler(tmp_path).temperature == 1.0 and _part_labeler(tmp_path).report()['own_parts'] is True
+    assert _part_labeler(tmp_path, temperature=3).temperature == 3.0
