@@ -105,8 +105,11 @@ def test_no_evaluation_stays_none_and_tasks_have_their_own_sections(tmp_path):
     assert load_distill_config(str(DEMO), ['evaluation=None']).evaluation is None
     seg = resolve_section('evaluation', {}, 'segmentation')
     assert seg.model == {'NAME': 'DistillPointNetSeg'} and seg.random_selections == 3 and 'test_every' not in seg
-    with pytest.raises(SettingsError, match=r'evaluation\.labels must be null'):
-        resolve_section('evaluation', {'labels': {'NAME': 'TeacherLabels', 'teacher': 'x.yaml'}}, 'segmentation')
+    # part segmentation takes the same labelers (per-point teacher labels); an unknown one is refused
+    labels = resolve_section('evaluation', {'labels': {'NAME': 'TeacherLabels', 'teacher': 'x.yaml'}}, 'segmentation')
+    assert labels.labels['NAME'] == 'TeacherLabels'
+    with pytest.raises(SettingsError, match='SoftLabels'):
+        resolve_section('evaluation', {'labels': {'NAME': 'SoftLabels'}}, 'segmentation')
     with pytest.raises(SettingsError, match=r"task: the config says 'classification'"):
         resolve_distill_config(load_distill_config(str(DEMO)), task='segmentation')
 
