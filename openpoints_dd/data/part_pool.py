@@ -21,6 +21,14 @@ from .real_pool import RealPool
 logger = logging.getLogger(__name__)
 
 
+def part_table(cls2parts: Any, num_parts: int) -> Tensor:
+    """(categories, num_parts) bool: row c marks the part ids of category c (`cls2parts[c]`)."""
+    table = torch.zeros(len(cls2parts), num_parts, dtype=torch.bool)
+    for category, ids in enumerate(cls2parts):
+        table[category, list(ids)] = True
+    return table
+
+
 class PartPool:
     """Real clouds sorted by category, with global part ids per point and per-category batches.
 

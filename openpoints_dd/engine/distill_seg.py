@@ -201,11 +201,11 @@ def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         if selections:
             rows[f'random ({len(selections)} selections)'] = random_baseline(train, test, cpc, settings, selections,
                                                                              None, device, task=SEGMENTATION)
-        keys = [key for key, _ in SEGMENTATION.figures]
+        keys, headers = zip(*SEGMENTATION.figures)
         metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
         report = next(iter(rows.values()))[0]['labels_report']
         metrics['labels'] = report
-        header = f'{"set":30s} {"inst mIoU":>14s} {"class mIoU":>14s} {"inst (unrestr.)":>16s} {"class (unrestr.)":>16s}'
+        header = f'{"set":30s} ' + ' '.join(f'{h:>14s}' if i < 2 else f'{h:>16s}' for i, h in enumerate(headers))
         lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds}, {report["labels"]})']
         lines += [f'{name:30s} ' + ' '.join(f'{format_mean_std(row[k]):>14s}' if i < 2 else f'{format_mean_std(row[k]):>16s}'
                                              for i, k in enumerate(keys))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
+from ..data.part_pool import part_table
 from ..labels import HardLabels, Labeler
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast
@@ -34,10 +35,7 @@ def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
 
 def part_mask(categories: Tensor, cls2parts: Sequence[Sequence[int]], num_parts: int) -> Tensor:
     """(M,) categories -> (M, num_parts) bool: the parts each shape's category owns."""
-    table = torch.zeros(len(cls2parts), num_parts, dtype=torch.bool)
-    for c, ids in enumerate(cls2parts):
-        table[c, list(ids)] = True
-    return table.to(categories.device)[categories]
+    return part_table(cls2parts, num_parts).to(categories.device)[categories]
 
 
 def predict_parts(logits: Tensor, categories: Tensor, cls2parts: Sequence[Sequence[int]], restricted: bool) -> Tensor:

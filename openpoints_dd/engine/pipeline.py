@@ -39,18 +39,8 @@ def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, dev
                                         device=device, epochs=epochs, labeler=labeler))
         runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
         runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
-        if task is CLASSIFICATION:
-            logger.info('seed %d: final-epoch OA %.2f (best tested %.2f) in %.0f s', int(seed), runs[-1]['oa'],
-                        runs[-1]['best_oa'], runs[-1]['seconds'])
-        else:
-            logger.info('seed %d: final-epoch %s %.2f in %.0f s', int(seed), task.figures[0][1],
-                        runs[-1][task.headline], runs[-1]['seconds'])
+        logger.info('seed %d: %s in %.0f s', int(seed), task.describe_run(runs[-1]), runs[-1]['seconds'])
     return runs
-
-
-def synthetic_sampler(synthetic: SyntheticSet, num_points: int, resample: bool):
-    """Fresh generator noise every epoch (`resample`), or one fixed draw (classification)."""
-    return CLASSIFICATION.set_sampler(synthetic, num_points, resample, {})
 
 
 def random_baseline(train, test, cpc: int, settings, selections, rotator, device,
@@ -76,8 +66,8 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     def evaluate_during(distiller: Distiller, iteration: int) -> dict:
         """Quick one-seed evaluation; the snapshot is kept so it can be evaluated fully later."""
         path = distiller.export(run_dir / 'snapshots' / f'step{iteration:05d}.safetensors')
-        result = evaluate_set(synthetic_sampler(SyntheticSet(path), settings['num_points'], True), test, settings,
-                              [0], distiller.rotator, device, epochs=quick_epochs)[0]
+        sampler = CLASSIFICATION.set_sampler(SyntheticSet(path), settings['num_points'], True, settings)
+        result = evaluate_set(sampler, test, settings, [0], distiller.rotator, device, epochs=quick_epochs)[0]
         return {'oa': round(result['oa'], 2), 'snapshot': str(path)}
 
     distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
@@ -97,8 +87,8 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         modes = generator_modes(settings['generator_modes']) if synthetic.is_generator else [False]
         for resample in modes:
             name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
-            runs = evaluate_set(synthetic_sampler(synthetic, settings['num_points'], resample), test, settings,
-                                seeds, rotator, device)
+            sampler = CLASSIFICATION.set_sampler(synthetic, settings['num_points'], resample, settings)
+            runs = evaluate_set(sampler, test, settings, seeds, rotator, device)
             rows[name] = {'final': summarize(runs), 'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
         selections = random_selections(settings, seeds)
         if selections:

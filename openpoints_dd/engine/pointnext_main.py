@@ -184,8 +184,6 @@ def _import_error(module: str) -> str | None:
     return None
 
 
-
-
 def _changed(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
     for key, value in after.items():
         old = before.get(key) if isinstance(before, Mapping) else None

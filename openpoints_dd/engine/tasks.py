@@ -26,8 +26,6 @@ class Task:
     """What the evaluation protocol needs to know of a task."""
 
     name: str
-    #: (run key, column header) of the figures a run reports; the first is the row's headline
-    figures: tuple[tuple[str, str], ...]
 
     def pool(self, dataset_cfg: Mapping[str, Any], split: str, num_points: int, seed: int = 0) -> RealPool | PartPool:
         """The real clouds of one split of a dataset section (`seed`: a part pool's choice of points)."""
@@ -51,14 +49,13 @@ class Task:
         """Train a fresh network on `sampler`'s clouds for one seed and test it on `test`: the run's figures."""
         raise NotImplementedError
 
-    @property
-    def headline(self) -> str:
-        return self.figures[0][0]
+    def describe_run(self, run: Mapping[str, Any]) -> str:
+        """One run's headline figures, as the log line of each seed gives them."""
+        raise NotImplementedError
 
 
 class Classification(Task):
     name = 'classification'
-    figures = (('oa', 'final-epoch OA %'), ('macc', 'final-epoch mAcc %'))
 
     def pool(self, dataset_cfg, split, num_points, seed=0):
         return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
@@ -80,9 +77,13 @@ class Classification(Task):
         return train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
                               seed=seed, rotator=rotator, device=device, epochs=epochs, labeler=labeler)
 
+    def describe_run(self, run):
+        return f"final-epoch OA {run['oa']:.2f} (best tested {run['best_oa']:.2f})"
+
 
 class PartSegmentation(Task):
     name = 'segmentation'
+    #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline
     figures = (('instance_miou', 'inst mIoU'), ('class_miou', 'class mIoU'),
                ('unrestricted_instance_miou', 'inst (unrestr.)'), ('unrestricted_class_miou', 'class (unrestr.)'))
 
@@ -109,11 +110,9 @@ class PartSegmentation(Task):
         return train_and_test_seg(sampler, test, settings=settings, seed=seed, device=device, epochs=epochs,
                                   labeler=labeler)
 
+    def describe_run(self, run):
+        (key, header), *_ = self.figures
+        return f'final-epoch {header} {run[key]:.2f}'
+
 
 TASKS: dict[str, Task] = {task.name: task for task in (Classification(), PartSegmentation())}
-
-
-def task_named(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f'task must be one of {", ".join(TASKS)}, got {name!r}')
-    return TASKS[name]

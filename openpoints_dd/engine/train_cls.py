@@ -809,8 +809,6 @@ def _tqdm_safe_logging(enabled: bool) -> Iterator[None]:
         yield
 
 
-
-
 def _real(dataset):
     """The real dataset under DistilledDataset's val/test split (the dataset itself otherwise)."""
     return getattr(dataset, 'real', None) or dataset

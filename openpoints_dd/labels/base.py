@@ -28,8 +28,13 @@ class DatasetIdentity:
     def task(self) -> str:
         return 'classification' if self.cls2parts is None else 'segmentation'
 
+    @property
+    def num_parts(self) -> int:
+        """Part labels over all categories (segmentation identities only)."""
+        return 1 + max(max(ids) for ids in self.cls2parts)
+
     def describe(self) -> str:
-        parts = '' if self.cls2parts is None else f', {1 + max(max(p) for p in self.cls2parts)} part labels'
+        parts = '' if self.cls2parts is None else f', {self.num_parts} part labels'
         return f'{self.name} ({self.num_classes} classes{parts})'
 
     @classmethod

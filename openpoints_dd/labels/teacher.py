@@ -26,6 +26,7 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..data.artifact import ArtifactError, read_tensor_file, save_tensor_file
+from ..data.part_pool import part_table
 from ..registry import LABELERS
 from ..utils.config import config_hash, load_config, resolve_path, to_plain
 from .base import DatasetIdentity, Labeler, parts_of
@@ -87,11 +88,7 @@ class TeacherLabels(Labeler):
         if self.temperature is None:
             self.temperature = DEFAULT_TEMPERATURE[dataset.task]
         if dataset.cls2parts is not None and self.own_parts:
-            parts = 1 + max(max(ids) for ids in dataset.cls2parts)
-            self._part_table = torch.zeros(len(dataset.cls2parts), parts, dtype=torch.bool)
-            for category, ids in enumerate(dataset.cls2parts):
-                self._part_table[category, list(ids)] = True
-            self._part_table = self._part_table.to(device)
+            self._part_table = part_table(dataset.cls2parts, dataset.num_parts).to(device)
         logger.info('teacher %s: %s, %s (%.1f min to train)', path, self._metadata['model']['NAME'],
                     test_figures(self._metadata), self._metadata['minutes'])
 
