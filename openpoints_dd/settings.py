@@ -152,6 +152,9 @@ EVALUATION_COMMON = {
     'amp': _choice(None, [c for c in AMP_CHOICES if c], "bf16: forwards under bf16 autocast (fp32 master "
                    "weights); null: fp32", nullable=True),
     'augment': Setting('section', {}, 'training augmentation', fields=AUGMENT),
+    'optimizer': _choice('adam', ('adam', 'sgd'), 'optimizer'),
+    'momentum': _float(0.9, 'SGD momentum', low=0, high=1),
+    'test_every': _int(0, '>0: also test every N epochs, for the best-epoch (papers\') figure', low=0),
     'seeds': Setting('list', [0, 1, 2], 'evaluation seeds of every set', item='int'),
     'generator_modes': Setting('list', ['resampled', 'fixed'], 'rows of a generator set: fresh clouds every '
                                'epoch, one fixed draw', item='str', item_choices=('resampled', 'fixed')),
@@ -160,7 +163,6 @@ EVALUATION_COMMON = {
 EVALUATION_CLASSIFICATION = {
     'model': _component({'NAME': 'DistillPointNet'}, _models, 'the evaluated network (openpoints MODELS)'),
     'batch_size': _int(256, 'batch size', low=1),
-    'test_every': _int(0, '>0: also test every N epochs, for the best-epoch (papers\') figure', low=0),
     'labels': _component(None, lambda: LABELERS.module_dict, 'null: hard labels; {NAME: TeacherLabels, teacher: '
                          '<train YAML>}', nullable=True),
     'random_selections': _int(5, 'Random baseline: one real subset per selection', low=0),
@@ -170,8 +172,6 @@ EVALUATION_CLASSIFICATION = {
 EVALUATION_SEGMENTATION = {
     'model': _component({'NAME': 'DistillPointNetSeg'}, _models, 'the evaluated network (openpoints MODELS)'),
     'batch_size': _int(32, 'batch size', low=1),
-    'optimizer': _choice('adam', ('adam', 'sgd'), 'optimizer'),
-    'momentum': _float(0.9, 'SGD momentum', low=0, high=1),
     'part_balance': _float(1.0, 'weight of the part-frequency balancing of the loss (0: none)', low=0),
     'labels': _component(None, lambda: LABELERS.module_dict, 'null: hard part labels; {NAME: TeacherLabels, '
                          'teacher: <part-segmentation train YAML>}: per-point soft labels', nullable=True),

@@ -1,8 +1,9 @@
-"""Train a fresh classifier on a synthetic (or selected) set and test it on the real test set.
+"""Train a fresh network on a synthetic (or selected) set and test it on the real test set: one protocol run.
 
 The protocol of `research/cpu_protocol.md`: DD3D's PointNet, Adam (lr 1e-3, wd 5e-4), cosine to 1e-4,
 batch 256, random scale and jitter; the reported figure is the test accuracy at the FINAL epoch. The
-best tested epoch is returned separately, labelled as the papers' (optimistic) protocol.
+best tested epoch is returned separately, labelled as the papers' (optimistic) protocol. Part segmentation
+runs the same loop with its own network, batch and figures (`tasks.PartSegmentation`, `evaluate_seg`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from openpoints.models import build_model_from_cfg
-from openpoints.utils import EasyConfig
 
 from ..utils.fit import fit_epochs
 from ..utils.geometry import jitter, normalize_to_unit_sphere, random_scale
@@ -68,57 +68,61 @@ def test_accuracy(model: nn.Module, pos: Tensor, labels: Tensor, num_classes: in
     return 100 * float(correct.mean()), 100 * float((per_class / counts).mean())
 
 
-def train_and_test(sampler: TrainSampler, test_pos: Tensor, test_labels: Tensor, *, num_classes: int,
-                   settings: Mapping[str, Any], seed: int, rotator: nn.Module | None = None,
+def train_and_test(task, sampler, test, *, settings: Mapping[str, Any], seed: int, rotator: nn.Module | None = None,
                    device: str | torch.device = 'cpu', epochs: int | None = None,
                    labeler: Labeler | None = None) -> dict:
-    """Train a fresh model on `sampler`'s clouds, test on the real test set.
+    """Train a fresh network of `settings['model']` on `sampler`'s clouds and test it on the real `test` pool: one
+    run of the protocol, for either task (`tasks.Task`: the head, the batch and the test figures are the task's).
 
     `settings['amp']`: 'bf16' runs every forward under bf16 autocast (DistillPointNet keeps its per-cloud
     statistics in fp32 there; parameters, optimizer state and the loss stay fp32); None or 'fp32': full precision.
     `labeler`: the training loss of a batch (`prepared_labeler`); None: hard labels, the plain cross-entropy.
+    `rotator`: applied to every training and test batch (classification; part segmentation has none).
 
     Returns:
-        {'oa', 'macc'} at the final epoch, {'best_oa', 'best_epoch'} over the tested epochs (papers'
-        protocol), 'epochs', 'seconds'.
+        The task's test figures at the final epoch (`task.headline` the first), `best_<headline>` and 'best_epoch'
+        over the tested epochs (every `test_every` and the last: the papers' protocol), 'epochs', 'seconds'.
     """
     start = time.perf_counter()
     epochs = int(epochs or settings['epochs'])
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model_cfg = EasyConfig(dict(settings['model']))
-    model_cfg.setdefault('num_classes', num_classes)
-    model = build_model_from_cfg(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
+    model = build_model_from_cfg(task.model_cfg(settings['model'], test)).to(device)
+    optimizer = evaluation_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
-    augment = settings['augment']
-    test_every = settings['test_every']
-    batch_size, amp = int(settings['batch_size']), settings['amp']
+    augment, test_every, amp = settings['augment'], settings['test_every'], settings['amp']
     labeler = labeler or HardLabels()
-    test_pos, test_labels = test_pos.to(device), test_labels.to(device)
-    best_oa, best_epoch = -1.0, -1
+    headline = task.headline
+    best, best_epoch = -math.inf, -1
 
-    def batch_loss(pos: Tensor, labels: Tensor) -> Tensor:
-        batch = augment_batch(pos, augment, generator)
-        if rotator is not None:
-            batch = rotator(batch)
+    def batch_loss(pos: Tensor, *targets: Tensor) -> Tensor:
+        batch, target = task.training_batch(augment_batch(pos, augment, generator), targets, rotator)
         with autocast(amp, device):
-            return labeler.loss(model(batch), labels, batch)
+            return labeler.loss(model(batch), target, batch)
 
     def test_now(epoch: int) -> None:
-        nonlocal best_oa, best_epoch
+        nonlocal best, best_epoch
         if test_every and (epoch + 1) % test_every == 0 and epoch + 1 < epochs:
-            oa, _ = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
-            if oa > best_oa:
-                best_oa, best_epoch = oa, epoch + 1
+            value = task.test(model, test, rotator, amp, device)[headline]
+            if value > best:
+                best, best_epoch = value, epoch + 1
 
-    fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=batch_size, generator=generator,
-               device=device, scheduler=scheduler, after_epoch=test_now)
-    oa, macc = test_accuracy(model, test_pos, test_labels, num_classes, rotator, amp=amp)
-    if oa > best_oa:
-        best_oa, best_epoch = oa, epochs
-    return {'oa': oa, 'macc': macc, 'best_oa': best_oa, 'best_epoch': best_epoch, 'epochs': epochs,
+    fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=int(settings['batch_size']),
+               generator=generator, device=device, scheduler=scheduler, after_epoch=test_now)
+    result = task.test(model, test, rotator, amp, device)
+    if result[headline] > best:
+        best, best_epoch = result[headline], epochs
+    return {**result, f'best_{headline}': best, 'best_epoch': best_epoch, 'epochs': epochs,
             'seconds': time.perf_counter() - start}
+
+
+def evaluation_optimizer(model: nn.Module, settings: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The protocol's optimizer: Adam (DD3D's) or SGD with momentum, at `lr` with `weight_decay`."""
+    lr, weight_decay = float(settings['lr']), float(settings['weight_decay'])
+    if settings['optimizer'] == 'sgd':
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(settings['momentum']),
+                               weight_decay=weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def augment_batch(batch: Tensor, augment: Mapping[str, Any], generator: torch.Generator) -> Tensor:

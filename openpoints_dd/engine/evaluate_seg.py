@@ -1,4 +1,4 @@
-"""Train a fresh part-segmentation network on a distilled (or selected) set and test it on the real test set.
+"""Part segmentation's test figures and batch layout (the run itself is `evaluate.train_and_test`).
 
 Metrics (ShapeNet-part convention): per test shape, the IoU of every part of its TRUE category, where a
 part absent from both prediction and ground truth counts IoU 1; the shape IoU is their mean. Instance mIoU
@@ -8,22 +8,16 @@ DD3D reference (spec §7.5), over all part logits (`unrestricted`, stricter).
 """
 from __future__ import annotations
 
-import copy
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from openpoints.models import build_model_from_cfg
-from openpoints.utils import EasyConfig
 
 from ..data.part_pool import part_table
-from ..labels import HardLabels, Labeler
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast
-from .evaluate import augment_batch, evaluation_settings
-from ..utils.fit import fit_epochs
+from .evaluate import evaluation_settings
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
 PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
@@ -84,7 +78,7 @@ def test_miou(model: nn.Module, pos: Tensor, parts: Tensor, categories: Tensor, 
     runs the forward under bf16 autocast."""
     model.eval()
     with autocast(amp, pos.device):
-        logits = torch.cat([model(_batch(pos[s:s + batch_size], categories[s:s + batch_size])).float().cpu()
+        logits = torch.cat([model(part_batch(pos[s:s + batch_size], categories[s:s + batch_size])).float().cpu()
                             for s in range(0, len(pos), batch_size)])
     model.train()
     parts, categories = parts.cpu(), categories.cpu()
@@ -98,49 +92,7 @@ def test_miou(model: nn.Module, pos: Tensor, parts: Tensor, categories: Tensor, 
     return result
 
 
-def train_and_test_seg(sampler: PartSampler, test, *, settings: Mapping[str, Any], seed: int,
-                       device: str | torch.device = 'cpu', epochs: int | None = None,
-                       labeler: Labeler | None = None) -> dict:
-    """Train a fresh segmentation network on `sampler`'s clouds and test it on `test` (a PartPool) once,
-    after the last epoch (as the reference). `settings['amp']` as in the classification protocol
-    (`evaluate.train_and_test`); `labeler`: the per-point training loss (`prepared_labeler` with a part
-    identity; None: hard part labels, the plain cross-entropy). Returns `test_miou`'s figures plus 'epochs'
-    and 'seconds'."""
-    start = time.perf_counter()
-    epochs = int(epochs or settings['epochs'])
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model_cfg = EasyConfig()
-    model_cfg.update(copy.deepcopy(dict(settings['model'])))      # nested sections as EasyConfig, for openpoints
-    if model_cfg.get('cls_args') is not None:                      # openpoints BasePartSeg (PointNeXt): the head's size
-        model_cfg.cls_args.setdefault('num_classes', test.num_parts)
-    else:
-        model_cfg.setdefault('num_classes', test.num_parts)
-        model_cfg.setdefault('num_shape_classes', test.num_classes)
-    model = build_model_from_cfg(model_cfg).to(device)
-    if str(settings['optimizer']).lower() == 'sgd':
-        optimizer = torch.optim.SGD(model.parameters(), lr=float(settings['lr']), momentum=float(settings['momentum']),
-                                    weight_decay=float(settings['weight_decay']))
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(settings['lr']), weight_decay=float(settings['weight_decay']))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=float(settings['min_lr']))
-    augment = settings['augment']
-    batch_size, amp = int(settings['batch_size']), settings['amp']
-    labeler = labeler or HardLabels()
-
-    def batch_loss(pos: Tensor, parts: Tensor, categories: Tensor) -> Tensor:
-        batch = _batch(augment_batch(pos, augment, generator), categories)
-        with autocast(amp, device):
-            return labeler.loss(model(batch), parts, batch)
-
-    fit_epochs(optimizer, batch_loss, sampler, epochs=epochs, batch_size=batch_size, generator=generator,
-               device=device, scheduler=scheduler)
-    result = test_miou(model, test.pos.to(device), test.parts.to(device), test.labels.to(device), test.cls2parts,
-                       amp=amp)
-    return {**result, 'epochs': epochs, 'seconds': time.perf_counter() - start}
-
-
-def _batch(pos: Tensor, categories: Tensor) -> dict:
+def part_batch(pos: Tensor, categories: Tensor) -> dict:
     """The openpoints part-segmentation batch: `pos` (B, N, 3), features `x` = xyz (B, 3, N) (a distilled set
     has no normals), `cls` (B, 1), as DistillPointNetSeg and openpoints' BasePartSeg (PointNeXt) take it."""
     return {'pos': pos, 'x': pos.transpose(1, 2).contiguous(), 'cls': categories.reshape(-1, 1)}

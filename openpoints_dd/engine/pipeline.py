@@ -14,7 +14,7 @@ from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
 from .evaluate import (evaluation_settings, format_mean_std, generator_modes, prepared_labeler, random_selections,
-                       summarize)
+                       summarize, train_and_test)
 from .tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, dev
     labeler = prepared_labeler(settings, task.identity(test), device)
     runs = []
     for seed in seeds:
-        runs.append(task.train_and_test(sampler, test, settings=settings, seed=int(seed), rotator=rotator,
-                                        device=device, epochs=epochs, labeler=labeler))
+        runs.append(train_and_test(task, sampler, test, settings=settings, seed=int(seed), rotator=rotator,
+                                   device=device, epochs=epochs, labeler=labeler))
         runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
         runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
         logger.info('seed %d: %s in %.0f s', int(seed), task.describe_run(runs[-1]), runs[-1]['seconds'])

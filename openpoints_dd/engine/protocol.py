@@ -196,11 +196,8 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int]
     rotator = build_rotator((cfg.get('distill') or {}).get('rotator')).to(device)   # Random's; a set brings its own
     train = None
     grouped: dict[tuple, list[dict]] = {}
-    budget = f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
-    if task.name == 'classification':
-        budget += f"tested every {settings['test_every'] or settings['epochs']} epochs"
-    else:
-        budget += 'tested after the last epoch'
+    budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
+              f"tested every {settings['test_every'] or settings['epochs']} epochs")
     for item in eval_sets:
         logger.info('protocol | %s | %s (%s)', model, item.label, item.mode)
         if item.selection is None:   # a set of another dataset, class count or task than the test set is refused

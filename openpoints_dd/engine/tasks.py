@@ -1,31 +1,37 @@
 """The two tasks of the evaluation protocol, as data: what differs between shape classification and part
 segmentation when a set is trained and tested.
 
-A `Task` names its real-data pool, how a set's and a random selection's training clouds are drawn, the
-training-and-test run, and the figures a run reports (the first is the headline). The protocol
-(`pipeline.evaluate_set`, `pipeline.random_baseline`, `protocol.run_protocol`) is written once against it, so
-tools/evaluate.py and a distillation's own evaluation treat a part-segmentation set as they treat a
+A `Task` names its real-data pool, how a set's and a random selection's training clouds are drawn, the network's
+head, a training batch and the test figures (the headline first). The run (`evaluate.train_and_test`) and the
+protocol (`pipeline.evaluate_set`, `pipeline.random_baseline`, `protocol.run_protocol`) are written once against
+it, so tools/evaluate.py and a distillation's own evaluation treat a part-segmentation set as they treat a
 classification set.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import copy
+
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from openpoints.utils import EasyConfig
 
 from ..data.part_pool import PartPool
 from ..data.real_pool import RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
-from ..labels import DatasetIdentity, Labeler, parts_of
-from .evaluate import TrainSampler, fixed_sampler, train_and_test
-from .evaluate_seg import PartSampler, fixed_part_sampler, train_and_test_seg
+from ..labels import DatasetIdentity, parts_of
+from .evaluate import TrainSampler, fixed_sampler, test_accuracy
+from .evaluate_seg import PartSampler, fixed_part_sampler, part_batch, test_miou
 
 
 class Task:
     """What the evaluation protocol needs to know of a task."""
 
     name: str
+    #: the run's figure that picks the best tested epoch (the papers' protocol) and heads its log line
+    headline: str
 
     def pool(self, dataset_cfg: Mapping[str, Any], split: str, num_points: int, seed: int = 0) -> RealPool | PartPool:
         """The real clouds of one split of a dataset section (`seed`: a part pool's choice of points)."""
@@ -43,10 +49,17 @@ class Task:
         """Random selection `selection` of `cpc` real clouds per class, as a fixed training set."""
         raise NotImplementedError
 
-    def train_and_test(self, sampler, test: RealPool | PartPool, *, settings: Mapping[str, Any], seed: int,
-                       rotator: nn.Module | None, device: str | torch.device, epochs: int | None,
-                       labeler: Labeler) -> dict:
-        """Train a fresh network on `sampler`'s clouds for one seed and test it on `test`: the run's figures."""
+    def model_cfg(self, model: Mapping[str, Any], test: RealPool | PartPool) -> EasyConfig:
+        """The evaluated network's openpoints config, its head sized for `test`'s classes (or parts)."""
+        raise NotImplementedError
+
+    def training_batch(self, pos: Tensor, targets: tuple[Tensor, ...], rotator: nn.Module | None) -> tuple[Any, Tensor]:
+        """The network's input and the loss's target from a sampler's augmented clouds and its other tensors."""
+        raise NotImplementedError
+
+    def test(self, model: nn.Module, test: RealPool | PartPool, rotator: nn.Module | None, amp: str | None,
+             device: str | torch.device) -> dict:
+        """The figures of `model` on the test pool, `headline` among them."""
         raise NotImplementedError
 
     def describe_run(self, run: Mapping[str, Any]) -> str:
@@ -56,6 +69,7 @@ class Task:
 
 class Classification(Task):
     name = 'classification'
+    headline = 'oa'
 
     def pool(self, dataset_cfg, split, num_points, seed=0):
         return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
@@ -73,9 +87,17 @@ class Classification(Task):
         clouds, _ = train.random_per_class(cpc, random_selection_generator(selection))
         return fixed_sampler(clouds[:, :num_points], torch.arange(train.num_classes).repeat_interleave(cpc))
 
-    def train_and_test(self, sampler, test, *, settings, seed, rotator, device, epochs, labeler):
-        return train_and_test(sampler, test.pos, test.labels, num_classes=test.num_classes, settings=settings,
-                              seed=seed, rotator=rotator, device=device, epochs=epochs, labeler=labeler)
+    def model_cfg(self, model, test):
+        cfg = openpoints_cfg(model)
+        cfg.setdefault('num_classes', test.num_classes)
+        return cfg
+
+    def training_batch(self, pos, targets, rotator):
+        return (pos if rotator is None else rotator(pos)), targets[0]
+
+    def test(self, model, test, rotator, amp, device):
+        oa, macc = test_accuracy(model, test.pos.to(device), test.labels.to(device), test.num_classes, rotator, amp=amp)
+        return {'oa': oa, 'macc': macc}
 
     def describe_run(self, run):
         return f"final-epoch OA {run['oa']:.2f} (best tested {run['best_oa']:.2f})"
@@ -83,6 +105,7 @@ class Classification(Task):
 
 class PartSegmentation(Task):
     name = 'segmentation'
+    headline = 'instance_miou'
     #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline
     figures = (('instance_miou', 'inst mIoU'), ('class_miou', 'class mIoU'),
                ('unrestricted_instance_miou', 'inst (unrestr.)'), ('unrestricted_class_miou', 'class (unrestr.)'))
@@ -105,14 +128,34 @@ class PartSegmentation(Task):
         pos, index = train.random_per_class(cpc, random_selection_generator(selection))
         return fixed_part_sampler(pos[:, :num_points], train.parts[index, :num_points], train.labels[index])
 
-    def train_and_test(self, sampler, test, *, settings, seed, rotator, device, epochs, labeler):
-        # no canonicaliser in part segmentation (dd3d_spec §7.4): the rotator is the identity and is not applied
-        return train_and_test_seg(sampler, test, settings=settings, seed=seed, device=device, epochs=epochs,
-                                  labeler=labeler)
+    def model_cfg(self, model, test):
+        cfg = openpoints_cfg(model)
+        if cfg.get('cls_args') is not None:                    # openpoints BasePartSeg (PointNeXt): the head's size
+            cfg.cls_args.setdefault('num_classes', test.num_parts)
+        else:
+            cfg.setdefault('num_classes', test.num_parts)
+            cfg.setdefault('num_shape_classes', test.num_classes)
+        return cfg
+
+    # no canonicaliser in part segmentation (dd3d_spec §7.4): the rotator is the identity and is not applied
+    def training_batch(self, pos, targets, rotator):
+        parts, categories = targets
+        return part_batch(pos, categories), parts
+
+    def test(self, model, test, rotator, amp, device):
+        return test_miou(model, test.pos.to(device), test.parts.to(device), test.labels.to(device), test.cls2parts,
+                         amp=amp)
 
     def describe_run(self, run):
         (key, header), *_ = self.figures
         return f'final-epoch {header} {run[key]:.2f}'
+
+
+def openpoints_cfg(section: Mapping[str, Any]) -> EasyConfig:
+    """A copy of a config section whose nested sections are EasyConfigs too, as openpoints' builders read them."""
+    cfg = EasyConfig()
+    cfg.update(copy.deepcopy(dict(section)))
+    return cfg
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (Classification(), PartSegmentation())}

@@ -4,6 +4,8 @@ import torch
 
 from openpoints_dd.engine.evaluate import (evaluation_settings, fixed_sampler, generator_modes, random_selections,
                                            train_and_test)
+from openpoints_dd.engine.tasks import TASKS
+from openpoints_dd.data.real_pool import RealPool
 from openpoints_dd.models import DistillPointNet
 
 
@@ -33,8 +35,9 @@ def test_protocol_training_runs_in_either_precision_with_fp32_master_weights(amp
     monkeypatch.setattr(torch.nn.Module, '__call__', recording_call)
     settings = evaluation_settings({'model': {'NAME': 'DistillPointNet', 'widths': [16, 32, 64]}, 'epochs': 2,
                                     'batch_size': 8, 'amp': amp, 'augment': {}})
-    result = train_and_test(fixed_sampler(tiny_clouds.pos, tiny_clouds.y), tiny_clouds.pos, tiny_clouds.y,
-                            num_classes=3, settings=settings, seed=0)
+    test = RealPool(tiny_clouds.pos, tiny_clouds.y, ['a', 'b', 'c'], 'tiny')
+    result = train_and_test(TASKS['classification'], fixed_sampler(tiny_clouds.pos, tiny_clouds.y), test,
+                            settings=settings, seed=0)
     assert 0 <= result['oa'] <= 100 and seen and all(s == (amp == 'bf16') for s in seen)
 
 

@@ -37,8 +37,8 @@ def test_settings_reject_unknown_keys():
     assert seg_evaluation_settings({'epochs': 3})['epochs'] == 3
     with pytest.raises(ValueError, match=r"unknown key evaluation\.epocs \(did you mean 'epochs'\?\)"):
         seg_evaluation_settings({'epocs': 3})
-    with pytest.raises(ValueError, match=r'unknown key evaluation\.test_every'):   # a classification key
-        seg_evaluation_settings({'test_every': 0})
+    with pytest.raises(ValueError, match=r'unknown key evaluation\.eval_epochs_during_distill'):   # classification's
+        seg_evaluation_settings({'eval_epochs_during_distill': 5})
 
 
 POINTNEXT_S_PARTSEG = {   # PointNeXt-S part segmentation (openpoints BasePartSeg), narrowed for a CPU test
@@ -53,15 +53,21 @@ POINTNEXT_S_PARTSEG = {   # PointNeXt-S part segmentation (openpoints BasePartSe
 
 
 @pytest.mark.parametrize('model', [{'NAME': 'DistillPointNetSeg', 'widths': [8, 16, 32]}, POINTNEXT_S_PARTSEG])
-def test_train_and_test_seg_runs_for_pointnet_and_pointnext(model):
+def test_a_part_segmentation_run_trains_pointnet_and_pointnext(model):
     from openpoints_dd.data.part_pool import PartPool
-    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler, train_and_test_seg
+    from openpoints_dd.engine.evaluate import train_and_test
+    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler
+    from openpoints_dd.engine.tasks import TASKS
     generator = torch.Generator().manual_seed(0)
     pos, categories = torch.randn(4, 64, 3, generator=generator), torch.tensor([0, 0, 1, 1])
     parts = torch.stack([torch.where(pos[i, :, 0] > 0, CLS2PARTS[c][0], CLS2PARTS[c][1]) for i, c in
                          enumerate(categories.tolist())])
     test = PartPool(pos, parts, categories, ['a', 'b'], CLS2PARTS, 'hand')
-    settings = seg_evaluation_settings({'model': model, 'epochs': 2, 'batch_size': 4, 'num_points': 64})
-    result = train_and_test_seg(fixed_part_sampler(pos, parts, categories), test, settings=settings, seed=0)
+    settings = seg_evaluation_settings({'model': model, 'epochs': 3, 'batch_size': 4, 'num_points': 64,
+                                        'test_every': 1})
+    result = train_and_test(TASKS['segmentation'], fixed_part_sampler(pos, parts, categories), test,
+                            settings=settings, seed=0)
     for key in ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou'):
         assert 0 <= result[key] <= 100
+    # the papers' best tested epoch, as in classification: never below the final epoch's figure
+    assert result['best_instance_miou'] >= result['instance_miou'] and 1 <= result['best_epoch'] <= 3

@@ -7,7 +7,9 @@ import torch
 import openpoints_dd  # noqa: F401
 from conftest import make_fake_modelnet40
 from openpoints_dd.data.artifact import ArtifactError, read_tensor_file, save_artifact, save_tensor_file
+from openpoints_dd.data.real_pool import RealPool
 from openpoints_dd.engine.evaluate import evaluation_settings, fixed_sampler, train_and_test
+from openpoints_dd.engine.tasks import TASKS
 from openpoints_dd.labels import (DatasetIdentity, HardLabels, TeacherLabels, distillation_kl, load_teacher,
                                   smoothed_cross_entropy, teacher_path)
 from openpoints_dd.models import DistillPointNet
@@ -17,6 +19,11 @@ from openpoints.dataset import ModelNet40Ply2048
 
 TEACHER_YAML = str(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')
 THREE = DatasetIdentity('Tiny', ('a', 'b', 'c'))
+
+
+def _tiny_pool(tiny_clouds) -> RealPool:
+    """The tiny clouds as the test pool of the Tiny dataset (THREE)."""
+    return RealPool(tiny_clouds.pos, tiny_clouds.y, list(THREE.class_names), THREE.name)
 
 
 def test_smoothed_cross_entropy_targets_one_minus_eps_and_eps_over_k_minus_one():
@@ -49,12 +56,12 @@ def test_alpha_zero_trains_exactly_as_hard_labels(tmp_path, tiny_clouds):
     teacher.prepare(THREE, 'cpu')
     settings = evaluation_settings({'model': {'NAME': 'DistillPointNet', 'widths': [8, 16, 32]}, 'epochs': 3,
                                     'batch_size': 4})
-    results = [train_and_test(fixed_sampler(tiny_clouds.pos, tiny_clouds.y), tiny_clouds.pos, tiny_clouds.y,
-                              num_classes=3, settings=settings, seed=0, labeler=labeler)
+    sampler, test = fixed_sampler(tiny_clouds.pos, tiny_clouds.y), _tiny_pool(tiny_clouds)
+    results = [train_and_test(TASKS['classification'], sampler, test, settings=settings, seed=0, labeler=labeler)
                for labeler in (HardLabels(smoothing=0.2), teacher)]
     assert results[0]['oa'] == results[1]['oa'] and results[0]['macc'] == results[1]['macc']
-    distinct = train_and_test(fixed_sampler(tiny_clouds.pos, tiny_clouds.y), tiny_clouds.pos, tiny_clouds.y,
-                              num_classes=3, settings=settings, seed=0, labeler=_prepared(tmp_path, alpha=0.8))
+    distinct = train_and_test(TASKS['classification'], sampler, test, settings=settings, seed=0,
+                              labeler=_prepared(tmp_path, alpha=0.8))
     assert distinct['seconds'] > 0
 
 
@@ -161,7 +168,7 @@ def test_a_part_teacher_labels_only_sets_of_its_parts(tmp_path):
 
 
 def test_part_alpha_zero_trains_exactly_as_hard_part_labels_and_the_teacher_changes_training(tmp_path):
-    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler, seg_evaluation_settings, train_and_test_seg
+    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler, seg_evaluation_settings
     from openpoints_dd.data.part_pool import PartPool
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(4)
@@ -177,7 +184,7 @@ def test_part_alpha_zero_trains_exactly_as_hard_part_labels_and_the_teacher_chan
     for name, labeler in (('hard', HardLabels(smoothing=0.2)), ('alpha0', _part_labeler(tmp_path, alpha=0.0)),
                           ('teacher', _part_labeler(tmp_path, alpha=0.8))):
         torch.manual_seed(0)
-        runs[name] = train_and_test_seg(sampler, pool, settings=settings, seed=0, labeler=labeler)
+        runs[name] = train_and_test(TASKS['segmentation'], sampler, pool, settings=settings, seed=0, labeler=labeler)
     keys = ('instance_miou', 'class_miou', 'point_acc')
     assert [runs['hard'][k] for k in keys] == [runs['alpha0'][k] for k in keys]
     assert [runs['hard'][k] for k in keys] != [runs['teacher'][k] for k in keys]
