@@ -13,7 +13,6 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-
 from ..data.part_pool import part_table
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast

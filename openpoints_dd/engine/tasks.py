@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -22,6 +20,7 @@ from ..data.part_pool import PartPool
 from ..data.real_pool import RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..labels import DatasetIdentity, parts_of
+from ..utils.config import to_easy
 from .evaluate import TrainSampler, fixed_sampler, test_accuracy
 from .evaluate_seg import PartSampler, fixed_part_sampler, part_batch, test_miou
 
@@ -88,7 +87,7 @@ class Classification(Task):
         return fixed_sampler(clouds[:, :num_points], torch.arange(train.num_classes).repeat_interleave(cpc))
 
     def model_cfg(self, model, test):
-        cfg = openpoints_cfg(model)
+        cfg = to_easy(model)   # a copy, nested sections as EasyConfigs, as openpoints' builders read them
         cfg.setdefault('num_classes', test.num_classes)
         return cfg
 
@@ -105,10 +104,10 @@ class Classification(Task):
 
 class PartSegmentation(Task):
     name = 'segmentation'
-    headline = 'instance_miou'
     #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline
     figures = (('instance_miou', 'inst mIoU'), ('class_miou', 'class mIoU'),
                ('unrestricted_instance_miou', 'inst (unrestr.)'), ('unrestricted_class_miou', 'class (unrestr.)'))
+    headline = figures[0][0]
 
     def pool(self, dataset_cfg, split, num_points, seed=0):
         return PartPool.from_dataset_cfg(dataset_cfg, split, num_points=num_points, seed=seed)
@@ -129,7 +128,7 @@ class PartSegmentation(Task):
         return fixed_part_sampler(pos[:, :num_points], train.parts[index, :num_points], train.labels[index])
 
     def model_cfg(self, model, test):
-        cfg = openpoints_cfg(model)
+        cfg = to_easy(model)   # a copy, nested sections as EasyConfigs, as openpoints' builders read them
         if cfg.get('cls_args') is not None:                    # openpoints BasePartSeg (PointNeXt): the head's size
             cfg.cls_args.setdefault('num_classes', test.num_parts)
         else:
@@ -147,15 +146,7 @@ class PartSegmentation(Task):
                          amp=amp)
 
     def describe_run(self, run):
-        (key, header), *_ = self.figures
-        return f'final-epoch {header} {run[key]:.2f}'
-
-
-def openpoints_cfg(section: Mapping[str, Any]) -> EasyConfig:
-    """A copy of a config section whose nested sections are EasyConfigs too, as openpoints' builders read them."""
-    cfg = EasyConfig()
-    cfg.update(copy.deepcopy(dict(section)))
-    return cfg
+        return f'final-epoch {self.figures[0][1]} {run[self.headline]:.2f}'
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (Classification(), PartSegmentation())}
