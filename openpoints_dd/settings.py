@@ -158,6 +158,7 @@ EVALUATION_COMMON = {
     'seeds': Setting('list', [0, 1, 2], 'evaluation seeds of every set', item='int'),
     'generator_modes': Setting('list', ['resampled', 'fixed'], 'rows of a generator set: fresh clouds every '
                                'epoch, one fixed draw', item='str', item_choices=('resampled', 'fixed')),
+    'eval_epochs_during_distill': _int(50, 'epochs of the quick evaluations during distillation', low=1),
 }
 
 EVALUATION_CLASSIFICATION = {
@@ -166,7 +167,6 @@ EVALUATION_CLASSIFICATION = {
     'labels': _component(None, lambda: LABELERS.module_dict, 'null: hard labels; {NAME: TeacherLabels, teacher: '
                          '<train YAML>}', nullable=True),
     'random_selections': _int(5, 'Random baseline: one real subset per selection', low=0),
-    'eval_epochs_during_distill': _int(50, 'epochs of the quick evaluations during distillation', low=1),
 }
 
 EVALUATION_SEGMENTATION = {

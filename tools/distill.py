@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.utils import distributed  # noqa: E402
 from openpoints_dd.engine.distill import CHECKPOINT_NAME  # noqa: E402
-from openpoints_dd.engine.distill_seg import run_seg_distillation  # noqa: E402
 from openpoints_dd.engine.pipeline import run_distillation  # noqa: E402
 from openpoints_dd.settings import describe_schema, load_distill_config  # noqa: E402
 from openpoints_dd.utils.run import start_run  # noqa: E402
@@ -36,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_distill_config(args.cfg, overrides)   # every key checked, every registry name resolved
     distributed.init_from_env(cfg['device'])
     try:
-        run = run_seg_distillation if cfg['task'] == 'segmentation' else run_distillation
         with start_run(cfg, args.cfg, overrides, checkpoint=CHECKPOINT_NAME) as run_dir:
-            run(cfg, run_dir)
+            run_distillation(cfg, run_dir)
     finally:
         distributed.shutdown()
     return 0

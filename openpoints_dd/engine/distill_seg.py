@@ -5,14 +5,12 @@ what differs: the backbone (a segmentation network with the category as input), 
 clouds and synthetic clouds both carry per-point part ids; `PartGradientMatching` alternates global and
 local steps), the BatchNorm handling (running statistics refreshed on real clouds, then frozen while
 matching, as DC/DD3D do) and the inner loop (per-point cross-entropy). The synthesizer's part proportions
-come from the real training data. `run_seg_distillation` is what tools/distill.py runs for
-`task: segmentation`: distill, export, then evaluate against Random at the same clouds per category.
+come from the real training data. `pipeline.run_distillation` runs it for `task: segmentation`.
 """
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -23,26 +21,13 @@ from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
 
 from ..data.part_pool import PartPool
-from ..data.synthetic_set import SyntheticSet
-from ..labels import teacher_line
 from ..settings import resolve_distill_config
-from ..synthesizers import PartPointGenerator
 from ..utils.geometry import normalize_to_unit_sphere
-from ..utils.device import resolve_device
 from ..utils.fit import fit_epochs
-from ..utils.io import write_json
-from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
-from .evaluate import format_mean_std, generator_modes, random_selections, summarize
-from .evaluate_seg import seg_evaluation_settings
-from .pipeline import evaluate_set, random_baseline, test_pool
-from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
-
-SEGMENTATION = TASKS['segmentation']
-
 
 class SegDistiller(Distiller):
     """Distiller for part segmentation.
@@ -170,49 +155,3 @@ class SegDistiller(Distiller):
                                  'part_names': self.pool.part_names,
                                  'part_proportions': self.synthesizer.slot_proportions}}
 
-
-def run_seg_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
-    """Distill a part-segmentation set, export it, evaluate it and Random at the same cpc; write metrics.json."""
-    cfg = resolve_distill_config(cfg, task='segmentation')
-    settings = seg_evaluation_settings(cfg['evaluation'])
-    device, seed = resolve_device(cfg['device']), cfg['seed']
-    eval_points, distill_points = int(settings['num_points']), int(cfg['distill']['num_points'])
-    train = PartPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=max(eval_points, distill_points), seed=seed)
-    evaluates = cfg['evaluation'] is not None and distributed.is_main()
-    test = test_pool(cfg['dataset'], eval_points, SEGMENTATION, seed) if evaluates else None
-    distiller = SegDistiller(cfg, train, run_dir)
-    result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
-    if not distributed.is_main():
-        return {}
-    metrics: dict = {'task': 'segmentation', 'artifact': str(result.artifact_path),
-                     'iterations_done': result.iterations_done, 'distill_minutes': round(result.seconds / 60, 2),
-                     'stopped_by_budget': result.stopped_by_budget, 'loss_history': result.loss_history,
-                     'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
-    if test is not None:
-        seeds = list(settings['seeds'])
-        synthetic = SyntheticSet(result.artifact_path)
-        cpc = synthetic.cpc
-        rows = {}
-        for resample in generator_modes(settings['generator_modes']):
-            sampler = SEGMENTATION.set_sampler(synthetic, eval_points, resample, settings)
-            name = 'dd3d (resampled each epoch)' if resample else 'dd3d (fixed set)'
-            rows[name] = evaluate_set(sampler, test, settings, seeds, None, device, task=SEGMENTATION)
-        selections = random_selections(settings, seeds)
-        if selections:
-            rows[f'random ({len(selections)} selections)'] = random_baseline(train, test, cpc, settings, selections,
-                                                                             None, device, task=SEGMENTATION)
-        keys, headers = zip(*SEGMENTATION.figures)
-        metrics['evaluation'] = {name: {**{k: summarize(r, k) for k in keys}, 'runs': r} for name, r in rows.items()}
-        report = next(iter(rows.values()))[0]['labels_report']
-        metrics['labels'] = report
-        header = f'{"set":30s} ' + ' '.join(f'{h:>14s}' if i < 2 else f'{h:>16s}' for i, h in enumerate(headers))
-        lines = [header + f'  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds}, {report["labels"]})']
-        lines += [f'{name:30s} ' + ' '.join(f'{format_mean_std(row[k]):>14s}' if i < 2 else f'{format_mean_std(row[k]):>16s}'
-                                             for i, k in enumerate(keys))
-                  for name, row in metrics['evaluation'].items()]
-        if 'teacher' in report:
-            lines.append(teacher_line(report))
-        logger.info('results\n%s', '\n'.join(lines))
-        metrics['table'] = lines
-    write_json(run_dir / 'metrics.json', metrics)
-    return metrics

@@ -5,21 +5,23 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..data.real_pool import RealPool
 from ..data.synthetic_set import SyntheticSet
+from ..labels import teacher_line
 from ..settings import resolve_distill_config
 from ..utils.device import resolve_device
 from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
+from .distill_seg import SegDistiller
 from .evaluate import (evaluation_settings, format_mean_std, generator_modes, prepared_labeler, random_selections,
-                       summarize, train_and_test)
+                       train_and_test)
 from .tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
 
 CLASSIFICATION = TASKS['classification']
+DISTILLERS = {'classification': Distiller, 'segmentation': SegDistiller}
 
 
 def test_pool(dataset_cfg: Mapping[str, Any], num_points: int, task: Task = CLASSIFICATION, seed: int = 0):
@@ -54,51 +56,66 @@ def random_baseline(train, test, cpc: int, settings, selections, rotator, device
 
 
 def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
-    """Distill, export the artifact, evaluate it (and Random at the same cpc), write metrics.json."""
-    cfg = resolve_distill_config(cfg, task='classification')
-    settings = evaluation_settings(cfg['evaluation'])
-    device = resolve_device(cfg['device'])
-    train = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=int(settings['num_points']))
+    """Distill, export the artifact, evaluate it (and Random at the same cpc) and write metrics.json, for the
+    config's task (`task:` classification or segmentation): one path for both, so a part-segmentation run gets
+    the same timed evaluations, rows and teacher line as a classification run."""
+    task = TASKS[cfg.get('task') or 'classification']
+    cfg = resolve_distill_config(cfg, task=task.name)
+    settings = evaluation_settings(cfg['evaluation'], task.name)
+    device, seed = resolve_device(cfg['device']), cfg['seed']
+    eval_points = int(settings['num_points'])
+    # the distiller draws its real batches from this pool: it holds enough points for both
+    train = task.pool(cfg['dataset'], 'train', max(eval_points, int(cfg['distill']['num_points'])), seed)
     evaluates = cfg['evaluation'] is not None and distributed.is_main()   # rank 0 evaluates under torchrun
-    test = test_pool(cfg['dataset'], int(settings['num_points'])) if evaluates else None
+    test = test_pool(cfg['dataset'], eval_points, task, seed) if evaluates else None
     quick_epochs = settings['eval_epochs_during_distill']
 
     def evaluate_during(distiller: Distiller, iteration: int) -> dict:
         """Quick one-seed evaluation; the snapshot is kept so it can be evaluated fully later."""
         path = distiller.export(run_dir / 'snapshots' / f'step{iteration:05d}.safetensors')
-        sampler = CLASSIFICATION.set_sampler(SyntheticSet(path), settings['num_points'], True, settings)
-        result = evaluate_set(sampler, test, settings, [0], distiller.rotator, device, epochs=quick_epochs)[0]
-        return {'oa': round(result['oa'], 2), 'snapshot': str(path)}
+        sampler = task.set_sampler(SyntheticSet(path), eval_points, True, settings)
+        result = evaluate_set(sampler, test, settings, [0], distiller.rotator, device, epochs=quick_epochs,
+                              task=task)[0]
+        return {task.headline: round(result[task.headline], 2), 'snapshot': str(path)}
 
-    distiller = Distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
+    distiller = DISTILLERS[task.name](cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
     result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
     if not distributed.is_main():
         return {}
-    metrics: dict = {'artifact': str(result.artifact_path), 'iterations_done': result.iterations_done,
-                     'distill_minutes': round(result.seconds / 60, 2), 'stopped_by_budget': result.stopped_by_budget,
+    metrics: dict = {'task': task.name, 'headline': task.headline, 'artifact': str(result.artifact_path),
+                     'iterations_done': result.iterations_done, 'distill_minutes': round(result.seconds / 60, 2), 'stopped_by_budget': result.stopped_by_budget,
                      'loss_history': result.loss_history, 'evaluations_during_distillation': result.evaluations,
-                     'init': {k: v for k, v in getattr(distiller, 'init_report', {}).items() if k != 'real_indices'}}
+                     'init': {k: v for k, v in distiller.init_report.items() if k != 'real_indices'}}
     if test is not None:
-        seeds = list(settings['seeds'])
-        synthetic = SyntheticSet(result.artifact_path)
-        cpc = synthetic.cpc
-        rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
-        rows = {}
-        modes = generator_modes(settings['generator_modes']) if synthetic.is_generator else [False]
-        for resample in modes:
-            name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
-            sampler = CLASSIFICATION.set_sampler(synthetic, settings['num_points'], resample, settings)
-            runs = evaluate_set(sampler, test, settings, seeds, rotator, device)
-            rows[name] = {'final': summarize(runs), 'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
-        selections = random_selections(settings, seeds)
-        if selections:
-            runs = random_baseline(train, test, cpc, settings, selections, rotator, device)
-            rows[f'random ({len(selections)} selections)'] = {'final': summarize(runs),
-                                                              'best_epoch_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
-        metrics['evaluation'] = rows
-        lines = [f'{"set":38s} {"final-epoch OA %":>18s}  (cpc {cpc}, {settings["epochs"]} epochs, seeds {seeds})']
-        lines += [f'{name:38s} {format_mean_std(row["final"]):>18s}' for name, row in rows.items()]
-        logger.info('results\n%s', '\n'.join(lines))
-        metrics['table'] = lines
+        metrics.update(evaluate_distilled(task, result.artifact_path, train, test, settings, device))
     write_json(run_dir / 'metrics.json', metrics)
     return metrics
+
+
+def evaluate_distilled(task: Task, artifact: Path, train, test, settings: Mapping[str, Any], device) -> dict:
+    """The distillation's own table: the set (both generator modes) and Random at its cpc, every seed of the
+    settings; logged and returned as metrics.json's `evaluation`, `labels` and `table`."""
+    seeds = list(settings['seeds'])
+    synthetic = SyntheticSet(artifact)
+    rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
+    runs = {}
+    for resample in (generator_modes(settings['generator_modes']) if synthetic.is_generator else [False]):
+        name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
+        sampler = task.set_sampler(synthetic, int(settings['num_points']), resample, settings)
+        runs[name] = evaluate_set(sampler, test, settings, seeds, rotator, device, task=task)
+    selections = random_selections(settings, seeds)
+    if selections:
+        runs[f'random ({len(selections)} selections)'] = random_baseline(train, test, synthetic.cpc, settings,
+                                                                         selections, rotator, device, task=task)
+    rows = {name: {**task.summaries(r), 'runs': r} for name, r in runs.items()}
+    report = next(iter(runs.values()))[0]['labels_report']
+    headers = [f'final-epoch {header} %' for _, header in task.figures]
+    widths = [max(len(header), 16) for header in headers]
+    lines = [f'{"set":38s} ' + ' '.join(f'{h:>{w}s}' for h, w in zip(headers, widths))
+             + f'  (cpc {synthetic.cpc}, {settings["epochs"]} epochs, seeds {seeds}, {report["labels"]})']
+    lines += [f'{name:38s} ' + ' '.join(f'{format_mean_std(row[f"final_{key}"]):>{w}s}'
+                                        for (key, _), w in zip(task.figures, widths)) for name, row in rows.items()]
+    if 'teacher' in report:
+        lines.append(teacher_line(report))
+    logger.info('results\n%s', '\n'.join(lines))
+    return {'evaluation': rows, 'labels': report, 'table': lines}

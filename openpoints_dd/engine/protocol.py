@@ -30,8 +30,7 @@ from ..labels import teacher_line
 from ..registry import build_rotator
 from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
-from .evaluate import (GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes,
-                       summarize)
+from .evaluate import GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes
 from .pipeline import evaluate_set, test_pool
 from .tasks import TASKS, Task
 from .train_cls import load_train_config, train_classifier, with_defaults
@@ -413,33 +412,21 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
 # ---------------------------------------------------------------------------------------------- reporting
 def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict],
          task: Task = TASKS['classification']) -> dict:
+    """One table row: what the set is and how it was trained, and its figures over the runs (`Task.summaries`)."""
     # every row says what its clouds were trained against: 'hard labels' or 'teacher labels'
     labels = sorted({run.get('labels', 'hard labels') for run in runs})
-    row = {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'labels': ', '.join(labels), 'budget': budget}
-    if task.name == 'segmentation':
-        return {**row, 'task': task.name, **{f'final_{key}': summarize(runs, key) for key, _ in task.figures},
-                'runs': runs}
-    return {**row, 'final_oa': summarize(runs, 'oa'), 'final_macc': summarize(runs, 'macc'),
-            'best_oa_papers_protocol': summarize(runs, 'best_oa'), 'runs': runs}
+    return {'set': label, 'mode': mode, 'cpc': cpc, 'model': model, 'labels': ', '.join(labels), 'budget': budget,
+            'task': task.name, **task.summaries(runs), 'runs': runs}
+
+
+def _task_of(rows: Sequence[Mapping[str, Any]]) -> Task:
+    return TASKS[rows[0].get('task', 'classification') if rows else 'classification']
 
 
 def _teacher_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     teachers = {json.dumps(run['labels_report'], sort_keys=True): run['labels_report'] for r in rows
                 for run in r.get('runs', []) if 'teacher' in run.get('labels_report', {})}
     return [teacher_line(report) for report in teachers.values()]
-
-
-def _segmentation_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    figures = TASKS['segmentation'].figures
-    lines = ['| model | set | mode | cpc | labels | ' + ' | '.join(f'final-epoch {h} %' for _, h in figures)
-             + ' | runs | budget |', '|---|---|---|---|---|' + '---|' * len(figures) + '---|---|']
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {r['labels']} | "
-                     + ' | '.join(format_mean_std(r[f'final_{key}']) for key, _ in figures)
-                     + f" | {r[f'final_{figures[0][0]}']['n']} | {r['budget']} |")
-    lines += ['', "Final-epoch figures (mean ± std over runs), tested once after the last epoch. mIoU over the parts "
-              "of each shape's true category, the argmax restricted to them; unrestr.: over all part logits."]
-    return '\n'.join(lines + _teacher_lines(rows))
 
 
 def random_bar(cpc: int) -> float:
@@ -456,25 +443,26 @@ def undertrained(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], flo
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The protocol's table. The rows of a model whose Random rows stay under `random_bar` at that cpc are not
-    printed as figures: the table says that model's budget is too small instead."""
-    if rows and rows[0].get('task') == 'segmentation':
-        return _segmentation_table(rows)
-    lines = [f'| model | set | mode | cpc | labels | final-epoch OA % | final-epoch mAcc % | {BEST_LABEL} OA % | runs '
-             f'| budget |',
-             '|---|---|---|---|---|---|---|---|---|---|']
-    untrained = undertrained(rows)
+    """The protocol's table, in the rows' task's figures. The classification rows of a model whose Random rows stay
+    under `random_bar` at that cpc are not printed as figures: the table says that model's budget is too small."""
+    task = _task_of(rows)
+    headline = dict(task.figures)[task.headline]
+    best = f'best_{task.headline}_papers_protocol'
+    lines = ['| model | set | mode | cpc | labels | ' + ' | '.join(f'final-epoch {h} %' for _, h in task.figures)
+             + f' | {BEST_LABEL} {headline} % | runs | budget |',
+             '|---|---|---|---|---|' + '---|' * len(task.figures) + '---|---|---|']
+    untrained = undertrained(rows) if task.name == 'classification' else {}
     for r in rows:
         if (r['model'], r['cpc']) in untrained:
-            figures = 'not a measurement: Random under the bar (below) | | '
+            figures = 'not a measurement: Random under the bar (below)' + ' |' * len(task.figures)
         else:
-            figures = (f"{format_mean_std(r['final_oa'])} | {format_mean_std(r['final_macc'])} | "
-                       f"{format_mean_std(r['best_oa_papers_protocol'])}")
+            figures = ' | '.join(format_mean_std(r[key]) for key in [*(f'final_{k}' for k, _ in task.figures), best])
         lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {r.get('labels', 'hard labels')} | "
-                     f"{figures} | {r['final_oa']['n']} | {r['budget']} |")
+                     f"{figures} | {r[best]['n']} | {r['budget']} |")
     lines.append('')
-    lines.append("Final-epoch figures are this project's protocol (mean ± std over runs). The best-epoch column "
-                 "picks, per run, the tested epoch with the highest test OA, as the papers' code does: optimistic.")
+    lines.append(f"Final-epoch figures are this project's protocol (mean ± std over runs). The best-epoch column "
+                 f"picks, per run, the tested epoch with the highest test {headline}, as the papers' code does: "
+                 f"optimistic. {task.figures_note}".rstrip())
     lines += [f'{model} at {cpc} per class: Random reaches {oa:.2f} % OA, under the {random_bar(cpc):.0f} % a '
               f'trained model reaches at that size; this budget does not train {model}, so its rows at {cpc} per '
               f'class are not measurements (raise its epochs). Their figures are in results.json.'
@@ -483,37 +471,21 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    if rows and rows[0].get('task') == 'segmentation':
-        return _write_segmentation_csv(rows, path)
-    fields = ['model', 'set', 'mode', 'cpc', 'labels', 'final_oa_mean', 'final_oa_std', 'final_macc_mean', 'final_macc_std',
-              'best_oa_mean', 'best_oa_std', 'n', 'budget', 'final_oa_values']
+    """One line per row: each figure's mean and std, the headline's best epoch, the headline's values."""
+    task = _task_of(rows)
+    columns = [(f'final_{key}', f'final_{key}') for key, _ in task.figures]   # (csv name, row key)
+    columns.append((f'best_{task.headline}', f'best_{task.headline}_papers_protocol'))
+    values = f'final_{task.headline}_values'
+    fields = ['model', 'set', 'mode', 'cpc', 'labels', *(f'{name}_{s}' for name, _ in columns for s in ('mean', 'std')),
+              'n', 'budget', values]
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
+            figures = {f'{name}_{s}': _round(r[key][s]) for name, key in columns for s in ('mean', 'std')}
             writer.writerow({'model': r['model'], 'set': r['set'], 'mode': r['mode'], 'cpc': r['cpc'],
-                             'labels': r.get('labels', 'hard labels'),
-                             'final_oa_mean': _round(r['final_oa']['mean']),
-                             'final_oa_std': _round(r['final_oa']['std']),
-                             'final_macc_mean': _round(r['final_macc']['mean']),
-                             'final_macc_std': _round(r['final_macc']['std']),
-                             'best_oa_mean': _round(r['best_oa_papers_protocol']['mean']),
-                             'best_oa_std': _round(r['best_oa_papers_protocol']['std']), 'n': r['final_oa']['n'],
-                             'budget': r['budget'], 'final_oa_values': ' '.join(map(str, r['final_oa']['values']))})
-
-
-def _write_segmentation_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    keys = [key for key, _ in TASKS['segmentation'].figures]
-    fields = ['model', 'set', 'mode', 'cpc', 'labels', *(f'final_{k}_{s}' for k in keys for s in ('mean', 'std')),
-              'n', 'budget', f'final_{keys[0]}_values']
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            figures = {f'final_{k}_{s}': _round(r[f'final_{k}'][s]) for k in keys for s in ('mean', 'std')}
-            writer.writerow({**{k: r[k] for k in ('model', 'set', 'mode', 'cpc', 'labels', 'budget')}, **figures,
-                             'n': r[f'final_{keys[0]}']['n'],
-                             f'final_{keys[0]}_values': ' '.join(map(str, r[f'final_{keys[0]}']['values']))})
+                             'labels': r.get('labels', 'hard labels'), **figures, 'n': r[columns[0][1]]['n'],
+                             'budget': r['budget'], values: ' '.join(map(str, r[f'final_{task.headline}']['values']))})
 
 
 def _round(value: float) -> float | str:

@@ -21,7 +21,7 @@ from ..data.real_pool import RealPool, random_selection_generator
 from ..data.synthetic_set import SyntheticSet
 from ..labels import DatasetIdentity, parts_of
 from ..utils.config import to_easy
-from .evaluate import TrainSampler, fixed_sampler, test_accuracy
+from .evaluate import TrainSampler, fixed_sampler, summarize, test_accuracy
 from .evaluate_seg import PartSampler, fixed_part_sampler, part_batch, test_miou
 
 
@@ -29,6 +29,10 @@ class Task:
     """What the evaluation protocol needs to know of a task."""
 
     name: str
+    #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline
+    figures: tuple[tuple[str, str], ...]
+    #: what the tables say about the figures, beyond mean ± std over runs
+    figures_note: str = ''
     #: the run's figure that picks the best tested epoch (the papers' protocol) and heads its log line
     headline: str
 
@@ -65,10 +69,17 @@ class Task:
         """One run's headline figures, as the log line of each seed gives them."""
         raise NotImplementedError
 
+    def summaries(self, runs: list[dict]) -> dict:
+        """A set's figures over its runs, as every table keeps them: `final_<figure>` for each figure and
+        `best_<headline>_papers_protocol`, each mean ± std (`evaluate.summarize`)."""
+        return {**{f'final_{key}': summarize(runs, key) for key, _ in self.figures},
+                f'best_{self.headline}_papers_protocol': summarize(runs, f'best_{self.headline}')}
+
 
 class Classification(Task):
     name = 'classification'
-    headline = 'oa'
+    figures = (('oa', 'OA'), ('macc', 'mAcc'))
+    headline = figures[0][0]
 
     def pool(self, dataset_cfg, split, num_points, seed=0):
         return RealPool.from_dataset_cfg(dataset_cfg, split=split, num_points=num_points)
@@ -104,9 +115,10 @@ class Classification(Task):
 
 class PartSegmentation(Task):
     name = 'segmentation'
-    #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline
     figures = (('instance_miou', 'inst mIoU'), ('class_miou', 'class mIoU'),
                ('unrestricted_instance_miou', 'inst (unrestr.)'), ('unrestricted_class_miou', 'class (unrestr.)'))
+    figures_note = ("mIoU over the parts of each shape's true category, the argmax restricted to them; unrestr.: "
+                    "over all part logits.")
     headline = figures[0][0]
 
     def pool(self, dataset_cfg, split, num_points, seed=0):

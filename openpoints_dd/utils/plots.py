@@ -133,13 +133,15 @@ def read_run_curves(run_dir: str | os.PathLike) -> dict:
         if metrics.get('loss_history'):                                 # tools/distill.py
             losses = metrics['loss_history']
             evaluations = metrics.get('evaluations_during_distillation') or []
+            headline = metrics.get('headline', 'oa')   # the task's figure: OA, or instance mIoU
             accuracy = {}
             if evaluations:
-                accuracy['quick evaluation OA (1 seed)'] = ([e['iteration'] for e in evaluations],
-                                                             [e['oa'] for e in evaluations])
+                name = 'OA' if headline == 'oa' else headline
+                accuracy[f'quick evaluation {name} (1 seed)'] = ([e['iteration'] for e in evaluations],
+                                                                 [e[headline] for e in evaluations])
             final_x = len(losses)
             for name, row in (metrics.get('evaluation') or {}).items():
-                accuracy[f'{name}, final'] = ([final_x], [row['final']['mean']])
+                accuracy[f'{name}, final'] = ([final_x], [row[f'final_{headline}']['mean']])
             return {'loss': (list(range(1, len(losses) + 1)), losses), 'accuracy': accuracy,
                     'x_label': 'distillation iteration', 'source': str(metrics_path)}
     if log_path.is_file():

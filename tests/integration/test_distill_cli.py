@@ -29,10 +29,11 @@ def test_distill_cli_writes_artifact_metrics_and_table(tmp_path):
     assert metrics['iterations_done'] == 2
     rows = metrics['evaluation']
     assert set(rows) == {'synthetic (resampled each epoch)', 'synthetic (fixed set)', 'random (1 selections)'}
-    assert all(0 <= row['final']['mean'] <= 100 for row in rows.values())
+    assert all(0 <= row['final_oa']['mean'] <= 100 for row in rows.values())
     synthetic = SyntheticSet(run_dir / 'artifact.safetensors')
     assert synthetic.is_generator and synthetic.metadata['dataset']['name'] == 'EmbeddedShapes'
     assert 'final-epoch OA' in (run_dir / 'log.txt').read_text()
+    assert metrics['table'][0].endswith('hard labels)') and metrics['labels']['labels'] == 'hard labels'
 
     # evaluation.generator_modes picks the rows of a generator set
     run_dir = tmp_path / 'resampled-only'

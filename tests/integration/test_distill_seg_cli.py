@@ -20,16 +20,21 @@ def _distill_main():
 
 
 def test_segmentation_distillation_writes_artifact_and_miou_table(tmp_path):
+    """The classification run's path: timed evaluations of snapshots (mIoU), then the set's rows and Random's."""
     run_dir = tmp_path / 'run'
-    assert _distill_main()(['--cfg', CFG, f'run_dir={run_dir}', *TINY]) == 0
+    assert _distill_main()(['--cfg', CFG, f'run_dir={run_dir}', *TINY, 'distill.eval_every=2',
+                            'evaluation.eval_epochs_during_distill=2']) == 0
     metrics = json.loads((run_dir / 'metrics.json').read_text())
     assert metrics['task'] == 'segmentation' and metrics['iterations_done'] == 2
     assert all(len(metrics['loss_history']) == 2 and v == v for v in metrics['loss_history'])
+    [during] = metrics['evaluations_during_distillation']
+    assert during['iteration'] == 2 and 0 <= during['instance_miou'] <= 100
+    assert Path(during['snapshot']).is_file()
     rows = metrics['evaluation']
-    assert set(rows) == {'dd3d (resampled each epoch)', 'dd3d (fixed set)', 'random (1 selections)'}
+    assert set(rows) == {'synthetic (resampled each epoch)', 'synthetic (fixed set)', 'random (1 selections)'}
     for row in rows.values():
         for key in ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou'):
-            assert 0 <= row[key]['mean'] <= 100
+            assert 0 <= row[f'final_{key}']['mean'] <= 100
     synthetic = SyntheticSet(run_dir / 'artifact.safetensors')
     meta = synthetic.metadata
     assert synthetic.is_generator and meta['task'] == 'segmentation'
@@ -75,7 +80,7 @@ def test_segmentation_evaluation_with_a_part_teacher(tmp_path):
     assert metrics['labels']['labels'] == 'teacher labels'
     assert metrics['labels']['teacher']['model'] == 'DistillPointNetSeg'
     assert 'teacher labels)' in metrics['table'][0] and metrics['table'][-1].startswith('Teacher labels: DistillPointNetSeg')
-    assert all(0 <= row['instance_miou']['mean'] <= 100 for row in metrics['evaluation'].values())
+    assert all(0 <= row['final_instance_miou']['mean'] <= 100 for row in metrics['evaluation'].values())
 
 
 def test_tools_evaluate_reproduces_the_segmentation_table_and_refuses_the_other_task(tmp_path):
@@ -94,11 +99,12 @@ def test_tools_evaluate_reproduces_the_segmentation_table_and_refuses_the_other_
     assert evaluate_main(['--cfg', CFG, '--set', f'dd3d={artifact}', '--random', '2', '--seeds', '2',
                           '--out', str(tmp_path / 'eval'), *evaluation]) == 0
     rows = {(r['set'], r['mode']): r for r in json.loads((tmp_path / 'eval' / 'results.json').read_text())['rows']}
-    same = {('dd3d', 'resampled each epoch'): 'dd3d (resampled each epoch)', ('dd3d', 'fixed set'): 'dd3d (fixed set)',
+    same = {('dd3d', 'resampled each epoch'): 'synthetic (resampled each epoch)',
+            ('dd3d', 'fixed set'): 'synthetic (fixed set)',
             ('random cpc1', 'random selection'): 'random (2 selections)'}
     for key, name in same.items():
         for figure in ('instance_miou', 'unrestricted_instance_miou'):
-            assert rows[key][f'final_{figure}']['values'] == distilled[name][figure]['values']
+            assert rows[key][f'final_{figure}']['values'] == distilled[name][f'final_{figure}']['values']
     assert 'final-epoch inst mIoU %' in (tmp_path / 'eval' / 'results.md').read_text()
     classification = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
     with pytest.raises(ValueError, match='is a segmentation set but --cfg evaluates classification'):

@@ -68,7 +68,7 @@ def test_curves_from_metrics_json_and_from_log_txt(tmp_path, capsys):
     (run / 'metrics.json').write_text(json.dumps({
         'loss_history': [1.0, 0.8, 0.7, 0.5],
         'evaluations_during_distillation': [{'oa': 30.0, 'iteration': 2, 'minutes': 1.0}],
-        'evaluation': {'synthetic (fixed set)': {'final': {'mean': 40.0}}}}))
+        'evaluation': {'synthetic (fixed set)': {'final_oa': {'mean': 40.0}}}}))
     out = tmp_path / 'curves.png'
     assert visualize_main(['curves', str(run), '--out', str(out), '--dpi', '50']) == 0
     image = mpimg.imread(out)
@@ -76,6 +76,14 @@ def test_curves_from_metrics_json_and_from_log_txt(tmp_path, capsys):
     assert 'metrics.json' in capsys.readouterr().out
 
     from openpoints_dd.utils.plots import read_run_curves
+    seg_run = tmp_path / 'seg_run'   # a part-segmentation distillation: its headline is instance mIoU
+    seg_run.mkdir()
+    (seg_run / 'metrics.json').write_text(json.dumps({
+        'task': 'segmentation', 'headline': 'instance_miou', 'loss_history': [1.0, 0.5],
+        'evaluations_during_distillation': [{'instance_miou': 20.0, 'iteration': 1, 'minutes': 0.5}],
+        'evaluation': {'synthetic (fixed set)': {'final_instance_miou': {'mean': 25.0}}}}))
+    assert read_run_curves(seg_run)['accuracy'] == {'quick evaluation instance_miou (1 seed)': ([1], [20.0]),
+                                                    'synthetic (fixed set), final': ([2], [25.0])}
     log_run = tmp_path / 'log_run'
     log_run.mkdir()
     (log_run / 'log.txt').write_text("10:00:00 INFO step 1/4 | loss 1.2500 | syn_lr 1.0e-03 | ...\n"

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from openpoints_dd.engine.evaluate import evaluation_settings
 from openpoints_dd.engine.evaluate_seg import part_miou, predict_parts, seg_evaluation_settings
 
 CLS2PARTS = [[0, 1], [2, 3, 4]]
@@ -37,8 +38,8 @@ def test_settings_reject_unknown_keys():
     assert seg_evaluation_settings({'epochs': 3})['epochs'] == 3
     with pytest.raises(ValueError, match=r"unknown key evaluation\.epocs \(did you mean 'epochs'\?\)"):
         seg_evaluation_settings({'epocs': 3})
-    with pytest.raises(ValueError, match=r'unknown key evaluation\.eval_epochs_during_distill'):   # classification's
-        seg_evaluation_settings({'eval_epochs_during_distill': 5})
+    with pytest.raises(ValueError, match=r'unknown key evaluation\.part_balance'):   # segmentation's own key
+        evaluation_settings({'part_balance': 0.5})
 
 
 POINTNEXT_S_PARTSEG = {   # PointNeXt-S part segmentation (openpoints BasePartSeg), narrowed for a CPU test
