@@ -102,6 +102,8 @@ class M3D(Objective):
 
     def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
         """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""
+        if self.partitions == 1:   # the one weight is `weight` whatever the uniformity: skip its (B, N, N) distances
+            return partitions.new_full((1,), self.weight)
         whole = uniformity(real_pos, self.neighbours).mean()
         per_partition = uniformity(partitions.flatten(0, 1), self.neighbours).view(self.partitions, -1).mean(dim=1)
         closeness = torch.exp(-self.sharpness * (per_partition - whole).square())
@@ -120,7 +122,12 @@ class M3D(Objective):
         if syn_pos.shape[2] > self.points_per_partition:   # a generator's clouds: their most uniform P points
             syn_pos = fps_partitions(syn_pos.flatten(0, 1), 1, self.points_per_partition)[0].view(G, S, -1, 3)
         with torch.no_grad():
-            partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
+            if self.partitions == 1 and real_pos.shape[2] == self.points_per_partition:
+                # one partition of every point is the cloud itself: the features are sorted and the uniformity is
+                # a mean over points, so the order furthest point sampling would give does not matter
+                partitions = real_pos.flatten(0, 1).unsqueeze(0)
+            else:
+                partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
             partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
             weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
             real = sorted_abs_features(backbone, partitions.flatten(0, 2)).view(self.partitions, G, B, -1)

@@ -49,6 +49,21 @@ def test_m3d_is_zero_for_identical_sets_and_invariant_to_point_order():
     assert loss.item() > 0 and shuffled.item() == pytest.approx(loss.item(), rel=1e-5)
 
 
+def test_one_partition_of_every_point_is_the_whole_cloud_weighted_by_the_weight():
+    """partitions 1 with points_per_partition = the real clouds' points skips the furthest point sampling and the
+    uniformity: the loss is weight · MMD(real clouds, synthetic clouds) on sorted features, as written out here."""
+    from openpoints_dd.objectives.m3d import sorted_abs_features
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    objective = M3D(partitions=1, points_per_partition=40, neighbours=8, weight=0.7)
+    real = torch.randn(4, 40, 3, dtype=torch.float64)
+    syn = torch.randn(2, 40, 3, dtype=torch.float64)
+    expected = objective.scale * 0.7 * rbf_mmd(sorted_abs_features(backbone, real), sorted_abs_features(backbone, syn),
+                                               objective.bandwidth_multipliers)
+    torch.testing.assert_close(objective(backbone, syn, real, 0), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_m3d_reaches_the_synthetic_points_and_batches_classes_exactly():
     torch.manual_seed(0)
     backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
