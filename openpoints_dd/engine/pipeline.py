@@ -14,45 +14,13 @@ from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
 from .distill_seg import SegDistiller
-from .evaluate import (evaluation_settings, format_mean_std, generator_modes, prepared_labeler, random_selections,
-                       train_and_test)
+from .evaluate import evaluation_settings, format_mean_std, generator_modes, random_selections
+from .protocol import evaluate_set, random_baseline, test_pool
 from .tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
 
-CLASSIFICATION = TASKS['classification']
 DISTILLERS = {'classification': Distiller, 'segmentation': SegDistiller}
-
-
-def test_pool(dataset_cfg: Mapping[str, Any], num_points: int, task: Task = CLASSIFICATION, seed: int = 0):
-    """The split a set is tested on: `test` where the dataset section has one, else `val`."""
-    split = 'test' if dataset_cfg.get('test') is not None else 'val'
-    return task.pool(dataset_cfg, split, num_points, seed)
-
-
-def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, device, epochs=None,
-                 task: Task = CLASSIFICATION) -> list[dict]:
-    """One protocol run per seed, with the settings' labels (a teacher is loaded once for all seeds); each run is
-    logged as it ends (a long evaluation shows its progress)."""
-    labeler = prepared_labeler(settings, task.identity(test), device)
-    runs = []
-    for seed in seeds:
-        runs.append(train_and_test(task, sampler, test, settings=settings, seed=int(seed), rotator=rotator,
-                                   device=device, epochs=epochs, labeler=labeler))
-        runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
-        runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
-        logger.info('seed %d: %s in %.0f s', int(seed), task.describe_run(runs[-1]), runs[-1]['seconds'])
-    return runs
-
-
-def random_baseline(train, test, cpc: int, settings, selections, rotator, device,
-                    task: Task = CLASSIFICATION) -> list[dict]:
-    """Random real subsets: one selection per seed, each evaluated once (cpu_protocol)."""
-    results = []
-    for selection in selections:
-        sampler = task.random_sampler(train, cpc, selection, int(settings['num_points']))
-        results += evaluate_set(sampler, test, settings, [selection], rotator, device, task=task)
-    return results
 
 
 def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:

@@ -4,8 +4,10 @@ A *set* is a distilled artifact (or a coreset saved as one) or a random real sel
 class. A *model* is either the fast CPU protocol (`engine.evaluate.train_and_test`, DD3D's PointNet with the
 settings of the config's `evaluation` section) or any classification YAML (cfgs/train/*.yaml), trained by
 `train_cls.train_classifier` on `DistilledDataset` and tested on the real test set. Every (set, model) row
-reports the final-epoch test OA and mAcc (mean ± std over seeds) and, separately, the best tested epoch: the
-papers' (optimistic) protocol. Generator artifacts get two rows: fresh clouds every epoch, and one fixed draw.
+reports the task's final-epoch test figures (OA and mAcc; the part mIoUs), mean ± std over seeds, and,
+separately, the best tested epoch: the papers' (optimistic) protocol. Generator artifacts get two rows: fresh
+clouds every epoch, and one fixed draw. `evaluate_set` and `random_baseline` are also what a distillation's own
+evaluation runs (`pipeline.run_distillation`).
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ from ..labels import teacher_line
 from ..registry import build_rotator
 from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
-from .evaluate import GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes
-from .pipeline import evaluate_set, test_pool
+from .evaluate import (GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes, prepared_labeler,
+                       train_and_test)
 from .tasks import TASKS, Task
 from .train_cls import load_train_config, train_classifier, with_defaults
 
 logger = logging.getLogger(__name__)
+
+CLASSIFICATION = TASKS['classification']
 
 FAST_MODEL = 'PointNet (CPU protocol)'
 BEST_LABEL = "papers' protocol (best test epoch)"
@@ -103,6 +107,39 @@ def save_random_artifact(pool: RealPool, cpc: int, selection: int, path: Path) -
                 'objective': {'NAME': 'none'}, 'rotator': {'NAME': 'IdentityRotator'},
                 'dataset': {'name': pool.name, 'num_classes': pool.num_classes, 'class_names': pool.class_names}}
     return save_artifact(path, {'pos': clouds.contiguous(), 'y': labels.contiguous()}, metadata)
+
+
+def test_pool(dataset_cfg: Mapping[str, Any], num_points: int, task: Task = CLASSIFICATION, seed: int = 0):
+    """The split a set is tested on: `test` where the dataset section has one, else `val`."""
+    split = 'test' if dataset_cfg.get('test') is not None else 'val'
+    return task.pool(dataset_cfg, split, num_points, seed)
+
+
+def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, device, epochs=None,
+                 task: Task = CLASSIFICATION) -> list[dict]:
+    """One protocol run per seed, with the settings' labels (a teacher is loaded once for all seeds); each run is
+    logged as it ends (a long evaluation shows its progress)."""
+    labeler = prepared_labeler(settings, task.identity(test), device)
+    runs = []
+    for seed in seeds:
+        runs.append(train_and_test(task, sampler, test, settings=settings, seed=int(seed), rotator=rotator,
+                                   device=device, epochs=epochs, labeler=labeler))
+        runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
+        runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
+        logger.info('seed %d: %s in %.0f s', int(seed), task.describe_run(runs[-1]), runs[-1]['seconds'])
+    return runs
+
+
+def random_baseline(train, test, cpc: int, settings, selections, rotator, device,
+                    task: Task = CLASSIFICATION) -> list[dict]:
+    """Random real subsets: each selection trained once, with its own number as the seed (cpu_protocol); every
+    run records its `selection`."""
+    results = []
+    for selection in selections:
+        sampler = task.random_sampler(train, cpc, selection, int(settings['num_points']))
+        results += evaluate_set(sampler, test, settings, [selection], rotator, device, task=task)
+        results[-1]['selection'] = int(selection)
+    return results
 
 
 def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None, random_k: int = 0,
@@ -206,9 +243,7 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int]
             runs = evaluate_set(sampler, test, settings, seeds, synthetic.build_rotator().to(device), device, task=task)
         else:
             train = train or task.pool(dataset, 'train', num_points, int(cfg.get('seed') or 0))
-            sampler = task.random_sampler(train, item.cpc, item.selection, num_points)
-            runs = evaluate_set(sampler, test, settings, [item.selection], rotator, device, task=task)
-            runs[0]['selection'] = item.selection
+            runs = random_baseline(train, test, item.cpc, settings, [item.selection], rotator, device, task=task)
         grouped.setdefault((item.label, item.mode, item.cpc), []).extend(runs)
     return [_row(label, mode, cpc, model, budget, runs, task) for (label, mode, cpc), runs in grouped.items()]
 
@@ -411,7 +446,7 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
 
 # ---------------------------------------------------------------------------------------------- reporting
 def _row(label: str, mode: str, cpc: int, model: str, budget: str, runs: list[dict],
-         task: Task = TASKS['classification']) -> dict:
+         task: Task = CLASSIFICATION) -> dict:
     """One table row: what the set is and how it was trained, and its figures over the runs (`Task.summaries`)."""
     # every row says what its clouds were trained against: 'hard labels' or 'teacher labels'
     labels = sorted({run.get('labels', 'hard labels') for run in runs})
@@ -496,5 +531,5 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
 
 
-__all__ = ['run_protocol', 'parse_set_args', 'expand_sets', 'save_random_artifact', 'random_selection',
+__all__ = ['run_protocol', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets', 'save_random_artifact', 'random_selection',
            'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL', 'BEST_LABEL']

@@ -3,7 +3,7 @@ segmentation when a set is trained and tested.
 
 A `Task` names its real-data pool, how a set's and a random selection's training clouds are drawn, the network's
 head, a training batch and the test figures (the headline first). The run (`evaluate.train_and_test`) and the
-protocol (`pipeline.evaluate_set`, `pipeline.random_baseline`, `protocol.run_protocol`) are written once against
+protocol (`protocol.evaluate_set`, `protocol.random_baseline`, `protocol.run_protocol`) are written once against
 it, so tools/evaluate.py and a distillation's own evaluation treat a part-segmentation set as they treat a
 classification set.
 """
