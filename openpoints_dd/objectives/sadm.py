@@ -57,11 +57,14 @@ def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0
     """
     if x.dim() == 2:
         return rbf_mmd(x.unsqueeze(0), y.unsqueeze(0), multipliers)[0]
-    squared = pairwise_squared_distances(torch.cat([x, y], dim=1))                    # (G, B + S, B + S)
+    return mmd_of_distances(pairwise_squared_distances(torch.cat([x, y], dim=1)), x.shape[1], multipliers)
+
+
+def mmd_of_distances(squared: Tensor, b: int, multipliers: Sequence[float]) -> Tensor:
+    """`rbf_mmd` from the (G, n, n) squared distances of the pooled sets, the first `b` of each the real ones."""
     n = squared.shape[1]
     bandwidth = (squared.detach().sum(dim=(1, 2)) / max(n * n - n, 1)).clamp_min(1e-12).view(-1, 1, 1)
     kernel = sum(torch.exp(-squared / (bandwidth * float(m))) for m in multipliers)
-    b = x.shape[1]
     return (kernel[:, :b, :b].mean(dim=(1, 2)) + kernel[:, b:, b:].mean(dim=(1, 2))
             - 2 * kernel[:, :b, b:].mean(dim=(1, 2)))
 

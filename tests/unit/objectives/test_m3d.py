@@ -64,6 +64,25 @@ def test_one_partition_of_every_point_is_the_whole_cloud_weighted_by_the_weight(
     torch.testing.assert_close(objective(backbone, syn, real, 0), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_partition_mmds_from_one_gram_equal_one_mmd_per_partition():
+    """The synthetic clouds' distances computed once for all partitions: each partition's MMD and its gradient
+    are those of `rbf_mmd` on that partition alone, in float64."""
+    from openpoints_dd.objectives.m3d import partition_mmds
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    torch.manual_seed(0)
+    real = torch.randn(3, 2, 4, 50, dtype=torch.float64) + 5     # far from the origin, as sorted feature maps are
+    syn = (torch.randn(2, 6, 50, dtype=torch.float64) + 5).requires_grad_(True)
+    multipliers = (0.5, 1.0, 2.0)
+    ours = partition_mmds(real, syn, multipliers)
+    reference = torch.stack([rbf_mmd(real[s], syn, multipliers) for s in range(3)], dim=1)
+    assert ours.shape == (2, 3)
+    torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+    weights = torch.rand(2, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((weights * ours).sum(), syn)
+    (expected,) = torch.autograd.grad((weights * reference).sum(), syn)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_m3d_reaches_the_synthetic_points_and_batches_classes_exactly():
     torch.manual_seed(0)
     backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
