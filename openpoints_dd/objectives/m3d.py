@@ -9,6 +9,8 @@ MMDs are weighted by how close each partition's uniformity is to the whole cloud
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -62,7 +64,7 @@ def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
     return sort_descending(features).flatten(1)
 
 
-def partition_mmds(real: Tensor, syn: Tensor, multipliers) -> Tensor:
+def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
     """(G, S) `rbf_mmd(real[s, g], syn[g])` for every partition s and class g, from one Gram matrix per class.
 
     The synthetic clouds are the same in every partition's MMD: their distances are computed once with all the
