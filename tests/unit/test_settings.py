@@ -104,7 +104,8 @@ def test_values_keep_their_kinds_and_defaults_fill_in(tmp_path):
 def test_no_evaluation_stays_none_and_tasks_have_their_own_sections(tmp_path):
     assert load_distill_config(str(DEMO), ['evaluation=None']).evaluation is None
     seg = resolve_section('evaluation', {}, 'segmentation')
-    assert seg.model == {'NAME': 'DistillPointNetSeg'} and seg.random_selections == 3 and 'eval_epochs_during_distill' not in seg
+    assert seg.model == {'NAME': 'DistillPointNetSeg'} and seg.random_selections == 3 and 'part_balance' in seg
+    assert 'part_balance' not in resolve_section('evaluation', {}, 'classification')
     # part segmentation takes the same labelers (per-point teacher labels); an unknown one is refused
     labels = resolve_section('evaluation', {'labels': {'NAME': 'TeacherLabels', 'teacher': 'x.yaml'}}, 'segmentation')
     assert labels.labels['NAME'] == 'TeacherLabels'
