@@ -28,8 +28,9 @@ SHAPES = (('3DDP, 1 slot per class', 4, 8, 8, 1024 * 255), ('3DDP, 10 slots per 
           ('M3D, 1 explicit 1024-point cloud', 1, 8, 1, 1024 * 1024))
 
 
-def per_partition(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
-    return torch.stack([rbf_mmd(real[s], syn, MULTIPLIERS) for s in range(real.shape[0])], dim=1)
+def per_partition(real: torch.Tensor, syn: torch.Tensor, multipliers) -> torch.Tensor:
+    """What M3D computed before `partition_mmds`: one `rbf_mmd` per partition."""
+    return torch.stack([rbf_mmd(real[s], syn, multipliers) for s in range(real.shape[0])], dim=1)
 
 
 def best_seconds(mmds, real: torch.Tensor, syn: torch.Tensor, repeats: int) -> float:
@@ -37,7 +38,7 @@ def best_seconds(mmds, real: torch.Tensor, syn: torch.Tensor, repeats: int) -> f
     for _ in range(repeats):
         x = syn.clone().requires_grad_(True)
         start = time.perf_counter()
-        mmds(real, x, *(() if mmds is per_partition else (MULTIPLIERS,))).sum().backward()
+        mmds(real, x, MULTIPLIERS).sum().backward()
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -29,6 +29,7 @@ from .distill import Distiller
 
 logger = logging.getLogger(__name__)
 
+
 class SegDistiller(Distiller):
     """Distiller for part segmentation.
 
@@ -154,4 +155,3 @@ class SegDistiller(Distiller):
                 'segmentation': {'num_parts': self.pool.num_parts, 'cls2parts': self.pool.cls2parts,
                                  'part_names': self.pool.part_names,
                                  'part_proportions': self.synthesizer.slot_proportions}}
-

@@ -8,7 +8,7 @@ DD3D reference (spec §7.5), over all part logits (`unrestricted`, stricter).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,15 +16,9 @@ from torch import Tensor, nn
 from ..data.part_pool import part_table
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.precision import autocast
-from .evaluate import evaluation_settings
 
 #: (epoch, generator) -> (pos (S, N, 3), parts (S, N), categories (S,))
 PartSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor, Tensor]]
-
-def seg_evaluation_settings(cfg: Mapping[str, Any] | None) -> dict:
-    """The evaluation section of a part-segmentation config, checked, with every default filled in."""
-    return evaluation_settings(cfg, 'segmentation')
-
 
 def part_mask(categories: Tensor, cls2parts: Sequence[Sequence[int]], num_parts: int) -> Tensor:
     """(M,) categories -> (M, num_parts) bool: the parts each shape's category owns."""

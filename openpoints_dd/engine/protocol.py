@@ -531,5 +531,6 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
 
 
-__all__ = ['run_protocol', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets', 'save_random_artifact', 'random_selection',
-           'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL', 'BEST_LABEL']
+__all__ = ['run_protocol', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets',
+           'save_random_artifact', 'random_selection', 'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL',
+           'BEST_LABEL']

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from openpoints_dd.engine.evaluate import evaluation_settings
-from openpoints_dd.engine.evaluate_seg import part_miou, predict_parts, seg_evaluation_settings
+from openpoints_dd.engine.evaluate_seg import part_miou, predict_parts
 
 CLS2PARTS = [[0, 1], [2, 3, 4]]
 
@@ -35,9 +35,9 @@ def test_restricted_and_unrestricted_predictions():
 
 
 def test_settings_reject_unknown_keys():
-    assert seg_evaluation_settings({'epochs': 3})['epochs'] == 3
+    assert evaluation_settings({'epochs': 3}, 'segmentation')['epochs'] == 3
     with pytest.raises(ValueError, match=r"unknown key evaluation\.epocs \(did you mean 'epochs'\?\)"):
-        seg_evaluation_settings({'epocs': 3})
+        evaluation_settings({'epocs': 3}, 'segmentation')
     with pytest.raises(ValueError, match=r'unknown key evaluation\.part_balance'):   # segmentation's own key
         evaluation_settings({'part_balance': 0.5})
 
@@ -64,8 +64,8 @@ def test_a_part_segmentation_run_trains_pointnet_and_pointnext(model):
     parts = torch.stack([torch.where(pos[i, :, 0] > 0, CLS2PARTS[c][0], CLS2PARTS[c][1]) for i, c in
                          enumerate(categories.tolist())])
     test = PartPool(pos, parts, categories, ['a', 'b'], CLS2PARTS, 'hand')
-    settings = seg_evaluation_settings({'model': model, 'epochs': 3, 'batch_size': 4, 'num_points': 64,
-                                        'test_every': 1})
+    settings = evaluation_settings({'model': model, 'epochs': 3, 'batch_size': 4, 'num_points': 64,
+                                   'test_every': 1}, 'segmentation')
     result = train_and_test(TASKS['segmentation'], fixed_part_sampler(pos, parts, categories), test,
                             settings=settings, seed=0)
     for key in ('instance_miou', 'class_miou', 'unrestricted_instance_miou', 'unrestricted_class_miou'):

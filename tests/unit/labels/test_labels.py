@@ -168,7 +168,8 @@ def test_a_part_teacher_labels_only_sets_of_its_parts(tmp_path):
 
 
 def test_part_alpha_zero_trains_exactly_as_hard_part_labels_and_the_teacher_changes_training(tmp_path):
-    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler, seg_evaluation_settings
+    from openpoints_dd.engine.evaluate import evaluation_settings
+    from openpoints_dd.engine.evaluate_seg import fixed_part_sampler
     from openpoints_dd.data.part_pool import PartPool
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(4)
@@ -176,8 +177,8 @@ def test_part_alpha_zero_trains_exactly_as_hard_part_labels_and_the_teacher_chan
                          for c in labels.tolist()])
     pool = PartPool(torch.randn(12, 32, 3), parts, labels, list(PARTS.class_names),
                     [list(p) for p in PARTS.cls2parts], 'Parts')
-    settings = seg_evaluation_settings({'model': {'NAME': 'DistillPointNetSeg', 'widths': [8, 16, 32]}, 'epochs': 3,
-                                        'batch_size': 4})
+    settings = evaluation_settings({'model': {'NAME': 'DistillPointNetSeg', 'widths': [8, 16, 32]}, 'epochs': 3,
+                                   'batch_size': 4}, 'segmentation')
     sampler = fixed_part_sampler(pool.pos, pool.parts, pool.labels)
     _part_teacher_file(tmp_path)
     runs = {}
