@@ -224,3 +224,21 @@ def test_the_embedding_cache_shares_one_network_between_rules_and_refuses_foreig
     from openpoints_dd.data.artifact import ArtifactError
     with pytest.raises(ArtifactError, match='not a readable safetensors file'):
         coresets.CoresetSelection('herding', **embedding).embedding_net(pool, seed=3)
+
+
+def test_the_embedding_cache_keeps_rotated_and_aligned_pools_apart(tmp_path, caplog):
+    """A rotated pool has the aligned pool's name, classes and sizes: only its recorded rotation tells them apart."""
+    from openpoints_dd.data.rotation import DatasetRotation
+    aligned = _pool()
+    rotation = DatasetRotation.from_cfg({'mode': 'so3', 'seed': 0})
+    rotated = RealPool(torch.as_tensor(rotation.apply(aligned.pos.numpy(), 'train', range(len(aligned.pos)))),
+                       aligned.labels, aligned.class_names, aligned.name, rotation=rotation.to_dict())
+    embedding = dict(embed_steps=4, embed_points=32, embed_batch=4, embed_widths=(8, 16, 32),
+                     embed_cache=str(tmp_path / 'cache'))
+    coresets.CoresetSelection('herding', **embedding).embedding_net(aligned, seed=3)
+    with caplog.at_level('INFO'):
+        coresets.CoresetSelection('herding', **embedding).embedding_net(rotated, seed=3)
+    assert 'loaded' not in caplog.text and len(list((tmp_path / 'cache').iterdir())) == 2
+    with caplog.at_level('INFO'):
+        coresets.CoresetSelection('herding', **embedding).embedding_net(rotated, seed=3)
+    assert 'coreset embedding net: loaded' in caplog.text and len(list((tmp_path / 'cache').iterdir())) == 2
