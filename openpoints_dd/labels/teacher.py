@@ -92,11 +92,15 @@ class TeacherLabels(Labeler):
         logger.info('teacher %s: %s, %s (%.1f min to train)', path, self._metadata['model']['NAME'],
                     test_figures(self._metadata), self._metadata['minutes'])
 
-    def loss(self, logits: Tensor, target: Tensor, inputs: Tensor | Mapping[str, Any]) -> Tensor:
+    @torch.no_grad()
+    def teacher_logits(self, inputs: Tensor | Mapping[str, Any]) -> Tensor:
+        """The teacher's logits for a batch (points, or an openpoints batch dict), without gradient."""
         if self._model is None:
-            raise RuntimeError('TeacherLabels.loss before prepare(): the teacher is not loaded')
-        with torch.no_grad():
-            teacher_logits = self._model(_model_input(inputs))
+            raise RuntimeError('TeacherLabels used before prepare(): the teacher is not loaded')
+        return self._model(_model_input(inputs))
+
+    def loss(self, logits: Tensor, target: Tensor, inputs: Tensor | Mapping[str, Any]) -> Tensor:
+        teacher_logits = self.teacher_logits(inputs)
         allowed = None
         if self._part_table is not None:   # (B, parts, 1): each shape's own parts, for every point
             allowed = self._part_table[inputs['cls'].reshape(-1).long()].unsqueeze(-1)

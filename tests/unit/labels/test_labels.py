@@ -42,9 +42,12 @@ def test_the_teacher_term_is_zero_when_the_student_equals_the_teacher_and_positi
 
 def test_teacher_labels_with_the_teacher_as_student_leave_only_the_hard_term(tmp_path):
     teacher = _cached_teacher(tmp_path)
-    teacher.prepare(THREE, 'cpu')
     points = torch.randn(4, 64, 3)
-    logits = teacher._model(points)
+    with pytest.raises(RuntimeError, match='before prepare'):
+        teacher.teacher_logits(points)
+    teacher.prepare(THREE, 'cpu')
+    logits = teacher.teacher_logits(points)
+    torch.testing.assert_close(logits, teacher._model(points))
     target = torch.tensor([0, 1, 2, 0])
     expected = (1 - teacher.alpha) * smoothed_cross_entropy(logits, target, teacher.smoothing)
     torch.testing.assert_close(teacher.loss(logits, target, points), expected)
