@@ -30,9 +30,11 @@ from ..data.artifact import save_artifact
 from ..data.real_pool import RealPool
 from ..data.synthetic_set import ROTATOR_PREFIX, synthesizer_tensors
 from ..registry import ROTATORS, SYN_OPTIMIZERS, build_objective, build_rotator, build_synthesizer
+from ..rotators import IdentityRotator
 from ..settings import resolve_distill_config
 from ..objectives import SetObjective
 from ..synthesizers import Synthesizer
+from ..synthesizers.coresets import gather_clouds
 from ..utils.device import resolve_device
 from ..utils.geometry import normalize_to_unit_sphere
 from ..utils.io import atomic_path
@@ -127,15 +129,36 @@ class Distiller:
 
     def initialize(self) -> dict:
         """Start the synthesizer from the real clouds its `select_from_pool` picks (random, herding, k-center),
-        if any; the engine's seed draws them."""
-        selection = self.synthesizer.select_from_pool(self.pool, torch.Generator().manual_seed(self.seed))
+        if any; the engine's seed draws them. The picks are made on the clouds as matching and training see
+        them (`selection_pool`); the synthesizer starts from the picked clouds as the pool stores them."""
+        selection_pool = self.selection_pool()
+        selection = self.synthesizer.select_from_pool(selection_pool, torch.Generator().manual_seed(self.seed))
         if selection is None:
             return {}
         clouds, index = selection
+        if selection_pool is not self.pool:
+            clouds = gather_clouds(self.pool, index)
         report = self.synthesizer.initialize_from_real(clouds.to(self.device))
+        if selection_pool is not self.pool:
+            report['selection_frame'] = selection_pool.rotation['canonicaliser']['NAME']
         report['real_indices'] = index.tolist()
         logger.info('synthesizer initialised from real clouds: %s', {k: v for k, v in report.items() if k != 'real_indices'})
         return report
+
+    def selection_pool(self) -> RealPool:
+        """The pool a coreset rule picks from: under a fixed canonicaliser (a rotator without parameters, e.g. PCA +
+        sign on rotated data) the canonicalised clouds, so that the selection network learns, and the picks
+        represent, the clouds in the frame the student trains in; else the pool itself. A learned rotator is not
+        trained yet when the picks are made, and a random pick does not look at the clouds."""
+        selection = getattr(self.synthesizer, 'selection', None)
+        if selection is None or selection.rule == 'random' or isinstance(self.rotator, IdentityRotator) \
+                or getattr(self.rotator, 'per_slot', False) or any(True for _ in self.rotator.parameters()):
+            return self.pool
+        with torch.no_grad():
+            pos = torch.cat([self.rotator(normalize_to_unit_sphere(chunk.to(self.device))).cpu()
+                             for chunk in self.pool.pos.split(1024)])
+        rotation = {**self.pool.rotation, 'canonicaliser': dict(self.d['rotator'])}
+        return RealPool(pos, self.pool.labels, self.pool.class_names, self.pool.name, rotation=rotation)
 
     # --------------------------------------------------------------------------------------- loop
     def run(self, resume: bool = True) -> DistillResult:

@@ -91,10 +91,10 @@ class CoresetSelection:
         from ..models.pointnet import DistillPointNet
         identity = {'network': EMBEDDING_VERSION, 'dataset': pool.name, 'class_names': list(pool.class_names),
                     'clouds': len(pool.labels), 'points': int(pool.pos.shape[1]), **settings}
-        # a rotated pool has the same name, classes and sizes as the aligned one but other clouds; an aligned pool's
-        # identity stays as it was, so the networks kept for aligned data remain valid
+        # a rotated or canonicalised pool has the same name, classes and sizes as the aligned one but other clouds;
+        # an aligned pool's identity stays as it was, so the networks kept for aligned data remain valid
         rotation = dict(getattr(pool, 'rotation', None) or {'mode': 'none'})
-        if rotation.get('mode', 'none') != 'none':
+        if rotation != {'mode': 'none'}:
             identity['rotation'] = rotation
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(resolve_path(self.embed_cache)) / f'{pool.name}-{key}.safetensors'

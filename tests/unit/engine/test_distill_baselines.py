@@ -41,6 +41,25 @@ def test_random_init_keeps_the_previous_real_draw(tmp_path):
     assert report['real_indices'] == index.tolist()
 
 
+def test_a_fixed_canonicaliser_makes_the_picks_in_its_frame_and_the_set_keeps_the_stored_clouds(tmp_path):
+    """Under PCA + sign the selection network is trained on, and Herding picks among, the canonicalised clouds (the
+    frame the student trains in); the synthesizer starts from the picked clouds as the pool stores them."""
+    synthesizer = {'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'herding', **SMALL_EMBED}
+    cfg = tiny_embedded_cfg(tmp_path, iterations=0, objective={'NAME': 'DistributionMatching'}, synthesizer=synthesizer,
+                            rotator={'NAME': 'PCASignRotator'})
+    distiller = _distiller(cfg)
+    report = distiller.initialize()
+    view = distiller.selection_pool()
+    assert report['selection_frame'] == 'PCASignRotator' and view is not distiller.pool
+    torch.testing.assert_close(view.pos, distiller.rotator(normalize_to_unit_sphere(distiller.pool.pos)))
+    _, expected = distiller.synthesizer.selection.select(view, 1, torch.Generator().manual_seed(cfg['seed']))
+    assert report['real_indices'] == expected.tolist()
+    torch.testing.assert_close(distiller.synthesizer.points.detach(), normalize_to_unit_sphere(distiller.pool.pos[expected]))
+    aligned = _distiller(tiny_embedded_cfg(tmp_path / 'aligned', iterations=0, objective={'NAME': 'DistributionMatching'},
+                                           synthesizer=synthesizer))
+    assert aligned.selection_pool() is aligned.pool and 'selection_frame' not in aligned.initialize()
+
+
 @pytest.mark.parametrize('objective', [{'NAME': 'DistributionMatching'}, {'NAME': 'SADM', 'alpha_kernel': 'linear'}])
 def test_frozen_backbone_objectives_skip_the_inner_loop(tmp_path, monkeypatch, objective):
     def no_inner_loop(*args, **kwargs):
