@@ -136,10 +136,11 @@ class Distiller:
         if selection is None:
             return {}
         clouds, index = selection
-        if selection_pool is not self.pool:
+        canonical = selection_pool is not self.pool
+        if canonical:   # the clouds as stored: matching and training canonicalise them again
             clouds = gather_clouds(self.pool, index)
         report = self.synthesizer.initialize_from_real(clouds.to(self.device))
-        if selection_pool is not self.pool:
+        if canonical:
             report['selection_frame'] = selection_pool.rotation['canonicaliser']['NAME']
         report['real_indices'] = index.tolist()
         logger.info('synthesizer initialised from real clouds: %s', {k: v for k, v in report.items() if k != 'real_indices'})
