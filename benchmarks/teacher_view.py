@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.set:
         label, path = item.split('=', 1)
         pos, labels = SyntheticSet(path).sample(num_points, torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            view = label_view(teacher.teacher_logits(pos), labels, teacher.temperature)
+        view = label_view(teacher.teacher_logits(pos), labels, teacher.temperature)   # teacher_logits: no gradient
         print(f'{label:24s} {pos.shape[1]:6d} {view["top1_is_label"]:16.1f} {view["p_label"]:9.3f} {view["entropy"]:8.3f} '
               f'{view["tempered_p_label"]:18.3f} {view["tempered_entropy"]:17.3f}')
 
