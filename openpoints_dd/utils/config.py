@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +22,22 @@ from openpoints.utils import EasyConfig
 logger = logging.getLogger(__name__)
 
 BASE_KEY = 'base'
+
+
+class YamlLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` reading floats as YAML 1.2 does: PyYAML follows YAML 1.1, where a float needs a dot, so
+    `lr: 1e-5` would load as the string '1e-5' and fail only inside the optimizer."""
+
+
+YamlLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$'),   # exponents, dot or not
+    list('-+0123456789.'))
+
+
+def load_yaml(text_or_stream) -> Any:
+    """YAML text (or an open file) as plain Python values, with `YamlLoader`."""
+    return yaml.load(text_or_stream, Loader=YamlLoader)
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding openpoints_dd/, cfgs/ and tools/
 
 
@@ -201,7 +218,7 @@ def _base_names(path: Path) -> list[str]:
 def _read_yaml(path: Path) -> dict:
     with open(path) as f:
         try:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
         except yaml.YAMLError as e:
             raise ValueError(f'config file {path} is not valid YAML: {e}') from e
     if data is None:
@@ -287,7 +304,7 @@ def _parse_value(text: str) -> Any:
         if not text.strip().startswith(('{', '[')):
             return text
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             return text
     return to_easy(value)

@@ -11,12 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import yaml
-
 import torch
 
 from . import distributed
-from .config import config_hash, save_config, to_plain
+from .config import config_hash, load_yaml, save_config, to_plain
 
 from .memory import keep_freed_memory
 
@@ -111,7 +109,7 @@ def _resume_changes(cfg, run_dir: Path, checkpoint: str | None) -> list[str]:
     stored_path = run_dir / 'cfg.yaml'
     if checkpoint is None or mode == 'never' or not (run_dir / checkpoint).is_file() or not stored_path.is_file():
         return []
-    stored = yaml.safe_load(stored_path.read_text()) or {}
+    stored = load_yaml(stored_path.read_text()) or {}
     changes = config_changes(stored, json.loads(json.dumps(to_plain(cfg), default=str)), RESUME_HARMLESS)
     if changes and mode != 'force':
         raise ValueError(f'run_dir {run_dir} holds a checkpoint of another config; this one changes '

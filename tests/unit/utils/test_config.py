@@ -1,5 +1,5 @@
 """load_config: a component section that switches NAME is replaced, one that keeps it is merged; base files bring
-their folders' defaults; a tool's defaults make its keys known."""
+their folders' defaults; a tool's defaults make its keys known; exponent floats are floats in files and overrides."""
 from __future__ import annotations
 
 import pytest
@@ -57,3 +57,14 @@ def test_defaults_make_a_tools_keys_known_to_overrides(tmp_path):
         load_config(tmp_path / 'pointnext.yaml', ['run_dir=x'])
     cfg = load_config(tmp_path / 'pointnext.yaml', ['run_dir=x', 'epochs=2'], defaults={'run_dir': None, 'epochs': 1})
     assert cfg.run_dir == 'x' and cfg.epochs == 2
+
+
+def test_exponent_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads 1e-5 as a string: an optimizer section took it and failed inside torch
+    (tmp_path / 'cfg.yaml').write_text('distill:\n  syn_optimizer: {NAME: adam, lr: 1e-5}\n  steps: [2E3, -1e+2, .5e1]\n'
+                                       '  name: "1e-5"\n  words: [1e, e5, .e5]\n')
+    cfg = load_config(tmp_path / 'cfg.yaml', ['distill.syn_optimizer={NAME: sgd, lr: 3e-4}'])
+    assert cfg.distill.syn_optimizer.lr == pytest.approx(3e-4) and isinstance(cfg.distill.syn_optimizer.lr, float)
+    assert cfg.distill.steps == [2000.0, -100.0, 5.0]
+    assert cfg.distill.name == '1e-5' and cfg.distill.words == ['1e', 'e5', '.e5']   # quoted or not a number
+    assert load_config(tmp_path / 'cfg.yaml').distill.syn_optimizer.lr == pytest.approx(1e-5)
