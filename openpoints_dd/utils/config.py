@@ -22,6 +22,7 @@ from openpoints.utils import EasyConfig
 logger = logging.getLogger(__name__)
 
 BASE_KEY = 'base'
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding openpoints_dd/, cfgs/ and tools/
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -38,7 +39,6 @@ YamlLoader.add_implicit_resolver(
 def load_yaml(text_or_stream) -> Any:
     """YAML text (or an open file) as plain Python values, with `YamlLoader`."""
     return yaml.load(text_or_stream, Loader=YamlLoader)
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding openpoints_dd/, cfgs/ and tools/
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None,
