@@ -36,7 +36,7 @@ from ..objectives import SetObjective
 from ..synthesizers import Synthesizer
 from ..synthesizers.coresets import gather_clouds
 from ..utils.device import resolve_device
-from ..utils.geometry import normalize_to_unit_sphere
+from ..utils.geometry import normalize_to_unit_sphere, subsample_points
 from ..utils.io import atomic_path
 from ..utils.progress import bar_disabled
 from ..utils import distributed
@@ -227,12 +227,14 @@ class Distiller:
     def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
         """One iteration: a fresh backbone, `outer` synthesizer steps, inner training in between."""
         torch.manual_seed(hash((self.seed, iteration, 0)) & 0x7FFF_FFFF_FFFF)   # backbone init and any op RNG
-        backbone = self.build_backbone()
+        num_points = int(self.d['num_points'])
+        real_generator = self._generator(iteration, 6)
+        backbone = self.objective.iteration_backbone(
+            self.build_backbone(), iteration, lambda size: self.real_batch(size, num_points, real_generator))
         trains_backbone = self.objective.trains_backbone and outer > 1
         if not self.objective.trains_backbone:
             backbone.requires_grad_(False)
         net_optimizer = torch.optim.SGD(backbone.parameters(), lr=self.d['net_lr'])
-        num_points = int(self.d['num_points'])
         total = 0.0
         all_classes = isinstance(self.objective, SetObjective)
         for step in range(outer):
@@ -276,6 +278,15 @@ class Distiller:
             total += losses.detach().sum().item()
         distributed.all_reduce_gradients(self.parameters)
         return distributed.sum_scalar(total, self.device)
+
+    def real_batch(self, size: int, num_points: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """`size` real clouds drawn from the whole pool, with their labels, as matching sees real clouds
+        (subsampled, renormalised, canonicalised by the rotator, no gradient)."""
+        index = torch.randint(len(self.pool.labels), (size,), generator=generator)
+        pos = subsample_points(self.pool.pos[index], num_points, generator=generator).to(self.device)
+        with torch.no_grad():
+            pos = self.rotator(pos)
+        return pos, self.pool.labels[index].to(self.device)
 
     def check_finite(self, losses: Tensor, labels: list[int], iteration: int, step: int) -> None:
         """A non-finite matching loss stops the run, naming the step, the component and the class."""
@@ -333,9 +344,10 @@ class Distiller:
         return self.objective.optimizer() if self.objective.parameters() else None
 
     def _objective_state(self) -> dict:
-        if self.objective_optimizer is None:
-            return {}
-        return {'objective': self.objective.state_dict(), 'objective_optimizer': self.objective_optimizer.state_dict()}
+        state = {'objective': self.objective.state_dict()}
+        if self.objective_optimizer is not None:
+            state['objective_optimizer'] = self.objective_optimizer.state_dict()
+        return state
 
     def train_backbone(self, backbone: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
                        num_points: int, generator: torch.Generator) -> None:
@@ -374,8 +386,9 @@ class Distiller:
             self.rotator.load_state_dict(state['rotator'])
             self.optimizer.load_state_dict(state['optimizer'])
             self.scheduler.load_state_dict(state['scheduler'])
-            if self.objective_optimizer is not None:   # e.g. trajectory matching's learned step size
-                self.objective.load_state_dict(state['objective'])
+            # the objective's own state: trajectory matching's learned step size, DM's semi-trained networks
+            self.objective.load_state_dict(state.get('objective', {}))
+            if self.objective_optimizer is not None:
                 self.objective_optimizer.load_state_dict(state['objective_optimizer'])
         except Exception as e:
             raise RuntimeError(f'cannot resume from {path}: {e}. It was written by another config or is '

@@ -31,6 +31,15 @@ class ObjectiveBase(ABC):
         seconds, which the engine logs and does not count in the budget."""
         return 0.0
 
+    def iteration_backbone(self, backbone: nn.Module, iteration: int,
+                           real_batch: Callable[[int], tuple[Tensor, Tensor]]) -> nn.Module:
+        """The network iteration `iteration` matches through: the engine's fresh `backbone` by default.
+
+        An objective that keeps networks of its own across iterations (distribution matching's semi-trained
+        queue) returns one of them; `real_batch(size)` draws real clouds and their labels as matching sees them.
+        """
+        return backbone
+
     def parameters(self) -> list[Tensor]:
         """Learnable tensors of the objective itself (trajectory matching's step size); none by default."""
         return []

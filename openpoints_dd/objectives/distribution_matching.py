@@ -1,11 +1,16 @@
 """Distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023)."""
 from __future__ import annotations
 
+import os
+from typing import Any, Callable, Mapping
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
 from .base import Objective
+from .model_queue import RealBatch, SemiTrainedQueue
 
 
 @OBJECTIVES.register_module()
@@ -19,12 +24,52 @@ class DistributionMatching(Objective):
         penultimate layer); SADM's DM used PointNet's 256-d penultimate activation;
       * no DSA augmentation (the image augmentations do not carry over to point clouds) and no BatchNorm
         warm-up (DistillPointNet uses InstanceNorm, whose statistics are per cloud).
+
+    Two of IDM's levers (Zhao et al., CVPR 2023), off by default:
+      * `queue_size` > 0 embeds through semi-trained networks (`SemiTrainedQueue`) instead of a fresh random one:
+        features that tell the classes apart, so matching their means moves the clouds along what a classifier uses;
+      * `ce_weight` > 0 adds the synthetic clouds' cross-entropy under that network (IDM's class-aware
+        regularisation): a cloud that matches its class's mean feature but sits near another class's is penalised.
+
+    Args:
+        queue_size: semi-trained networks kept (0: a fresh random network every iteration, DM as published).
+        queue_lifetime: training steps of the longest-lived network before it is replaced.
+        queue_batch: real clouds per training step of a network.
+        queue_lr: the networks' Adam learning rate.
+        ce_weight: weight of the cross-entropy term (per class: the mean over the class's synthetic clouds).
     """
 
     trains_backbone = False
 
-    def __init__(self):
-        pass
+    def __init__(self, *, queue_size: int = 0, queue_lifetime: int = 200, queue_batch: int = 64,
+                 queue_lr: float = 1e-3, ce_weight: float = 0.0):
+        if queue_size < 0:
+            raise ValueError(f'DistributionMatching: queue_size must be >= 0, got {queue_size!r}')
+        if ce_weight < 0:
+            raise ValueError(f'DistributionMatching: ce_weight must be >= 0, got {ce_weight!r}')
+        self.queue_size, self.queue_lifetime, self.queue_batch, self.queue_lr = queue_size, queue_lifetime, queue_batch, queue_lr
+        self.ce_weight = float(ce_weight)
+        self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
+            if queue_size else None
+        self._make_backbone: Callable[[], nn.Module] | None = None
+
+    def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
+                make_backbone: Callable[[], nn.Module]) -> float:
+        self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
+        return 0.0
+
+    def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
+        return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)
+
+    def state_dict(self) -> dict:
+        return {} if self._queue is None else {'queue': self._queue.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self._queue is not None:
+            if 'queue' not in state:
+                raise ValueError('the checkpoint has no semi-trained networks, but the config asks for queue_size '
+                                 f'{self.queue_size}')
+            self._queue.load_state_dict(state['queue'], self._make_backbone)
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]
@@ -36,7 +81,12 @@ class DistributionMatching(Objective):
             return super().match_classes(backbone, syn_pos, real_pos, labels)
         with torch.no_grad():
             real_mean = _embed(backbone, real_pos).mean(dim=1)
-        return (real_mean - _embed(backbone, syn_pos).mean(dim=1)).square().sum(-1)
+        losses = (real_mean - _embed(backbone, syn_pos).mean(dim=1)).square().sum(-1)
+        if self.ce_weight:
+            logits = backbone(syn_pos.flatten(0, 1))
+            targets = labels.to(logits.device).repeat_interleave(syn_pos.shape[1])
+            losses = losses + self.ce_weight * F.cross_entropy(logits, targets, reduction='none').view(syn_pos.shape[:2]).mean(1)
+        return losses
 
 
 def _embed(backbone: nn.Module, pos: Tensor) -> Tensor:

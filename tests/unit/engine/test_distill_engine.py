@@ -35,6 +35,22 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, crash_at):
     assert full.loss_history == result.loss_history
 
 
+def test_semi_trained_networks_resume_bit_identical(tmp_path):
+    """DM's queue of semi-trained networks is part of the checkpoint: a resume continues it exactly."""
+    settings = dict(iterations=5, outer_loop=1, inner_loop=0,
+                    objective={'NAME': 'DistributionMatching', 'queue_size': 2, 'queue_lifetime': 3, 'queue_batch': 4,
+                               'ce_weight': 0.1},
+                    synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128},
+                    syn_optimizer={'NAME': 'adam', 'lr': 0.01})
+    _, full = _run(tiny_embedded_cfg(tmp_path / 'full', **settings))
+    part_cfg = tiny_embedded_cfg(tmp_path / 'part', **settings)
+    run_until_crash(Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir']), crash_at=3)
+    resumed, result = _run(part_cfg)
+    assert result.iterations_done == 5 and full.loss_history == result.loss_history
+    assert torch.equal(SyntheticSet(full.artifact_path).pos, SyntheticSet(result.artifact_path).pos)
+    assert resumed.objective._queue.steps == [1, 2]   # slot 0 (lifetime 2) was replaced at iteration 4, after the resume
+
+
 def test_chunks_of_classes_match_one_class_at_a_time(tmp_path):
     """The engine's chunking (all classes in one grouped pass, or one class per chunk) does not change the step."""
     losses, grads = [], []

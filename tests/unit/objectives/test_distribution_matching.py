@@ -51,4 +51,30 @@ def test_first_order_only_and_frozen_backbone(tiny_backbone, tiny_clouds):
     loss.backward()
     assert loss.item() > 0 and syn.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_backbone.parameters())
-    assert repr(objective) == 'DistributionMatching()'
+    assert repr(objective).startswith('DistributionMatching(queue_size=0,')
+
+
+def test_cross_entropy_term_adds_the_weighted_mean_over_each_class_clouds(tiny_backbone, tiny_clouds):
+    plain, weighted = DistributionMatching(), DistributionMatching(ce_weight=0.5)
+    real = torch.stack([tiny_clouds.pos[tiny_clouds.y == c][:2] for c in (0, 1)])
+    syn = torch.stack([tiny_clouds.pos[tiny_clouds.y == c][2:4] for c in (1, 2)]).requires_grad_(True)
+    labels = torch.tensor([0, 1])
+    ce = torch.stack([torch.nn.functional.cross_entropy(tiny_backbone(s), torch.full((2,), int(c)))
+                      for s, c in zip(syn, labels)])
+    expected = plain.match_classes(tiny_backbone, syn, real, labels) + 0.5 * ce
+    assert torch.allclose(weighted.match_classes(tiny_backbone, syn, real, labels), expected, atol=1e-5)
+    with pytest.raises(ValueError, match='ce_weight'):
+        DistributionMatching(ce_weight=-1.0)
+
+
+def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_network():
+    from openpoints_dd.models import DistillPointNet
+    fresh = DistillPointNet(num_classes=3, widths=(8, 16, 32))
+    batch = lambda size: (torch.randn(size, 32, 3), torch.randint(3, (size,)))
+    assert DistributionMatching().iteration_backbone(fresh, 0, batch) is fresh
+    queued = DistributionMatching(queue_size=2, queue_lifetime=4, queue_batch=4)
+    weights = fresh.head.weight.detach().clone()
+    assert queued.iteration_backbone(fresh, 0, batch) is fresh and not torch.equal(fresh.head.weight, weights)
+    assert set(queued.state_dict()) == {'queue'}
+    with pytest.raises(ValueError, match='no semi-trained networks'):
+        queued.load_state_dict({})

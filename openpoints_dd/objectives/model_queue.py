@@ -1,0 +1,93 @@
+"""Semi-trained embedding networks for a frozen-backbone objective: a queue of networks trained online on real clouds.
+
+Distribution matching embeds through a fresh random network every iteration, whose features know nothing of the
+classes. IDM (Zhao et al., "Improved Distribution Matching for Dataset Condensation", CVPR 2023) embeds through
+networks part-way trained instead. Ours: `size` slots visited round robin, one per iteration; the visited network
+takes one Adam step of cross-entropy on a batch of real clouds, then embeds (frozen). A slot's network is replaced by
+the engine's fresh backbone of that iteration once it has had its lifetime of steps; slot i lives
+`lifetime·(i+1)/size` steps, so the networks in use range from nearly random to `lifetime` steps trained and are not
+all replaced at once. The training steps run inside the iteration, so the budget pays for them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: () -> (clouds (B, N, 3), labels (B,)): a batch of real clouds as the engine's matching sees them
+RealBatch = Callable[[int], tuple[Tensor, Tensor]]
+
+
+class SemiTrainedQueue:
+    """Args:
+        size: slots (networks kept).
+        lifetime: training steps of the longest-lived slot's network before it is replaced.
+        batch: real clouds per training step.
+        lr: the networks' Adam learning rate.
+    """
+
+    def __init__(self, *, size: int, lifetime: int, batch: int, lr: float):
+        for name, value in (('size', size), ('lifetime', lifetime), ('batch', batch)):
+            if int(value) < 1:
+                raise ValueError(f'SemiTrainedQueue: {name} must be >= 1, got {value!r}')
+        if not lr > 0:
+            raise ValueError(f'SemiTrainedQueue: lr must be > 0, got {lr!r}')
+        self.size, self.lifetime, self.batch, self.lr = int(size), int(lifetime), int(batch), float(lr)
+        self.models: list[nn.Module | None] = [None] * self.size
+        self.optimizers: list[torch.optim.Adam | None] = [None] * self.size
+        self.steps = [0] * self.size
+        self.last_loss = [float('nan')] * self.size
+
+    def lifetime_of(self, slot: int) -> int:
+        return max(1, round(self.lifetime * (slot + 1) / self.size))
+
+    def next_model(self, fresh: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
+        """The network of iteration `iteration`'s slot after its training step (`fresh` takes the slot when the
+        slot is empty or its network has lived its lifetime). Returned frozen."""
+        slot = iteration % self.size
+        if self.models[slot] is None or self.steps[slot] >= self.lifetime_of(slot):
+            if self.models[slot] is not None:   # how far the networks get: the record of what DM matched through
+                logger.info('semi-trained network of slot %d replaced after %d steps (last training loss %.3f)',
+                            slot, self.steps[slot], self.last_loss[slot])
+            self._install(slot, fresh)
+        model, optimizer = self.models[slot], self.optimizers[slot]
+        model.requires_grad_(True)
+        pos, labels = real_batch(self.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(pos), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'semi-trained network of slot {slot}: training loss {loss.item()} at iteration '
+                                     f'{iteration}. Lower its learning rate (objective.queue_lr) or check the data.')
+        loss.backward()
+        optimizer.step()
+        self.steps[slot] += 1
+        self.last_loss[slot] = loss.item()
+        return model.requires_grad_(False)
+
+    def _install(self, slot: int, model: nn.Module) -> None:
+        self.models[slot] = model.requires_grad_(True)
+        self.optimizers[slot] = torch.optim.Adam(model.parameters(), lr=self.lr)
+        self.steps[slot] = 0
+
+    def state_dict(self) -> dict:
+        """The slots' weights, optimizer states and steps (what an exact resume needs)."""
+        return {'steps': torch.tensor(self.steps),
+                'slots': {str(i): {'model': m.state_dict(), 'optimizer': o.state_dict()}
+                          for i, (m, o) in enumerate(zip(self.models, self.optimizers)) if m is not None}}
+
+    def load_state_dict(self, state: dict, make_backbone: Callable[[], nn.Module]) -> None:
+        steps = state['steps'].tolist()
+        if len(steps) != self.size:
+            raise ValueError(f'the checkpoint holds {len(steps)} semi-trained networks; the config asks for {self.size}')
+        self.models, self.optimizers = [None] * self.size, [None] * self.size
+        for key, slot_state in state['slots'].items():
+            model = make_backbone()
+            model.load_state_dict(slot_state['model'])
+            self._install(int(key), model)
+            self.optimizers[int(key)].load_state_dict(slot_state['optimizer'])
+        self.steps = [int(s) for s in steps]

@@ -1,0 +1,62 @@
+"""SemiTrainedQueue: round-robin slots of networks trained one step per visit, replaced after their lifetime."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openpoints_dd.models import DistillPointNet
+from openpoints_dd.objectives import SemiTrainedQueue
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return DistillPointNet(num_classes=3, widths=(8, 16, 32))
+
+
+def _real_batch(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return lambda size: (torch.randn(size, 32, 3, generator=generator), torch.randint(3, (size,), generator=generator))
+
+
+def test_slots_are_visited_in_turn_trained_once_per_visit_and_replaced_after_their_lifetime():
+    queue = SemiTrainedQueue(size=2, lifetime=4, batch=4, lr=1e-2)
+    assert [queue.lifetime_of(0), queue.lifetime_of(1)] == [2, 4]      # staggered: replaced at different times
+    fresh = [_net(i) for i in range(10)]
+    used = [queue.next_model(fresh[i], i, _real_batch(i)) for i in range(10)]
+    # slot 0 (iterations 0, 2, 4, 6, 8) lives 2 steps: the fresh networks of iterations 0, 4 and 8; slot 1 lives 4
+    assert [fresh.index(m) for m in used] == [0, 1, 0, 1, 4, 1, 4, 1, 8, 9]
+    assert queue.steps == [1, 1]
+    assert all(not p.requires_grad for m in used for p in m.parameters())   # returned frozen
+    before = _net(1).state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in fresh[1].state_dict().items())   # the step trained it
+
+
+def test_state_round_trip_continues_exactly():
+    def run(queue, start, stop, fresh_seed=100):
+        return [queue.next_model(_net(fresh_seed + i), i, _real_batch(i)) for i in range(start, stop)]
+    full = SemiTrainedQueue(size=3, lifetime=6, batch=4, lr=1e-2)
+    full_models = run(full, 0, 8)
+    part = SemiTrainedQueue(size=3, lifetime=6, batch=4, lr=1e-2)
+    run(part, 0, 5)
+    state = part.state_dict()
+    resumed = SemiTrainedQueue(size=3, lifetime=6, batch=4, lr=1e-2)
+    resumed.load_state_dict(state, lambda: _net(999))
+    resumed_models = run(resumed, 5, 8)
+    for a, b in zip(full_models[5:], resumed_models):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match='holds 3 semi-trained networks'):
+        SemiTrainedQueue(size=2, lifetime=6, batch=4, lr=1e-2).load_state_dict(state, lambda: _net(0))
+
+
+@pytest.mark.parametrize('bad', [{'size': 0}, {'lifetime': 0}, {'batch': 0}, {'lr': 0.0}])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        SemiTrainedQueue(**{'size': 2, 'lifetime': 4, 'batch': 4, 'lr': 1e-3, **bad})
+
+
+def test_a_non_finite_training_loss_names_the_slot():
+    queue = SemiTrainedQueue(size=2, lifetime=4, batch=4, lr=1e-2)
+    nan_batch = lambda size: (torch.full((size, 32, 3), float('nan')), torch.zeros(size, dtype=torch.long))
+    with pytest.raises(FloatingPointError, match='slot 1'):
+        queue.next_model(_net(0), 1, nan_batch)
