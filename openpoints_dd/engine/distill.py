@@ -225,7 +225,8 @@ class Distiller:
         return DistillResult(artifact, self.iteration, self.elapsed, stopped_by_budget, self.loss_history, self.evaluations)
 
     def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
-        """One iteration: a fresh backbone, `outer` synthesizer steps, inner training in between."""
+        """One iteration: a fresh backbone (or one the objective keeps: `iteration_backbone`), `outer` synthesizer
+        steps, inner training in between."""
         torch.manual_seed(hash((self.seed, iteration, 0)) & 0x7FFF_FFFF_FFFF)   # backbone init and any op RNG
         num_points = int(self.d['num_points'])
         real_generator = self._generator(iteration, 6)

@@ -36,7 +36,8 @@ class DistributionMatching(Objective):
         queue_lifetime: training steps of the longest-lived network before it is replaced.
         queue_batch: real clouds per training step of a network.
         queue_lr: the networks' Adam learning rate.
-        ce_weight: weight of the cross-entropy term (per class: the mean over the class's synthetic clouds).
+        ce_weight: weight of the cross-entropy term (per class: the mean over the class's synthetic clouds); needs
+            the queue.
     """
 
     trains_backbone = False
@@ -47,6 +48,9 @@ class DistributionMatching(Objective):
             raise ValueError(f'DistributionMatching: queue_size must be >= 0, got {queue_size!r}')
         if ce_weight < 0:
             raise ValueError(f'DistributionMatching: ce_weight must be >= 0, got {ce_weight!r}')
+        if ce_weight and not queue_size:
+            raise ValueError('DistributionMatching: ce_weight needs queue_size > 0: the head of a fresh random network '
+                             'says nothing of the classes, so its cross-entropy is noise')
         self.queue_size, self.queue_lifetime, self.queue_batch, self.queue_lr = queue_size, queue_lifetime, queue_batch, queue_lr
         self.ce_weight = float(ce_weight)
         self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \

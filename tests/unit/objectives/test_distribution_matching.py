@@ -55,7 +55,7 @@ def test_first_order_only_and_frozen_backbone(tiny_backbone, tiny_clouds):
 
 
 def test_cross_entropy_term_adds_the_weighted_mean_over_each_class_clouds(tiny_backbone, tiny_clouds):
-    plain, weighted = DistributionMatching(), DistributionMatching(ce_weight=0.5)
+    plain, weighted = DistributionMatching(), DistributionMatching(queue_size=1, ce_weight=0.5)
     real = torch.stack([tiny_clouds.pos[tiny_clouds.y == c][:2] for c in (0, 1)])
     syn = torch.stack([tiny_clouds.pos[tiny_clouds.y == c][2:4] for c in (1, 2)]).requires_grad_(True)
     labels = torch.tensor([0, 1])
@@ -64,7 +64,9 @@ def test_cross_entropy_term_adds_the_weighted_mean_over_each_class_clouds(tiny_b
     expected = plain.match_classes(tiny_backbone, syn, real, labels) + 0.5 * ce
     assert torch.allclose(weighted.match_classes(tiny_backbone, syn, real, labels), expected, atol=1e-5)
     with pytest.raises(ValueError, match='ce_weight'):
-        DistributionMatching(ce_weight=-1.0)
+        DistributionMatching(queue_size=1, ce_weight=-1.0)
+    with pytest.raises(ValueError, match='needs queue_size'):   # a random head's cross-entropy is noise
+        DistributionMatching(ce_weight=0.5)
 
 
 def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_network():
