@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-#: () -> (clouds (B, N, 3), labels (B,)): a batch of real clouds as the engine's matching sees them
+#: size -> (clouds (size, N, 3), labels (size,)): real clouds as the engine's matching sees them
 RealBatch = Callable[[int], tuple[Tensor, Tensor]]
 
 
@@ -76,7 +76,7 @@ class SemiTrainedQueue:
 
     def state_dict(self) -> dict:
         """The slots' weights, optimizer states and steps (what an exact resume needs)."""
-        return {'steps': torch.tensor(self.steps),
+        return {'steps': torch.tensor(self.steps), 'last_loss': torch.tensor(self.last_loss),
                 'slots': {str(i): {'model': m.state_dict(), 'optimizer': o.state_dict()}
                           for i, (m, o) in enumerate(zip(self.models, self.optimizers)) if m is not None}}
 
@@ -91,3 +91,4 @@ class SemiTrainedQueue:
             self._install(int(key), model)
             self.optimizers[int(key)].load_state_dict(slot_state['optimizer'])
         self.steps = [int(s) for s in steps]
+        self.last_loss = [float(x) for x in state['last_loss'].tolist()]

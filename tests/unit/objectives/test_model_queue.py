@@ -41,6 +41,7 @@ def test_state_round_trip_continues_exactly():
     state = part.state_dict()
     resumed = SemiTrainedQueue(size=3, lifetime=6, batch=4, lr=1e-2)
     resumed.load_state_dict(state, lambda: _net(999))
+    assert resumed.steps == part.steps and resumed.last_loss == part.last_loss
     resumed_models = run(resumed, 5, 8)
     for a, b in zip(full_models[5:], resumed_models):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
