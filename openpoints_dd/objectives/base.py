@@ -13,6 +13,10 @@ import torch
 from torch import Tensor, nn
 
 
+#: size -> (clouds (size, N, 3), labels (size,)): real clouds as the engine's matching sees them
+RealBatch = Callable[[int], tuple[Tensor, Tensor]]
+
+
 class ObjectiveBase(ABC):
     """What the engine asks of every objective.
 
@@ -31,8 +35,7 @@ class ObjectiveBase(ABC):
         seconds, which the engine logs and does not count in the budget."""
         return 0.0
 
-    def iteration_backbone(self, backbone: nn.Module, iteration: int,
-                           real_batch: Callable[[int], tuple[Tensor, Tensor]]) -> nn.Module:
+    def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         """The network iteration `iteration` matches through: the engine's fresh `backbone` by default.
 
         An objective that keeps networks of its own across iterations (distribution matching's semi-trained

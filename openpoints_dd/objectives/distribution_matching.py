@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
-from .base import Objective
-from .model_queue import RealBatch, SemiTrainedQueue
+from .base import Objective, RealBatch
+from .model_queue import SemiTrainedQueue
 
 
 @OBJECTIVES.register_module()

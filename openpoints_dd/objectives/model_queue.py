@@ -15,12 +15,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
+
+from .base import RealBatch
 
 logger = logging.getLogger(__name__)
-
-#: size -> (clouds (size, N, 3), labels (size,)): real clouds as the engine's matching sees them
-RealBatch = Callable[[int], tuple[Tensor, Tensor]]
 
 
 class SemiTrainedQueue:
