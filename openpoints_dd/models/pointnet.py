@@ -196,9 +196,14 @@ class DistillPointNet(nn.Module):
         over all classes: `class_gradients.pointnet_class_gradients`."""
         return pointnet_class_gradients(self, points, labels)
 
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits (..., K) of embeddings (..., 1024) from `embed`: for an objective that needs both (DM with its
+        cross-entropy term), without a second pass over the points."""
+        return self.head(embedding)
+
     def forward(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """Logits (B, K) from points (B, N, 3) or an openpoints batch dict."""
-        return self.head(self.embed(data))
+        return self.classify(self.embed(data))
 
     def get_logits_loss(self, data: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.forward(data)

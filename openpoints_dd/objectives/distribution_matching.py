@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from openpoints.models.build import MODELS
+
 from ..registry import OBJECTIVES
 from .base import Objective, RealBatch
 from .model_queue import SemiTrainedQueue
@@ -60,6 +62,14 @@ class DistributionMatching(Objective):
     def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
                 make_backbone: Callable[[], nn.Module]) -> float:
         self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
+        name = cfg['distill']['backbone']['NAME']
+        backbone_class = MODELS.module_dict[name]
+        needs = ['embed'] + (['classify'] if self.ce_weight else [])
+        missing = [method for method in needs if not callable(getattr(backbone_class, method, None))]
+        if missing:
+            raise TypeError(f'DistributionMatching needs a backbone with {" and ".join(missing)} (embed: the pooled '
+                            f'feature whose class means are matched; classify: logits of an embedding, for ce_weight); '
+                            f'distill.backbone {name} has no {", ".join(missing)}: use DistillPointNet')
         return 0.0
 
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
@@ -85,11 +95,13 @@ class DistributionMatching(Objective):
             return super().match_classes(backbone, syn_pos, real_pos, labels)
         with torch.no_grad():
             real_mean = _embed(backbone, real_pos).mean(dim=1)
-        losses = (real_mean - _embed(backbone, syn_pos).mean(dim=1)).square().sum(-1)
+        syn_embedding = _embed(backbone, syn_pos)
+        losses = (real_mean - syn_embedding.mean(dim=1)).square().sum(-1)
         if self.ce_weight:
-            logits = backbone(syn_pos.flatten(0, 1))
-            targets = labels.to(logits.device).repeat_interleave(syn_pos.shape[1])
-            losses = losses + self.ce_weight * F.cross_entropy(logits, targets, reduction='none').view(syn_pos.shape[:2]).mean(1)
+            logits = backbone.classify(syn_embedding)   # the forward the mean took, not a second one
+            targets = labels.to(logits.device).view(-1, 1).expand(logits.shape[:2])
+            losses = losses + self.ce_weight * F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                               reduction='none').view(logits.shape[:2]).mean(1)
         return losses
 
 

@@ -80,3 +80,28 @@ def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_netw
     assert set(queued.state_dict()) == {'queue'}
     with pytest.raises(ValueError, match='no semi-trained networks'):
         queued.load_state_dict({})
+
+
+@pytest.mark.parametrize('ce_weight, missing', [(0.0, 'has no embed'), (0.5, 'has no embed, classify')])
+def test_a_backbone_without_the_methods_dm_calls_is_refused_before_any_matching(tmp_path, ce_weight, missing):
+    from conftest import tiny_embedded_cfg
+    from openpoints_dd.data import RealPool
+    from openpoints_dd.engine.distill import Distiller
+    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PCTClassifier'},
+                            objective={'NAME': 'DistributionMatching', 'queue_size': 1, 'ce_weight': ce_weight})
+    pool = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=128)
+    with pytest.raises(TypeError, match=f'distill.backbone PCTClassifier {missing}'):
+        Distiller(cfg, pool, cfg['run_dir'])
+
+
+def test_the_cross_entropy_term_reuses_the_embedding_pass(tiny_backbone, tiny_clouds, monkeypatch):
+    """One embedding pass over the synthetic clouds serves the mean and the logits (not a second forward)."""
+    objective = DistributionMatching(queue_size=1, ce_weight=1.0)
+    real = tiny_clouds.pos[tiny_clouds.y == 0][:2].unsqueeze(0)
+    syn = tiny_clouds.pos[tiny_clouds.y == 0][2:4].unsqueeze(0).clone().requires_grad_(True)
+    calls = []
+    embed = tiny_backbone.embed
+    monkeypatch.setattr(tiny_backbone, 'embed', lambda pos: calls.append(len(pos)) or embed(pos))
+    monkeypatch.setattr(tiny_backbone, 'forward', lambda *a: pytest.fail('a second pass over the points'))
+    objective.match_classes(tiny_backbone, syn, real, torch.tensor([0])).sum().backward()
+    assert calls == [2, 2] and syn.grad.abs().sum() > 0   # the real batch, then the synthetic one
