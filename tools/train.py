@@ -28,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
-from openpoints_dd.engine.train_cls import load_train_config, resume_run_dir, train_classifier  # noqa: E402
-from openpoints_dd.engine.train_seg import task_of, train_segmenter  # noqa: E402
+from openpoints_dd.engine.tasks import task_of  # noqa: E402
+from openpoints_dd.engine.train_checkpoint import resume_run_dir  # noqa: E402
+from openpoints_dd.engine.train_cls import load_train_config  # noqa: E402
 from openpoints_dd.utils.run import start_run  # noqa: E402
 
 
@@ -38,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--cfg', required=True, help='experiment YAML (cfgs/train/*.yaml)')
     args, overrides = parser.parse_known_args(argv)
     cfg = load_train_config(args.cfg, overrides)   # unknown keys and changes of kind fail here
-    train = train_segmenter if task_of(cfg) == 'segmentation' else train_classifier   # checks `task` first
+    task = task_of(cfg)                          # an unknown `task` fails here
     resumed = resume_run_dir(cfg)                # mode=resume without run_dir continues in the checkpoint's run
     if resumed is not None:
         cfg.run_dir = str(resumed)
     with start_run(cfg, args.cfg, overrides) as run_dir:
-        train(cfg, run_dir)                      # start_run already logged the overrides to log.txt
+        task.train(cfg, run_dir)                 # start_run already logged the overrides to log.txt
     return 0
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from openpoints.models import build_model_from_cfg
+from openpoints.models.build import MODELS
 from openpoints.utils import EasyConfig
 
 from ..data.artifact import save_artifact
@@ -88,6 +89,7 @@ class Distiller:
         torch.manual_seed(self.seed)   # the synthesizer's initial weights depend on the seed only
         self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=d['cpc']).to(self.device)
         self.objective = build_objective(d['objective'])
+        check_backbone_methods(d['backbone'], self.objective)
         # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many
         self.rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], self.synthesizer.num_slots)).to(self.device)
         self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
@@ -433,6 +435,17 @@ class Distiller:
         if kind == 'points':   # what the file holds, from the tensors themselves (a store may hold fewer points)
             metadata['num_points'] = metadata['accounting']['points_per_training_cloud'] = int(tensors['pos'].shape[1])
         return save_artifact(path, tensors, {**metadata, 'kind': kind})
+
+
+def check_backbone_methods(backbone_cfg: Mapping[str, Any], objective) -> None:
+    """Refuse a `distill.backbone` that lacks a method the objective calls (`backbone_methods`), before any
+    selection network, expert or matching step runs."""
+    name = backbone_cfg.get('NAME')
+    backbone_class = MODELS.module_dict.get(name)
+    missing = [method for method in objective.backbone_methods() if not callable(getattr(backbone_class, method, None))]
+    if backbone_class is not None and missing:
+        raise TypeError(f'{type(objective).__name__} calls the backbone\'s {", ".join(missing)}; distill.backbone '
+                        f'{name} has no {", ".join(missing)}: use DistillPointNet, or a backbone with them')
 
 
 def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:

@@ -13,14 +13,11 @@ from ..utils.io import write_json
 from ..utils.run import resume_mode
 from ..utils import distributed
 from .distill import Distiller
-from .distill_seg import SegDistiller
 from .evaluate import evaluation_settings, format_mean_std, generator_modes, random_selections
 from .protocol import evaluate_set, random_baseline, test_pool
 from .tasks import TASKS, Task
 
 logger = logging.getLogger(__name__)
-
-DISTILLERS = {'classification': Distiller, 'segmentation': SegDistiller}
 
 
 def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
@@ -46,7 +43,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                               task=task)[0]
         return {task.headline: round(result[task.headline], 2), 'snapshot': str(path)}
 
-    distiller = DISTILLERS[task.name](cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
+    distiller = task.distiller(cfg, train, run_dir, evaluate_fn=evaluate_during if test is not None else None)
     result = distiller.run(resume=resume_mode(cfg['resume']) != 'never')
     if not distributed.is_main():
         return {}

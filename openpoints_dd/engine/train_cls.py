@@ -9,19 +9,15 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import json
 import logging
 import os
-import random
 import secrets
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -41,14 +37,17 @@ from ..labels import DatasetIdentity
 from ..registry import build_labeler
 from ..utils.config import config_hash, load_config, resolve_path, save_config, to_easy
 from ..utils.device import resolve_device
-from ..utils.io import atomic_path, write_atomically
+from ..utils.io import write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
-from ..utils.progress import bar_disabled
+from ..utils.progress import bar_disabled, tqdm_safe_logging
+from ..utils.run import run_log_file
+from ..utils.trackers import Trackers
 from .artifact_cfg import adapt_to_artifact, artifact_path
+from .train_checkpoint import (find_checkpoint, load_model_weights, readable_json, restore_checkpoint,
+                               save_checkpoint)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 'openpoints_dd.train_cls/1'
 MODES = ('train', 'finetune', 'resume', 'val', 'test')
 REQUIRED_KEYS = ('dataset', 'model', 'num_classes', 'num_points', 'epochs', 'batch_size', 'lr', 'optimizer')
 BEST_NOTE = ("best epoch = papers' protocol: the validated epoch with the highest OA on the evaluation split "
@@ -143,10 +142,16 @@ def train_classifier(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *,
         FileNotFoundError: a missing `data_dir` or checkpoint.
         FloatingPointError: a non-finite training loss.
     """
+    return run_training(Trainer, cfg, run_dir, overrides)
+
+
+def run_training(trainer: type['Trainer'], cfg: Mapping[str, Any], run_dir: str | os.PathLike,
+                 overrides: Sequence[str] | None = None) -> dict:
+    """One run of `trainer` (a task's: `Task.trainer`) in `run_dir`, created if needed, logging to its log.txt."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_log_file(run_dir / 'log.txt'):
-        return Trainer(cfg, run_dir, overrides).run()
+        return trainer(cfg, run_dir, overrides).run()
 
 
 def per_class_loader(loader: DataLoader, per_class: int) -> DataLoader:
@@ -196,58 +201,6 @@ def resample_points(points: Tensor, num_points: int, method: Resampling = 'fps',
     return torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, C))
 
 
-def find_checkpoint(path: str | os.PathLike, tag: Literal['last', 'best'] = 'last') -> Path:
-    """The model-weights file of a checkpoint: a run dir, its `checkpoint/` dir, a prefix or the file itself.
-
-    Raises:
-        FileNotFoundError: nothing matches; the message lists what was tried.
-    """
-    path = Path(path)
-    tried = [path]
-    if path.is_dir():
-        folder = path / 'checkpoint' if (path / 'checkpoint').is_dir() else path
-        path = folder / f'{tag}.safetensors'
-        tried.append(path)
-    elif not path.exists() and not path.suffix:
-        path = path.with_suffix('.safetensors')
-        tried.append(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'no checkpoint at {" or ".join(map(str, tried))}. Give a run dir, its '
-                                f'checkpoint/ folder or a .safetensors / .pth file as pretrained_path.')
-    return path
-
-
-def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict:
-    """Load weights from our `.safetensors` checkpoints or an openpoints `.pth` (`{'model': state_dict}`).
-
-    `.pth` files are read with `torch.load(weights_only=True)`; a `module.` prefix (DDP) is stripped.
-
-    Returns:
-        The checkpoint's JSON side-car (`{}` when there is none).
-    """
-    path = Path(path)
-    if path.suffix == '.safetensors':
-        state = load_file(str(path), device='cpu')
-    else:
-        blob = torch.load(path, map_location='cpu', weights_only=True)
-        state = blob.get('model', blob.get('state_dict', blob)) if isinstance(blob, dict) else blob
-        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise RuntimeError(f'checkpoint {path} does not fit the model {type(model).__name__}: {e}') from e
-    side_car = path.with_suffix('.json')
-    return json.loads(side_car.read_text()) if side_car.is_file() else {}
-
-
-def resume_run_dir(cfg: Mapping[str, Any]) -> Path | None:
-    """For `mode: resume` without `run_dir`: the run dir that holds the checkpoint (so the run continues there)."""
-    if cfg.get('mode') != 'resume' or cfg.get('run_dir') or not cfg.get('pretrained_path'):
-        return None
-    ckpt = find_checkpoint(cfg['pretrained_path'], 'last')
-    return ckpt.parent.parent if ckpt.parent.name == 'checkpoint' else ckpt.parent
-
-
 def load_train_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> EasyConfig:
     """A trainer YAML as tools/train.py loads it: `load_config` with `TRAIN_DEFAULTS` as the lowest layer, so the
     trainer's own keys (run_dir, artifact, val_per_class, ...) are known to any YAML, PointNeXt's included, and
@@ -268,7 +221,7 @@ def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
 class Trainer:
     """One call of `train_classifier`: holds the built objects; `run()` does the work.
 
-    Subclasses (engine/train_seg.py) change the task through `METRIC` (the validation figure that picks
+    Subclasses (a task's `trainer`, e.g. engine/tasks/part_segmentation.py) change the task through `METRIC` (the validation figure that picks
     the best epoch), `HEADLINE` (the figures logged and kept per epoch) and the hooks `_check_head`,
     `_check_dataset`, `_prepare` and `evaluate`.
     """
@@ -507,7 +460,7 @@ class Trainer:
             load_model_weights(model, path)
             logger.info('starting from the weights of %s', path)
 
-        trackers = _Trackers(cfg, self.run_dir)
+        trackers = Trackers(cfg, self.run_dir)
         epochs = int(cfg.epochs)
         model.zero_grad(set_to_none=True)
         try:
@@ -571,7 +524,7 @@ class Trainer:
         clip = cfg.grad_norm_clip
         bar = tqdm(total=total_batches, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, dynamic_ncols=True,
                    disable=bar_disabled(cfg.progress))
-        with _tqdm_safe_logging(bool(cfg.progress)):
+        with tqdm_safe_logging(bool(cfg.progress)):
             for idx, data in enumerate(itertools.islice(loader, total_batches)):
                 data, target = self._prepare(data, training=True)
                 with self._forward_precision(), fp32_criteria(getattr(model, 'criterion', None), self.loss_fn):
@@ -688,35 +641,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- checkpoints
     def _save(self, model: nn.Module, tag: str, info: dict, optimizer=None, scheduler=None) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()}
-        meta = {'format': CHECKPOINT_FORMAT, 'epoch': str(info['epoch']), 'model': str(self.cfg.model.get('NAME'))}
-        with atomic_path(self.ckpt_dir / f'{tag}.safetensors') as temporary:
-            save_file(state, str(temporary), metadata=meta)
-        side_car = {'format': CHECKPOINT_FORMAT, 'model': self.cfg.model.get('NAME'), 'num_classes': self.num_classes,
-                    'cfg_hash': self.given_hash, 'seed': int(self.cfg.seed), **info}
-        write_atomically(self.ckpt_dir / f'{tag}.json', _dumps(side_car).encode())
-        if optimizer is not None:
-            blob = {'optimizer': optimizer.state_dict(),
-                    'scheduler': _plain_state(scheduler.state_dict(), 'scheduler') if scheduler is not None else None,
-                    'rng': _rng_state()}
-            with atomic_path(self.ckpt_dir / f'{tag}_state.pt') as temporary:
-                torch.save(blob, temporary)
-        logger.debug('saved %s checkpoint (epoch %s)', tag, info['epoch'])
+        side_car = {'model': self.cfg.model.get('NAME'), 'num_classes': self.num_classes, 'cfg_hash': self.given_hash,
+                    'seed': int(self.cfg.seed), **info}
+        save_checkpoint(self.ckpt_dir, tag, model, side_car, optimizer, scheduler)
 
     def _resume(self, model: nn.Module, optimizer, scheduler) -> tuple[int, list, dict | None]:
         path = find_checkpoint(self.cfg.pretrained_path, 'last')
-        info = load_model_weights(model, path)
-        state_path = path.with_name(path.stem + '_state.pt')
-        if not state_path.is_file() or 'epoch' not in info:
-            raise FileNotFoundError(f'{path} is not a resumable checkpoint: {state_path.name} or the epoch in '
-                                    f'{path.with_suffix(".json").name} is missing. Resume from a last.safetensors '
-                                    f'written by train_classifier, or use mode=finetune to start from its weights.')
-        blob = torch.load(state_path, map_location='cpu', weights_only=True)
-        optimizer.load_state_dict(blob['optimizer'])
-        if scheduler is not None and blob.get('scheduler') is not None:
-            scheduler.load_state_dict(blob['scheduler'])
-        _set_rng_state(blob['rng'])
+        info = restore_checkpoint(path, model, optimizer, scheduler)
         epoch = int(info['epoch'])
         logger.info('resumed from %s: epoch %d done, continuing at epoch %d', path, epoch, epoch + 1)
         if (path.parent / 'best.safetensors').is_file() and path.parent.resolve() != self.ckpt_dir.resolve():
@@ -733,82 +664,11 @@ class Trainer:
                 'seconds': round(time.perf_counter() - self.t0, 3)}
 
     def _write_metrics(self, result: dict) -> None:
-        write_atomically(self.run_dir / 'metrics.json', _dumps(result).encode())
+        write_atomically(self.run_dir / 'metrics.json', readable_json(result).encode())
         logger.info('wrote %s', self.run_dir / 'metrics.json')
 
 
 # ============================================================================================ helpers
-class _Trackers:
-    """TensorBoard / wandb scalars, only when enabled in the cfg and importable."""
-
-    def __init__(self, cfg: EasyConfig, run_dir: Path):
-        self.writer = self.wandb_run = None
-        if cfg.get('tensorboard'):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.warning('tensorboard: true but tensorboard is not installed; not writing event files')
-            else:
-                self.writer = SummaryWriter(log_dir=str(run_dir))
-        if (cfg.get('wandb') or {}).get('use_wandb'):
-            try:
-                import wandb
-            except ImportError:
-                logger.warning('wandb.use_wandb: true but wandb is not installed; not logging to wandb')
-            else:
-                self.wandb_run = wandb.init(project=cfg.wandb.get('project'), dir=str(run_dir), config=cfg.dict(),
-                                            reinit=True)
-
-    def log(self, scalars: Mapping[str, Any], epoch: int) -> None:
-        numbers = {k: v for k, v in scalars.items() if isinstance(v, (int, float)) and k != 'epoch'}
-        if self.writer is not None:
-            for key, value in numbers.items():
-                self.writer.add_scalar(key, value, epoch)
-        if self.wandb_run is not None:
-            self.wandb_run.log(numbers, step=epoch)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-@contextmanager
-def run_log_file(path: Path) -> Iterator[None]:
-    """Copy this package's INFO records to `path`, unless a handler already writes there (tools/train.py)."""
-    package_logger = logging.getLogger('openpoints_dd')
-    target = os.path.abspath(path)
-    for holder in (package_logger, logging.getLogger()):
-        if any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in holder.handlers):
-            yield
-            return
-    handler = logging.FileHandler(target)
-    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S'))
-    handler.setLevel(logging.INFO)
-    previous_level = package_logger.level
-    if package_logger.getEffectiveLevel() > logging.INFO:
-        package_logger.setLevel(logging.INFO)
-    package_logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous_level)
-        handler.close()
-
-
-@contextmanager
-def _tqdm_safe_logging(enabled: bool) -> Iterator[None]:
-    """Route console log lines through tqdm while a bar is shown, so the bar is not torn."""
-    if not enabled:
-        yield
-        return
-    from tqdm.contrib.logging import logging_redirect_tqdm
-    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
-        yield
-
-
 def _real(dataset):
     """The real dataset under DistilledDataset's val/test split (the dataset itself otherwise)."""
     return getattr(dataset, 'real', None) or dataset
@@ -849,61 +709,5 @@ def _clock(seconds: float) -> str:
     return f'{hours}:{rest // 60:02d}:{rest % 60:02d}' if hours else f'{rest // 60:02d}:{rest % 60:02d}'
 
 
-def _dumps(payload: Mapping[str, Any]) -> str:
-    """JSON with one top-level key per line and one history entry per line (diff- and grep-friendly)."""
-    lines = []
-    for key, value in payload.items():
-        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            text = '[\n' + ',\n'.join('  ' + json.dumps(v) for v in value) + '\n ]'
-        else:
-            text = json.dumps(value)
-        lines.append(f' {json.dumps(str(key))}: {text}')
-    return '{\n' + ',\n'.join(lines) + '\n}\n'
-
-
-def _plain_state(value: Any, where: str) -> Any:
-    """Tensors, primitives and containers of them (what `torch.load(weights_only=True)` accepts); drops the rest."""
-    if torch.is_tensor(value) or value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            plain = _plain_state(v, f'{where}.{k}')
-            if plain is not _SKIP:
-                out[k] = plain
-        return out
-    if isinstance(value, (list, tuple)):
-        items = [_plain_state(v, f'{where}[{i}]') for i, v in enumerate(value)]
-        return type(value)(v for v in items if v is not _SKIP)
-    if isinstance(value, np.generic):
-        return value.item()
-    logger.warning('checkpoint: %s (%s) cannot be stored safely and is not saved', where, type(value).__name__)
-    return _SKIP
-
-
-_SKIP = object()
-
-
-def _rng_state() -> dict:
-    version, state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    rng = {'python': [version, list(state), gauss], 'torch': torch.get_rng_state(),
-           'numpy': [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        rng['cuda'] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng_state(rng: Mapping[str, Any]) -> None:
-    version, state, gauss = rng['python']
-    random.setstate((version, tuple(state), gauss))
-    torch.set_rng_state(rng['torch'])
-    name, keys, pos, has_gauss, cached = rng['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if 'cuda' in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng['cuda'])
-
-
-__all__ = ['train_classifier', 'resample_points', 'find_checkpoint', 'load_model_weights', 'resume_run_dir',
-           'load_train_config', 'with_defaults', 'available_cores', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS',
-           'BEST_NOTE']
+__all__ = ['train_classifier', 'run_training', 'resample_points', 'load_train_config', 'with_defaults',
+           'available_cores', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS', 'BEST_NOTE']

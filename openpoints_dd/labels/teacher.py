@@ -135,24 +135,23 @@ def train_teacher(cfg: Any, path: Path) -> Path:
 
     The training run (checkpoints, log) goes beside the cache file, so an interrupted training resumes.
     """
-    from ..engine.train_cls import train_classifier
-    from ..engine.train_seg import task_of, train_segmenter
+    from ..engine.tasks import task_of
 
     task = task_of(cfg)
     run_dir = path.with_suffix('')
-    logger.info('training %s teacher %s (run in %s)', task, path.name, run_dir)
+    logger.info('training %s teacher %s (run in %s)', task.name, path.name, run_dir)
     started = time.perf_counter()
-    metrics = (train_segmenter if task == 'segmentation' else train_classifier)(cfg, run_dir)
+    metrics = task.train(cfg, run_dir)
     minutes = (time.perf_counter() - started) / 60
-    trained_on = dataset_identity(cfg['dataset'], segmentation=task == 'segmentation')
+    trained_on = dataset_identity(cfg['dataset'], segmentation=task.name == 'segmentation')
     state = load_file(str(run_dir / 'checkpoint' / 'last.safetensors'), device='cpu')
     dataset = {'name': trained_on.name, 'num_classes': trained_on.num_classes,
                'class_names': list(trained_on.class_names)}
     if trained_on.cls2parts is not None:
         dataset['cls2parts'] = [list(ids) for ids in trained_on.cls2parts]
-    metadata = {'kind': KIND, 'task': task, 'model': to_plain(cfg['model']), 'cfg_hash': config_hash(cfg),
+    metadata = {'kind': KIND, 'task': task.name, 'model': to_plain(cfg['model']), 'cfg_hash': config_hash(cfg),
                 'dataset': dataset, **{f'test_{name}': round(float(metrics[f'last_{name}']), 2)
-                                       for name in TEST_FIGURES[task]},
+                                       for name in TEST_FIGURES[task.name]},
                 'epochs': int(metrics['last_epoch']), 'minutes': round(minutes, 1)}
     return save_tensor_file(path, state, metadata)
 

@@ -23,7 +23,7 @@ class ObjectiveBase(ABC):
     Class attributes:
         trains_backbone: True if the backbone is trained between matching steps (the inner loop of gradient
             matching); False for a fresh, frozen random backbone (distribution matching).
-        task: 'classification' (the Distiller) or 'segmentation' (engine/distill_seg.py, per-point parts).
+        task: 'classification' (the Distiller) or 'segmentation' (engine/tasks/part_segmentation.py's SegDistiller, per-point parts).
     """
 
     trains_backbone: bool = True
@@ -34,6 +34,11 @@ class ObjectiveBase(ABC):
         """One-off set-up before the first iteration (trajectory matching trains its experts); returns its
         seconds, which the engine logs and does not count in the budget."""
         return 0.0
+
+    def backbone_methods(self) -> tuple[str, ...]:
+        """The methods of the backbone this objective calls besides its forward (`embed`, `classify`,
+        `point_features`); the engine refuses a `distill.backbone` without them before any work."""
+        return ()
 
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         """The network iteration `iteration` matches through: the engine's fresh `backbone` by default.

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from openpoints.models.build import MODELS
 
 from ..registry import OBJECTIVES
 from .base import Objective, RealBatch
@@ -62,15 +61,12 @@ class DistributionMatching(Objective):
     def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
                 make_backbone: Callable[[], nn.Module]) -> float:
         self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
-        name = cfg['distill']['backbone']['NAME']
-        backbone_class = MODELS.module_dict[name]
-        needs = ['embed'] + (['classify'] if self.ce_weight else [])
-        missing = [method for method in needs if not callable(getattr(backbone_class, method, None))]
-        if missing:
-            raise TypeError(f'DistributionMatching needs a backbone with {" and ".join(missing)} (embed: the pooled '
-                            f'feature whose class means are matched; classify: logits of an embedding, for ce_weight); '
-                            f'distill.backbone {name} has no {", ".join(missing)}: use DistillPointNet')
         return 0.0
+
+    def backbone_methods(self) -> tuple[str, ...]:
+        """`embed`: the pooled feature whose class means are matched; `classify`: the logits of an embedding, for
+        the cross-entropy term."""
+        return ('embed', 'classify') if self.ce_weight else ('embed',)
 
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)

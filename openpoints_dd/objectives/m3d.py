@@ -124,6 +124,9 @@ class M3D(Objective):
         self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
 
+    def backbone_methods(self) -> tuple[str, ...]:
+        return ('point_features',)   # the last point-wise map, before max-pooling
+
     def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
         """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""
         if self.partitions == 1:   # the one weight is `weight` whatever the uniformity: skip its (B, N, N) distances

@@ -142,6 +142,9 @@ class SADM(Objective):
         self.alpha_kernel, self.alpha_weight, self.beta_weight = alpha_kernel, float(alpha_weight), float(beta_weight)
         self.bandwidth_multipliers = multipliers
 
+    def backbone_methods(self) -> tuple[str, ...]:
+        return ('point_features',)   # the last point-wise map, before max-pooling
+
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]
 

@@ -164,3 +164,27 @@ def _locked(run_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_log_file(path: Path) -> Iterator[None]:
+    """Copy this package's INFO records to `path`, unless a handler already writes there (tools/train.py)."""
+    package_logger = logging.getLogger('openpoints_dd')
+    target = os.path.abspath(path)
+    for holder in (package_logger, logging.getLogger()):
+        if any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in holder.handlers):
+            yield
+            return
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S'))
+    handler.setLevel(logging.INFO)
+    previous_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+        handler.close()

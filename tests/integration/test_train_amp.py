@@ -1,6 +1,6 @@
 """`amp: bf16` trains one epoch of each of the six classification backbones of cfgs/train (tools/train.py on a
 tiny distilled set): finite losses, and parameters and optimizer state still fp32 after the epoch; and one part
-segmentation epoch (train_seg shares the loop)."""
+segmentation epoch (the part-segmentation trainer shares the loop)."""
 from __future__ import annotations
 
 import json
@@ -63,7 +63,7 @@ def test_bf16_trains_one_epoch_with_fp32_master_weights(name, device, data, tmp_
 
 
 def test_bf16_part_segmentation_trains_one_epoch(tmp_path):
-    """train_seg shares the training loop; its evaluation runs under the same precision (PointNeXt-S part model,
+    """The part-segmentation trainer shares the training loop; its evaluation runs under the same precision (PointNeXt-S part model,
     the embedded part data: upsampling by three_interpolate under autocast)."""
     run_dir = tmp_path / 'run'
     assert _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml'),

@@ -11,7 +11,7 @@ import openpoints_dd  # noqa: F401
 from openpoints_dd.data import save_artifact
 from openpoints_dd.data.distilled_dataset import DistilledDataset
 from openpoints_dd.data.synthetic_set import synthesizer_tensors
-from openpoints_dd.engine.train_seg import task_of
+from openpoints_dd.engine.tasks import TASKS, task_of
 from openpoints_dd.registry import build_synthesizer
 from openpoints_dd.utils.config import REPO_ROOT, load_config
 
@@ -121,11 +121,13 @@ def test_part_distilled_dataset_items_and_points_artifacts(tmp_path):
 
 
 def test_task_dispatch():
-    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml')) == 'segmentation'
-    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')) == 'classification'
+    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml')).name == 'segmentation'
+    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')).name == 'classification'
     # PointNeXt's ShapeNet-part YAMLs carry no task key: the model or the dataset decides
-    assert task_of({'model': {'NAME': 'BasePartSeg'}, 'dataset': {'common': {'NAME': 'X'}}}) == 'segmentation'
-    assert task_of({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'ShapeNetPartNormal'}}}) == 'segmentation'
+    assert task_of({'model': {'NAME': 'BasePartSeg'}, 'dataset': {'common': {'NAME': 'X'}}}) is TASKS['segmentation']
+    assert task_of({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'ShapeNetPartNormal'}}}).name == 'segmentation'
+    assert task_of({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'DistilledDataset',
+                                                                          'real_dataset': 'EmbeddedShapesPart'}}}).name == 'segmentation'
     with pytest.raises(ValueError, match='task must be one of'):
         task_of({'task': 'detection'})
 
@@ -134,10 +136,9 @@ def test_trainer_miou_equals_the_distillation_evaluation(tmp_path):
     """The trainer's mIoU over a loader is evaluate_seg.test_miou's over the same clouds (one code, two callers)."""
     from openpoints_dd.data.part_pool import PartPool
     from openpoints_dd.engine.evaluate_seg import test_miou
-    from openpoints_dd.engine.train_seg import SegTrainer
     cfg = load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnet.yaml',
                       [o for o in TINY_DATA if not o.startswith('dataset.train.')] + ['model.widths=[8,16,32]'])
-    trainer = SegTrainer(cfg, tmp_path, None)
+    trainer = TASKS['segmentation'].trainer(cfg, tmp_path, None)
     model = trainer._build_model()
     loader = trainer._loader('val', 7)                       # batches of 7, 3 of them, the last one short
     trainer.classes = trainer._check_dataset(loader.dataset, 'val')

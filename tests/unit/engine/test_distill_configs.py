@@ -29,7 +29,7 @@ def test_config_loads_and_builds_its_parts(path, monkeypatch):
     d = cfg['distill']
     num_classes = 40 if 'modelnet40' in path.parts else 10
     num_slots = num_classes * int(d['cpc'])
-    if cfg.get('task') == 'segmentation':   # the part synthesizer's part table comes from the data (distill_seg.py)
+    if cfg.get('task') == 'segmentation':   # the part synthesizer's part table comes from the data (SegDistiller)
         assert d['synthesizer']['NAME'] in SYNTHESIZERS.module_dict
     else:
         assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots

@@ -196,3 +196,30 @@ def test_a_points_artifact_records_the_points_it_holds(tmp_path):
     _, result = _run(cfg)
     synthetic = SyntheticSet(result.artifact_path)
     assert synthetic.pos.shape[1] == synthetic.num_points == synthetic.metadata['accounting']['points_per_training_cloud'] == 96
+
+
+@pytest.mark.parametrize('objective, missing', [
+    ({'NAME': 'DistributionMatching', 'queue_size': 1}, 'embed'),
+    ({'NAME': 'DistributionMatching', 'queue_size': 1, 'ce_weight': 0.5}, 'embed, classify'),
+    ({'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64}, 'point_features'),
+    ({'NAME': 'SADM'}, 'point_features')])
+def test_a_backbone_without_the_methods_an_objective_calls_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                                       objective, missing):
+    """The objective declares the backbone methods it calls (`backbone_methods`); the engine checks them once, at
+    construction, before the objective's set-up (experts, queue) and before any selection network or matching."""
+    from openpoints_dd.registry import OBJECTIVES
+    cls = OBJECTIVES.module_dict[objective['NAME']]
+    monkeypatch.setattr(cls, 'prepare', lambda *args, **kwargs: pytest.fail('set-up ran before the check'))
+    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PCTClassifier'}, objective=objective,
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 64, 'init': 'herding'})
+    with pytest.raises(TypeError, match=f"{objective['NAME']} calls the backbone's {missing}; "
+                                        f"distill.backbone PCTClassifier has no {missing}"):
+        Distiller(cfg, _pool(cfg), cfg['run_dir'])
+
+
+def test_an_objective_declaring_no_backbone_methods_runs_on_a_backbone_with_only_a_forward(tmp_path):
+    """Gradient matching calls the forward only: PCTClassifier (no embed, no point_features) is accepted."""
+    from openpoints_dd.registry import OBJECTIVES
+    assert OBJECTIVES.module_dict['GradientMatching']().backbone_methods() == ()
+    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PCTClassifier'}, iterations=0)
+    Distiller(cfg, _pool(cfg), cfg['run_dir'])   # no TypeError

@@ -16,8 +16,8 @@ from conftest import make_fake_modelnet40
 from openpoints.dataset.build import DATASETS
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
-from openpoints_dd.engine.train_cls import (BEST_NOTE, find_checkpoint, load_model_weights, resample_points,
-                                            train_classifier, Trainer)
+from openpoints_dd.engine.train_checkpoint import find_checkpoint, load_model_weights
+from openpoints_dd.engine.train_cls import BEST_NOTE, resample_points, train_classifier, Trainer
 from openpoints_dd.utils.config import load_config
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])

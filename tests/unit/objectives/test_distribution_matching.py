@@ -82,18 +82,6 @@ def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_netw
         queued.load_state_dict({})
 
 
-@pytest.mark.parametrize('ce_weight, missing', [(0.0, 'has no embed'), (0.5, 'has no embed, classify')])
-def test_a_backbone_without_the_methods_dm_calls_is_refused_before_any_matching(tmp_path, ce_weight, missing):
-    from conftest import tiny_embedded_cfg
-    from openpoints_dd.data import RealPool
-    from openpoints_dd.engine.distill import Distiller
-    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PCTClassifier'},
-                            objective={'NAME': 'DistributionMatching', 'queue_size': 1, 'ce_weight': ce_weight})
-    pool = RealPool.from_dataset_cfg(cfg['dataset'], split='train', num_points=128)
-    with pytest.raises(TypeError, match=f'distill.backbone PCTClassifier {missing}'):
-        Distiller(cfg, pool, cfg['run_dir'])
-
-
 def test_the_cross_entropy_term_reuses_the_embedding_pass(tiny_backbone, tiny_clouds, monkeypatch):
     """One embedding pass over the synthetic clouds serves the mean and the logits (not a second forward)."""
     objective = DistributionMatching(queue_size=1, ce_weight=1.0)
