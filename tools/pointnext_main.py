@@ -25,7 +25,7 @@ import openpoints_dd  # noqa: E402,F401  (before PointNeXt's code: registers Dis
 import torch  # noqa: E402
 from openpoints.utils import EasyConfig  # noqa: E402
 from openpoints_dd.engine import pointnext_main as pn  # noqa: E402
-from openpoints_dd.engine.train_cls import available_cores  # noqa: E402
+from openpoints_dd.engine.train_data import available_cores  # noqa: E402
 from openpoints_dd.utils.config import resolve_path  # noqa: E402
 
 NO_CUDA, MISSING_PACKAGES = 3, 2

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import logging
 import os
@@ -16,14 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from openpoints.dataset import build_dataloader_from_cfg
-from openpoints.dataset.build import DATASETS
 from openpoints.loss import build_criterion_from_cfg
 from openpoints.models import build_model_from_cfg
 from openpoints.models.layers import furthest_point_sample
@@ -31,18 +26,18 @@ from openpoints.optim import build_optimizer_from_cfg
 from openpoints.scheduler import build_scheduler_from_cfg
 from openpoints.utils import ConfusionMatrix, EasyConfig, set_random_seed
 
-from ..data.artifact import load_artifact
-from ..data.real_pool import dataset_labels
 from ..labels import DatasetIdentity
 from ..registry import build_labeler
-from ..utils.config import config_hash, load_config, resolve_path, save_config, to_easy
+from ..utils.config import config_hash, load_config, save_config, to_easy
 from ..utils.device import resolve_device
+from ..utils.fit import fit_batches
 from ..utils.io import write_atomically
 from ..utils.precision import autocast, check_amp, fp32_criteria
 from ..utils.progress import bar_disabled, tqdm_safe_logging
 from ..utils.run import run_log_file
 from ..utils.trackers import Trackers
-from .artifact_cfg import adapt_to_artifact, artifact_path
+from .artifact_cfg import adapt_to_artifact
+from .train_data import build_loader, dataset_sections, real_dataset, unwrap_subset
 from .train_checkpoint import (find_checkpoint, load_model_weights, readable_json, restore_checkpoint,
                                save_checkpoint)
 
@@ -152,17 +147,6 @@ def run_training(trainer: type['Trainer'], cfg: Mapping[str, Any], run_dir: str 
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_log_file(run_dir / 'log.txt'):
         return trainer(cfg, run_dir, overrides).run()
-
-
-def per_class_loader(loader: DataLoader, per_class: int) -> DataLoader:
-    """The same loader over the first `per_class` clouds of every class (in the dataset's order), so a CPU-scale
-    evaluation tests every class equally and every run on the same clouds."""
-    if per_class < 1:
-        raise ValueError(f'val_per_class must be >= 1 (or null for the whole split), got {per_class}')
-    labels = dataset_labels(loader.dataset)
-    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
-    return DataLoader(Subset(loader.dataset, keep.tolist()), batch_size=loader.batch_size, shuffle=False,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
 
 def resample_points(points: Tensor, num_points: int, method: Resampling = 'fps',
@@ -331,54 +315,10 @@ class Trainer:
         return optimizer, scheduler
 
     def _dataset_cfg(self) -> EasyConfig:
-        dataset_cfg = copy.deepcopy(self.cfg.dataset)  # build_dataloader_from_cfg writes split/transform into it
-        if self.cfg.get('artifact'):                   # adapt_to_artifact made the dataset a DistilledDataset
-            dataset_cfg.train = dataset_cfg.get('train') or EasyConfig()
-            dataset_cfg.train.distilled_path = resolve_path(self.cfg.artifact)
-        common = dataset_cfg.get('common') or {}
-        real_name = common.get('real_dataset') if common.get('NAME') == 'DistilledDataset' else common.get('NAME')
-        for section in list(dataset_cfg):
-            if dataset_cfg[section] is None:
-                dataset_cfg[section] = EasyConfig()
-            for key in ('data_dir', 'data_root'):      # data_root: openpoints' ShapeNetPartNormal
-                data_dir = dataset_cfg[section].get(key)
-                if isinstance(data_dir, str) and _dataset_reads(real_name, key):
-                    resolved = resolve_path(data_dir)
-                    if not os.path.exists(resolved):
-                        raise FileNotFoundError(
-                            f'dataset.{section}.{key} {data_dir!r} not found (looked in the cwd {os.getcwd()} and '
-                            f'the repository root). Fix the path or override it: dataset.{section}.{key}=/path'
-                            f'{self._other_dataset_hint(real_name)}')
-                    dataset_cfg[section][key] = resolved
-        return dataset_cfg
-
-    def _other_dataset_hint(self, real_name: str | None) -> str:
-        """The override that tests on the dataset the artifact was distilled from, when it is not the YAML's."""
-        path = artifact_path(self.cfg)
-        if path is None:
-            return ''
-        source = load_artifact(resolve_path(path))[1]['dataset']['name']
-        if source == real_name or source not in DATASETS:
-            return ''
-        return (f'. The artifact was distilled from {source}: to test on that dataset instead, set '
-                f'dataset.common.NAME={source} (and its own data keys)')
+        return dataset_sections(self.cfg)
 
     def _loader(self, split: str, batch_size: int):
-        dataloader_cfg = to_easy(copy.deepcopy(self.cfg.dataloader or {}))
-        dataloader_cfg.setdefault('num_workers', 0)
-        cores = available_cores()
-        if int(dataloader_cfg.num_workers) > cores:   # PointNeXt's 6 workers on a 2-core machine only contend
-            if split == 'train':
-                logger.info('dataloader.num_workers %s -> %d: the cores this process may use',
-                            dataloader_cfg.num_workers, cores)
-            dataloader_cfg.num_workers = cores
-        transforms = copy.deepcopy(self.cfg.datatransforms)
-        loader = build_dataloader_from_cfg(batch_size, self._dataset_cfg(), dataloader_cfg,
-                                           datatransforms_cfg=transforms, split=split, distributed=False)
-        loader.pin_memory = self.device.type == 'cuda'  # openpoints hard-codes True; it only warns on CPU
-        if split != 'train' and self.cfg.val_per_class:
-            loader = per_class_loader(loader, int(self.cfg.val_per_class))
-        return loader
+        return build_loader(self.cfg, split, batch_size, self.device)
 
     def _check_same_classes(self, train, val) -> None:
         """A training set (an artifact) made from another dataset than the evaluation split's: another dataset
@@ -388,7 +328,7 @@ class Trainer:
         if synthetic is None or val_names is None:
             return
         made_from = synthetic.metadata['dataset']['name']
-        tested_on = DatasetIdentity.of(_real(val))
+        tested_on = DatasetIdentity.of(real_dataset(val))
         if made_from == tested_on.name and list(map(str, train_names)) == list(tested_on.class_names):
             return
         raise ValueError(f'the training set {synthetic.path} was distilled from {made_from} ({len(train_names)} '
@@ -427,9 +367,9 @@ class Trainer:
         val_batch_size = int(cfg.val_batch_size or cfg.batch_size)
         train_loader = self._loader('train', int(cfg.batch_size))
         val_loader = self._loader('val', val_batch_size)
-        self._check_same_classes(_unwrap(train_loader.dataset), _unwrap(val_loader.dataset))
-        self.classes = self._check_dataset(_unwrap(train_loader.dataset), 'train')
-        self._check_dataset(_unwrap(val_loader.dataset), 'val')
+        self._check_same_classes(unwrap_subset(train_loader.dataset), unwrap_subset(val_loader.dataset))
+        self.classes = self._check_dataset(unwrap_subset(train_loader.dataset), 'train')
+        self._check_dataset(unwrap_subset(val_loader.dataset), 'val')
         if len(train_loader) == 0:
             n = len(train_loader.dataset)
             raise ValueError(f'the train loader has no batch: {n} training clouds, batch_size {cfg.batch_size}, and '
@@ -445,7 +385,7 @@ class Trainer:
         self.labeler = None
         if cfg.get('labels') is not None:   # the teacher labels this dataset's classes: checked, trained or loaded once
             self.labeler = build_labeler(to_easy(cfg.labels))
-            self.labeler.prepare(DatasetIdentity.of(_real(_unwrap(val_loader.dataset)),
+            self.labeler.prepare(DatasetIdentity.of(real_dataset(unwrap_subset(val_loader.dataset)),
                                                      segmentation=self.TASK == 'segmentation'), self.device)
             logger.info('labels: %s', self.labeler.report())
 
@@ -520,45 +460,50 @@ class Trainer:
         cm = ConfusionMatrix(num_classes=self.num_classes)
         total_batches = capped_batches(len(loader), cfg.max_train_batches)
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        step_per_update = int(cfg.step_per_update)
-        clip = cfg.grad_norm_clip
         bar = tqdm(total=total_batches, desc=f'epoch {epoch}/{cfg.epochs}', leave=False, dynamic_ncols=True,
                    disable=bar_disabled(cfg.progress))
+
+        def batch_loss(data: Mapping[str, Any]) -> Tensor:
+            data, target = self._prepare(data, training=True)
+            with self._forward_precision(), fp32_criteria(getattr(model, 'criterion', None), self.loss_fn):
+                if self.labeler is not None:
+                    logits = model(data)
+                    loss = self.labeler.loss(logits, target, data)
+                elif self.loss_fn is None:
+                    logits, loss = model.get_logits_loss(data, target)
+                else:
+                    logits = model(data)
+                    loss = self.loss_fn(logits, target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'training loss of {cfg.model.get("NAME")} is {loss.item()} at epoch '
+                                         f'{epoch}, batch {len(sizes) + 1}. Lower lr or set grad_norm_clip.')
+            cm.update(logits.detach().argmax(dim=1), target)
+            sizes.append(target.shape[0])
+            return loss
+
+        def after_batch(idx: int, loss: Tensor) -> None:
+            nonlocal loss_sum, seen
+            loss_value = loss.item()
+            loss_sum += loss_value * sizes[-1]
+            seen += sizes[-1]
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss_value:.4f}')
+            step = idx + 1
+            if step % int(cfg.print_freq) == 0 and step < total_batches:
+                rate = step / max(time.perf_counter() - t0, 1e-9)
+                logger.info('epoch %d step %d/%d | loss %.4f | lr %.2e | %.2f it/s | eta %s', epoch, step,
+                            total_batches, loss_sum / seen, optimizer.param_groups[0]['lr'], rate,
+                            _clock((total_batches - step) / rate))
+
+        def after_update() -> None:
+            if scheduler is not None and not cfg.sched_on_epoch:
+                scheduler.step(epoch)
+
+        sizes: list[int] = []
         with tqdm_safe_logging(bool(cfg.progress)):
-            for idx, data in enumerate(itertools.islice(loader, total_batches)):
-                data, target = self._prepare(data, training=True)
-                with self._forward_precision(), fp32_criteria(getattr(model, 'criterion', None), self.loss_fn):
-                    if self.labeler is not None:
-                        logits = model(data)
-                        loss = self.labeler.loss(logits, target, data)
-                    elif self.loss_fn is None:
-                        logits, loss = model.get_logits_loss(data, target)
-                    else:
-                        logits = model(data)
-                        loss = self.loss_fn(logits, target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f'training loss of {cfg.model.get("NAME")} is {loss.item()} at epoch '
-                                             f'{epoch}, batch {idx + 1}. Lower lr or set grad_norm_clip.')
-                loss.backward()
-                if (idx + 1) % step_per_update == 0:
-                    if clip is not None and clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if scheduler is not None and not cfg.sched_on_epoch:
-                        scheduler.step(epoch)
-                cm.update(logits.detach().argmax(dim=1), target)
-                loss_value = loss.item()
-                loss_sum += loss_value * target.shape[0]
-                seen += target.shape[0]
-                bar.update(1)
-                bar.set_postfix(loss=f'{loss_value:.4f}')
-                step = idx + 1
-                if step % int(cfg.print_freq) == 0 and step < total_batches:
-                    rate = step / max(time.perf_counter() - t0, 1e-9)
-                    logger.info('epoch %d step %d/%d | loss %.4f | lr %.2e | %.2f it/s | eta %s', epoch, step,
-                                total_batches, loss_sum / seen, optimizer.param_groups[0]['lr'], rate,
-                                _clock((total_batches - step) / rate))
+            fit_batches(optimizer, itertools.islice(loader, total_batches), batch_loss,
+                        accumulate=int(cfg.step_per_update), clip_norm=cfg.grad_norm_clip, after_batch=after_batch,
+                        after_update=after_update)
         bar.close()
         macc, oa, _ = cm.all_acc()
         return {'loss': loss_sum / max(seen, 1), 'oa': oa, 'macc': macc}
@@ -605,7 +550,7 @@ class Trainer:
         path = find_checkpoint(cfg.pretrained_path, 'last')  # the final epoch is this project's protocol
         info = load_model_weights(model, path)
         loader = self._loader(split, int(cfg.val_batch_size or cfg.batch_size))
-        self.classes = self._check_dataset(_unwrap(loader.dataset), split)
+        self.classes = self._check_dataset(unwrap_subset(loader.dataset), split)
         metrics = self.evaluate(model, loader)
         logger.info('%s | %s (epoch %s) on split %r: %s', split, path, info.get('epoch', '?'),
                     self._split_name(split), self._describe(metrics))
@@ -669,35 +614,6 @@ class Trainer:
 
 
 # ============================================================================================ helpers
-def _real(dataset):
-    """The real dataset under DistilledDataset's val/test split (the dataset itself otherwise)."""
-    return getattr(dataset, 'real', None) or dataset
-
-
-def _unwrap(dataset):
-    """The dataset under `val_per_class`'s Subset (its classes, cls2parts and num_classes are the checks' input)."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:   # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _dataset_reads(name: str | None, key: str) -> bool:
-    """Whether the registered dataset `name` takes `key` as a named argument (a data folder it will open). A key
-    it would only ignore (EmbeddedShapesPart under PointNeXt's ShapeNet-part `data_root`) is not checked."""
-    cls = DATASETS.get(name) if isinstance(name, str) and '.' not in name else None
-    if cls is None:
-        return True   # unknown here: check the path, the dataset will fail on it anyway
-    return key in inspect.signature(cls.__init__).parameters
-
-
 def capped_batches(num_batches: int, cap: int | None) -> int:
     """The batches an epoch or evaluation runs: all of them, or `cap` (max_train_batches, max_val_batches)."""
     return num_batches if cap is None else min(num_batches, int(cap))
@@ -710,4 +626,4 @@ def _clock(seconds: float) -> str:
 
 
 __all__ = ['train_classifier', 'run_training', 'resample_points', 'load_train_config', 'with_defaults',
-           'available_cores', 'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS', 'BEST_NOTE']
+           'TRAIN_DEFAULTS', 'MODES', 'REQUIRED_KEYS', 'BEST_NOTE']

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import SYNTHESIZERS
+from ..utils.fit import fit_batches
 from ..utils.geometry import normalize_to_unit_sphere
 from . import coresets
 from .base import Synthesizer
@@ -131,14 +132,11 @@ class PointGenerator(Synthesizer):
         every real-data fit (a generator seeded 0 draws the fit's randomness). Returns `<name>_start/_end`."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.init_lr)
         generator = torch.Generator(device='cpu').manual_seed(0)
-        start, first = time.perf_counter(), None
-        for _ in range(self.init_steps):
-            loss = step_loss(generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            first = loss.item() if first is None else first
-        return {f'{name}_start': first, f'{name}_end': loss.item(), 'steps': self.init_steps,
+        start, losses = time.perf_counter(), []
+        optimizer.zero_grad(set_to_none=True)
+        fit_batches(optimizer, range(self.init_steps), lambda step: step_loss(generator),
+                    after_batch=lambda step, loss: losses.append(loss.item()))
+        return {f'{name}_start': losses[0], f'{name}_end': losses[-1], 'steps': self.init_steps,
                 'seconds': time.perf_counter() - start}
 
     def extra_repr(self) -> str:

@@ -17,7 +17,8 @@ import torch
 import openpoints_dd  # noqa: F401
 from conftest import make_fake_modelnet40
 from openpoints.utils import EasyConfig
-from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS, per_class_loader
+from openpoints_dd.engine.train_cls import REQUIRED_KEYS, TRAIN_DEFAULTS
+from openpoints_dd.engine.train_data import per_class_loader
 from openpoints_dd.utils.config import REPO_ROOT, config_hash, load_config, resolve_path, save_config
 from _tools import load_tool
 

@@ -293,8 +293,8 @@ def test_a_wrong_labels_section_fails_before_any_data_loads(fake_data, tmp_path)
 
 
 def test_loader_workers_are_capped_to_the_cores(fake_data, tmp_path, monkeypatch, caplog):
-    from openpoints_dd.engine import train_cls
-    monkeypatch.setattr(train_cls, 'available_cores', lambda: 1)
+    from openpoints_dd.engine import train_data
+    monkeypatch.setattr(train_data, 'available_cores', lambda: 1)
     trainer = Trainer(tiny_cfg(fake_data, dataloader={'num_workers': 6}), tmp_path, None)
     with caplog.at_level('INFO'):
         loader = trainer._loader('train', 4)
@@ -302,11 +302,11 @@ def test_loader_workers_are_capped_to_the_cores(fake_data, tmp_path, monkeypatch
 
 
 def test_only_data_folders_the_dataset_opens_are_checked():
-    from openpoints_dd.engine.train_cls import _dataset_reads
-    assert _dataset_reads('ModelNet40Ply2048', 'data_dir') and _dataset_reads('ShapeNetPartNormal', 'data_root')
-    assert _dataset_reads('PointCloudFolderDataset', 'data_dir')
-    assert not _dataset_reads('EmbeddedShapesPart', 'data_root')      # it would ignore PointNeXt's data_root
-    assert _dataset_reads('NoSuchDataset', 'data_dir')                 # unknown: checked
+    from openpoints_dd.engine.train_data import dataset_reads
+    assert dataset_reads('ModelNet40Ply2048', 'data_dir') and dataset_reads('ShapeNetPartNormal', 'data_root')
+    assert dataset_reads('PointCloudFolderDataset', 'data_dir')
+    assert not dataset_reads('EmbeddedShapesPart', 'data_root')      # it would ignore PointNeXt's data_root
+    assert dataset_reads('NoSuchDataset', 'data_dir')                 # unknown: checked
 
 
 def test_a_missing_folder_names_the_dataset_the_artifact_came_from(tmp_path):

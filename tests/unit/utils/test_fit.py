@@ -1,6 +1,6 @@
 import torch
 
-from openpoints_dd.utils.fit import fit_epochs
+from openpoints_dd.utils.fit import fit_batches, fit_epochs
 
 
 def _setup():
@@ -49,3 +49,39 @@ def test_max_steps_stops_inside_an_epoch_and_zero_steps_trains_nothing():
     assert fit_epochs(optimizer, batch_loss, sampler, epochs=5, batch_size=4, generator=torch.Generator(),
                       max_steps=0) == 0
     assert weight.item() == 0 and len(calls) == 5
+
+
+def _linear_problem():
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(6, 3), torch.randn(6)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    return inputs, targets, weight
+
+
+def test_accumulated_batches_take_one_step_on_their_summed_gradients():
+    """accumulate=2 over batches (a, b), (c, d) is two SGD steps, each on the sum of its two batches' gradients;
+    the third, incomplete window's gradient stays for the next pass (PointNeXt's step_per_update)."""
+    inputs, targets, weight = _linear_problem()
+    loss = lambda i: (inputs[i] @ weight - targets[i]).square()
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    updates = []
+    assert fit_batches(optimizer, range(5), loss, accumulate=2, after_update=lambda: updates.append(1)) == 2
+    assert len(updates) == 2
+
+    expected = torch.zeros(3, requires_grad=True)
+    for window in ((0, 1), (2, 3)):
+        grad, = torch.autograd.grad(sum((inputs[i] @ expected - targets[i]).square() for i in window), expected)
+        expected = (expected - 0.1 * grad).detach().requires_grad_(True)
+    torch.testing.assert_close(weight.detach(), expected.detach())
+    leftover, = torch.autograd.grad((inputs[4] @ expected - targets[4]).square(), expected)
+    torch.testing.assert_close(weight.grad, leftover)             # kept, not stepped and not cleared
+
+
+def test_clipping_bounds_the_step_and_every_batch_is_reported():
+    inputs, targets, weight = _linear_problem()
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    reported = []
+    fit_batches(optimizer, [0], lambda i: 1e3 * (inputs[i] @ weight - targets[i]).square(), clip_norm=0.5,
+                after_batch=lambda index, loss: reported.append((index, loss.item())))
+    assert abs(weight.detach().norm().item() - 0.5) < 1e-5             # one step of lr 1 on a gradient of norm 0.5
+    assert [index for index, _ in reported] == [0] and reported[0][1] > 0
