@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -511,18 +511,24 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader) -> dict:
         """OA, mAcc (in %) and per-class accuracies of `model` on `loader` (eval mode, PointNeXt's `validate`)."""
-        model.eval()
         cm = ConfusionMatrix(num_classes=self.num_classes)
+        for data, target, logits in self._predictions(model, loader):
+            cm.update(logits.argmax(dim=1), target)
+        macc, oa, accs = cm.all_acc()
+        return {'oa': float(oa), 'macc': float(macc), 'acc_per_class': [round(float(a), 4) for a in accs]}
+
+    def _predictions(self, model: nn.Module, loader) -> Iterator[tuple[dict, Tensor, Tensor]]:
+        """(batch, target, logits) of every evaluated batch of `loader` (`max_val_batches`), the model in eval mode
+        until the last one; run under the caller's `no_grad`."""
+        model.eval()
         total_batches = capped_batches(len(loader), self.cfg.max_val_batches)
         for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
                          dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
             data, target = self._prepare(data, training=False)
             with self._forward_precision():
                 logits = model(data)
-            cm.update(logits.argmax(dim=1), target)
+            yield data, target, logits
         model.train()
-        macc, oa, accs = cm.all_acc()
-        return {'oa': float(oa), 'macc': float(macc), 'acc_per_class': [round(float(a), 4) for a in accs]}
 
     def _forward_precision(self):
         """The context every forward runs in: bf16 autocast under `amp: bf16`, else none."""

@@ -28,7 +28,7 @@ from ..train_cls import Trainer, run_training
 
 
 class Task:
-    """What the evaluation protocol needs to know of a task."""
+    """What the engine needs to know of a task: the evaluation protocol's steps, and its distiller and trainer."""
 
     name: str
     #: (run key, column header) of the figures a run reports, in the tables' order; the first is the headline

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from openpoints.models import build_model_from_cfg
 from openpoints.utils import EasyConfig
@@ -35,11 +33,10 @@ from ...utils import distributed
 from ...utils.config import to_easy
 from ...utils.fit import fit_epochs
 from ...utils.geometry import normalize_to_unit_sphere
-from ...utils.progress import bar_disabled
 from ..distill import Distiller
 from ..evaluate_seg import (PartSampler, fixed_part_sampler, part_batch, predict_parts, shape_ious, summarize_ious,
                             test_miou)
-from ..train_cls import Trainer, capped_batches
+from ..train_cls import Trainer
 from .base import Task
 
 logger = logging.getLogger(__name__)
@@ -258,15 +255,9 @@ class SegTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader) -> dict:
         """Restricted and unrestricted instance/class mIoU (%), point accuracy, per-category mIoU (restricted)."""
-        model.eval()
         ious: dict[str, list[Tensor]] = {'': [], 'unrestricted_': []}
         categories, correct, seen = [], 0, 0
-        total_batches = capped_batches(len(loader), self.cfg.max_val_batches)
-        for data in tqdm(itertools.islice(loader, total_batches), total=total_batches, desc='eval', leave=False,
-                         dynamic_ncols=True, disable=bar_disabled(self.cfg.progress)):
-            data, target = self._prepare(data, training=False)
-            with self._forward_precision():
-                logits = model(data)
+        for data, target, logits in self._predictions(model, loader):
             logits, category = logits.float().cpu(), data['cls'].reshape(-1).cpu()
             target = target.cpu()
             for prefix, restricted in (('', True), ('unrestricted_', False)):
@@ -275,7 +266,6 @@ class SegTrainer(Trainer):
                 if restricted:
                     correct, seen = correct + int((pred == target).sum()), seen + target.numel()
             categories.append(category)
-        model.train()
         categories = torch.cat(categories)
         result = {}
         for prefix, values in ious.items():
