@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+from ..utils.fit import fit_batches
 from .base import RealBatch
 
 logger = logging.getLogger(__name__)
@@ -56,16 +57,17 @@ class SemiTrainedQueue:
             self._install(slot, fresh)
         model, optimizer = self.models[slot], self.optimizers[slot]
         model.requires_grad_(True)
-        pos, labels = real_batch(self.batch)
+        def loss_of(batch: tuple[Tensor, Tensor]) -> Tensor:
+            loss = F.cross_entropy(model(batch[0]), batch[1])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'semi-trained network of slot {slot}: training loss {loss.item()} at '
+                                         f'iteration {iteration}. Lower its learning rate (objective.queue_lr) or check '
+                                         f'the data.')
+            self.last_loss[slot] = loss.item()
+            return loss
+
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(pos), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f'semi-trained network of slot {slot}: training loss {loss.item()} at iteration '
-                                     f'{iteration}. Lower its learning rate (objective.queue_lr) or check the data.')
-        loss.backward()
-        optimizer.step()
-        self.steps[slot] += 1
-        self.last_loss[slot] = loss.item()
+        self.steps[slot] += fit_batches(optimizer, [real_batch(self.batch)], loss_of)
         return model.requires_grad_(False)
 
     def _install(self, slot: int, model: nn.Module) -> None:
