@@ -205,9 +205,9 @@ def with_defaults(cfg: Mapping[str, Any]) -> EasyConfig:
 class Trainer:
     """One call of `train_classifier`: holds the built objects; `run()` does the work.
 
-    Subclasses (a task's `trainer`, e.g. engine/tasks/part_segmentation.py) change the task through `METRIC` (the validation figure that picks
-    the best epoch), `HEADLINE` (the figures logged and kept per epoch) and the hooks `_check_head`,
-    `_check_dataset`, `_prepare` and `evaluate`.
+    Subclasses (a task's `trainer`, e.g. engine/tasks/part_segmentation.py) change the task through `METRIC` (the
+    validation figure that picks the best epoch), `HEADLINE` (the figures logged and kept per epoch) and the hooks
+    `_check_head`, `_check_dataset`, `_prepare` and `evaluate`.
     """
 
     TASK = 'classification'

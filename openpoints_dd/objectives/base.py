@@ -23,7 +23,8 @@ class ObjectiveBase(ABC):
     Class attributes:
         trains_backbone: True if the backbone is trained between matching steps (the inner loop of gradient
             matching); False for a fresh, frozen random backbone (distribution matching).
-        task: 'classification' (the Distiller) or 'segmentation' (engine/tasks/part_segmentation.py's SegDistiller, per-point parts).
+        task: 'classification' (the Distiller) or 'segmentation' (SegDistiller in engine/tasks/part_segmentation.py,
+            per-point parts).
     """
 
     trains_backbone: bool = True

@@ -61,8 +61,8 @@ class SemiTrainedQueue:
             loss = F.cross_entropy(model(batch[0]), batch[1])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'semi-trained network of slot {slot}: training loss {loss.item()} at '
-                                         f'iteration {iteration}. Lower its learning rate (objective.queue_lr) or check '
-                                         f'the data.')
+                                         f'iteration {iteration}. Lower its learning rate (objective.queue_lr) or '
+                                         f'check the data.')
             self.last_loss[slot] = loss.item()
             return loss
 

@@ -61,9 +61,9 @@ class PartGradientMatching(Objective):
             local: local (per-part) instead of global matching.
         """
         if syn_parts is None or real_parts is None:
-            raise ValueError('PartGradientMatching needs syn_parts and real_parts (per-point part ids); it is driven '
-                             'by the segmentation distiller (engine/tasks/part_segmentation.py), not the classification '
-                             'one')
+            raise ValueError('PartGradientMatching needs syn_parts and real_parts (per-point part ids); it is '
+                             'driven by the segmentation distiller (engine/tasks/part_segmentation.py), not the '
+                             'classification one')
         if syn_parts.shape != syn_pos.shape[:2] or real_parts.shape != real_pos.shape[:2]:
             raise ValueError(f'part ids must be (clouds, points) like the clouds: got {tuple(syn_parts.shape)} for '
                              f'{tuple(syn_pos.shape)} and {tuple(real_parts.shape)} for {tuple(real_pos.shape)}')

@@ -46,7 +46,8 @@ def fit_epochs(optimizer: torch.optim.Optimizer, batch_loss: Callable[..., Tenso
         order = torch.randperm(len(tensors[0]), generator=generator)
         if device is not None:
             tensors, order = tuple(t.to(device) for t in tensors), order.to(device)
-        slices = (tuple(t[order[begin:begin + batch_size]] for t in tensors) for begin in range(0, len(order), batch_size))
+        slices = (tuple(t[order[begin:begin + batch_size]] for t in tensors)
+                  for begin in range(0, len(order), batch_size))
         if max_steps is not None:
             slices = itertools.islice(slices, max_steps - steps)
         steps += fit_batches(optimizer, slices, lambda batch: batch_loss(*batch))

@@ -63,8 +63,8 @@ def test_bf16_trains_one_epoch_with_fp32_master_weights(name, device, data, tmp_
 
 
 def test_bf16_part_segmentation_trains_one_epoch(tmp_path):
-    """The part-segmentation trainer shares the training loop; its evaluation runs under the same precision (PointNeXt-S part model,
-    the embedded part data: upsampling by three_interpolate under autocast)."""
+    """The part-segmentation trainer shares the loop; its evaluation runs under the same precision (PointNeXt-S part
+    model, the embedded part data: upsampling by three_interpolate under autocast)."""
     run_dir = tmp_path / 'run'
     assert _train_main()(['--cfg', str(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml'),
                           'amp=bf16', 'dataset.common.num_per_class_train=2', 'dataset.common.num_per_class_test=1',

@@ -121,13 +121,16 @@ def test_part_distilled_dataset_items_and_points_artifacts(tmp_path):
 
 
 def test_task_dispatch():
-    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml')).name == 'segmentation'
-    assert task_of(load_config(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')).name == 'classification'
+    def task(cfg):
+        return task_of(cfg).name
+
+    assert task(load_config(REPO_ROOT / 'cfgs' / 'train' / 'partseg' / 'embedded-pointnext-s.yaml')) == 'segmentation'
+    assert task(load_config(REPO_ROOT / 'cfgs' / 'train' / 'modelnet40-pointnet.yaml')) == 'classification'
     # PointNeXt's ShapeNet-part YAMLs carry no task key: the model or the dataset decides
     assert task_of({'model': {'NAME': 'BasePartSeg'}, 'dataset': {'common': {'NAME': 'X'}}}) is TASKS['segmentation']
-    assert task_of({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'ShapeNetPartNormal'}}}).name == 'segmentation'
-    assert task_of({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'DistilledDataset',
-                                                                          'real_dataset': 'EmbeddedShapesPart'}}}).name == 'segmentation'
+    assert task({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': {'NAME': 'ShapeNetPartNormal'}}}) == 'segmentation'
+    distilled_part_set = {'NAME': 'DistilledDataset', 'real_dataset': 'EmbeddedShapesPart'}
+    assert task({'model': {'NAME': 'BaseCls'}, 'dataset': {'common': distilled_part_set}}) == 'segmentation'
     with pytest.raises(ValueError, match='task must be one of'):
         task_of({'task': 'detection'})
 
