@@ -442,8 +442,10 @@ def check_backbone_methods(backbone_cfg: Mapping[str, Any], objective) -> None:
     selection network, expert or matching step runs."""
     name = backbone_cfg.get('NAME')
     backbone_class = MODELS.module_dict.get(name)
+    if backbone_class is None:   # an unknown NAME is the settings' error, named there
+        return
     missing = [method for method in objective.backbone_methods() if not callable(getattr(backbone_class, method, None))]
-    if backbone_class is not None and missing:
+    if missing:
         raise TypeError(f'{type(objective).__name__} calls the backbone\'s {", ".join(missing)}; distill.backbone '
                         f'{name} has no {", ".join(missing)}: use DistillPointNet, or a backbone with them')
 

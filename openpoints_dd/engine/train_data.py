@@ -51,6 +51,7 @@ def dataset_sections(cfg: EasyConfig) -> EasyConfig:
                 dataset_cfg[section][key] = resolved
     return dataset_cfg
 
+
 def _other_dataset_hint(cfg: EasyConfig, real_name: str | None) -> str:
     """The override that tests on the dataset the artifact was distilled from, when it is not the YAML's."""
     path = artifact_path(cfg)
@@ -61,6 +62,7 @@ def _other_dataset_hint(cfg: EasyConfig, real_name: str | None) -> str:
         return ''
     return (f'. The artifact was distilled from {source}: to test on that dataset instead, set '
             f'dataset.common.NAME={source} (and its own data keys)')
+
 
 def build_loader(cfg: EasyConfig, split: str, batch_size: int, device: torch.device) -> DataLoader:
     """openpoints' DataLoader of one split, as PointNeXt builds it, with the workers capped to this process's cores
