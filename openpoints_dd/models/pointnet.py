@@ -61,7 +61,8 @@ def at_least_fp32(h: Tensor) -> Tensor:
     return h.to(torch.promote_types(h.dtype, torch.float32))
 
 
-def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5,
+                         channels_first: bool = False) -> Tensor:
     """InstanceNorm (no affine) over the points of h @ weight.T + bias, as one batched matrix multiply.
 
     Per cloud, IN(W h + b) = W (h - mean h) / sqrt(diag(W Cov(h) W^T) + eps): the statistics come from the
@@ -75,6 +76,7 @@ def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, 
         h: (B, N, C_in), or (G, B, N, C_in) for G groups of clouds.
         weight: (C_out, C_in), or (G, 1, C_out, C_in): one weight per group (per-class copies, whose gradients
             are then the per-class gradients). bias: (C_out,), or (G, 1, C_out), or None.
+        channels_first: return (..., C_out, N), written in that layout by the matmul (no transposed copy).
     """
     with fp32_statistics(h):
         _, centred, covariance = centred_moments(at_least_fp32(h))
@@ -82,6 +84,8 @@ def instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, 
         folded = weight * scale.unsqueeze(-1)                                            # (..., B, C_out, C_in)
         if bias is not None:
             folded = folded + 0 * bias.unsqueeze(-1)
+    if channels_first:
+        return torch.matmul(folded, centred.transpose(-1, -2))
     return torch.matmul(centred, folded.transpose(-1, -2))
 
 
@@ -140,14 +144,17 @@ class DistillPointNet(nn.Module):
         self.head = nn.Linear(channels[-1], num_classes)
         self.criterion = _build_criterion(criterion_args)
 
-    def point_features(self, points: Tensor) -> Tensor:
-        """(B, N, C_in) -> (B, N, 1024): the last per-point map, normalised, before the max-pool (no ReLU)."""
+    def point_features(self, points: Tensor, channels_first: bool = False) -> Tensor:
+        """(B, N, C_in) -> (B, N, 1024): the last per-point map, normalised, before the max-pool (no ReLU).
+
+        `channels_first` returns it as (B, 1024, N), the layout in which M3D sorts each channel over the points,
+        written so by the last matmul instead of transposed and copied (twice: forward and backward).
+        """
+        *hidden, last = self.layers
         h = points
-        for i, layer in enumerate(self.layers):
-            h = instance_norm_linear(h, layer.weight, layer.bias, self.eps)
-            if i < len(self.layers) - 1:
-                h = F.relu(h)
-        return h
+        for layer in hidden:
+            h = F.relu(instance_norm_linear(h, layer.weight, layer.bias, self.eps))
+        return instance_norm_linear(h, last.weight, last.bias, self.eps, channels_first=channels_first)
 
     def embed(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """(B, 1024) max-pooled global feature.

@@ -59,9 +59,10 @@ def uniformity(clouds: Tensor, neighbours: int = 16) -> Tensor:
 
 def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
     """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened
-    channel-major (the MMD does not depend on the order of the dimensions; sorting contiguous rows is faster)."""
-    features = backbone.point_features(clouds).abs().transpose(1, 2).contiguous()              # (B, C, N)
-    return sort_descending(features).flatten(1)
+    channel-major (the MMD does not depend on the order of the dimensions; sorting contiguous rows is faster).
+
+    The backbone's `point_features(clouds, channels_first=True)` gives the map as (B, C, N)."""
+    return sort_descending(backbone.point_features(clouds, channels_first=True).abs()).flatten(1)
 
 
 def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
@@ -125,7 +126,7 @@ class M3D(Objective):
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
 
     def backbone_methods(self) -> tuple[str, ...]:
-        return ('point_features',)   # the last point-wise map, before max-pooling
+        return ('point_features',)   # the last point-wise map, before max-pooling, with `channels_first`
 
     def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
         """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""

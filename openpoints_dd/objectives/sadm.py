@@ -28,16 +28,39 @@ def sort_point_features(features: Tensor) -> Tensor:
     return sort_descending(features.transpose(-1, -2).contiguous()).transpose(-1, -2)
 
 
+class SymmetricGram(torch.autograd.Function):
+    """x xᵀ over the last two dimensions, whose backward is one product, (g + gᵀ) x.
+
+    Autograd sees x twice in `x @ x.transpose(-1, -2)` and makes two products and their sum, each the size of x:
+    for long vectors that backward costs three times the forward's one read of x. Twice differentiable (the
+    backward is made of differentiable operations).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, = ctx.saved_tensors
+        return (grad + grad.transpose(-1, -2)) @ x
+
+
 def pairwise_squared_distances(points: Tensor) -> Tensor:
     """(G, n, n) squared Euclidean distances within each of G sets of n vectors (G, n, D), for large D.
 
     One Gram matmul on vectors centred per set: distances do not change under a shift, and centring removes the
     cancellation of |a|² + |b|² - 2 a·b for long vectors far from the origin (sorted feature maps), so this is
-    both faster and closer to float64 than `torch.cdist`'s direct path, which it takes for small n.
+    both faster and closer to float64 than `torch.cdist`'s direct path, which it takes for small n. The shift is
+    detached (no distance depends on it) and the norms are the Gram matrix's diagonal: for the million-long
+    vectors of M3D at 1024 points the (n, D) tensors are then read twice forward and once backward, the
+    matmuls' share, instead of the five passes of a tracked mean and a separate sum of squares.
     """
-    centred = points - points.mean(dim=1, keepdim=True)
-    norms = centred.square().sum(dim=-1)
-    return (norms.unsqueeze(2) + norms.unsqueeze(1) - 2 * centred @ centred.transpose(1, 2)).clamp_min(0)
+    centred = points - points.detach().mean(dim=1, keepdim=True)
+    gram = SymmetricGram.apply(centred)
+    norms = gram.diagonal(dim1=1, dim2=2)
+    return (norms.unsqueeze(2) + norms.unsqueeze(1) - 2 * gram).clamp_min(0)
 
 
 def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> Tensor:

@@ -79,3 +79,17 @@ def test_chunked_max_point_search_equals_one_full_search():
     full = torch.matmul(h, weight.t()).argmax(dim=1)
     for chunk_rows in (64, 128, 4096):   # 1 cloud, 2 clouds (the last chunk holds one), all at once
         torch.testing.assert_close(max_point_search(h, weight, chunk_rows=chunk_rows), full, rtol=0, atol=0)
+
+
+def test_channels_first_point_features_are_the_transposed_map_with_the_same_gradient():
+    torch.manual_seed(0)
+    model = DistillPointNet(num_classes=5, widths=(8, 16, 32)).double()
+    pos = torch.randn(3, 50, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 50, 32, dtype=torch.float64)
+    points_last = model.point_features(pos)
+    channels_first = model.point_features(pos, channels_first=True)
+    assert channels_first.shape == (3, 32, 50) and channels_first.is_contiguous()
+    torch.testing.assert_close(channels_first, points_last.transpose(1, 2), rtol=1e-12, atol=1e-12)
+    expected, = torch.autograd.grad((points_last * weights).sum(), pos)
+    ours, = torch.autograd.grad((channels_first * weights.transpose(1, 2)).sum(), pos)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
