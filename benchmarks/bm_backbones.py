@@ -32,6 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from old_tree import imported_from, require_old_tree, run_in_tree  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ['pointnext-s', 'pointnet++', 'dgcnn', 'pct', 'pointmlp']
 
@@ -48,11 +52,7 @@ def _measure(spec: dict) -> dict:
     """In a subprocess: build one backbone from the tree on PYTHONPATH, time `repeats` steps after `warmup`."""
     import torch
     torch.set_num_threads(spec['threads'])
-    import openpoints_dd
-    tree = Path(spec['tree']).resolve()
-    imported = Path(openpoints_dd.__file__).resolve()
-    if tree not in imported.parents:
-        raise RuntimeError(f'expected openpoints_dd from {tree}, imported {imported}')
+    imported = imported_from(spec['tree'])
     try:
         from openpoints_dd.utils.memory import keep_freed_memory
         allocator = keep_freed_memory()
@@ -109,16 +109,12 @@ def _peaks(spec: dict) -> dict:
     """In a subprocess: this CPU's fp32 and bf16 matmul peak on `threads` threads."""
     import torch
     torch.set_num_threads(spec['threads'])
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from distill_step import _matmul_peak
     return {'fp32': _matmul_peak('float32'), 'bf16': _matmul_peak('bfloat16')}
 
 
 def _in_subprocess(spec: dict, tree: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree)] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-               OMP_NUM_THREADS=str(spec['threads']), MKL_NUM_THREADS=str(spec['threads']))
-    out = subprocess.run([sys.executable, __file__, '--one', json.dumps({**spec, 'tree': str(tree)})],
-                         capture_output=True, text=True, env=env, cwd=str(tree))
+    out = run_in_tree(__file__, spec, tree, spec['threads'])
     if out.returncode != 0:
         tail = out.stderr.strip().splitlines()[-1:] or ['no output']
         return {'error': f'exit {out.returncode}: {tail[0][:300]}'}
@@ -190,15 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.peaks:
         print(json.dumps(_peaks(json.loads(args.peaks))))
         return 0
-    if not args.old_tree or not (Path(args.old_tree) / 'openpoints_dd' / '__init__.py').is_file():
-        parser.error(f'--old-tree {args.old_tree!r} is not a checkout of this project; make one with '
-                     f'`git worktree add --detach /tmp/old_main <commit>` and pass --old-tree /tmp/old_main')
+    old_tree, new_tree = require_old_tree(parser, args.old_tree), REPO
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
     from distill_step import _cpu_name
 
-    old_tree, new_tree = Path(args.old_tree).resolve(), REPO
     base = {'batch': args.batch, 'points': args.points, 'threads': args.threads, 'warmup': args.warmup,
             'repeats': args.repeats}
     peak_out = subprocess.run([sys.executable, __file__, '--peaks', json.dumps({'threads': args.threads})],

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from old_tree import imported_from, require_old_tree, run_in_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: (what, partitions, points per partition, synthetic clouds, synthetic points)
@@ -34,11 +36,7 @@ def _measure(spec: dict) -> dict:
     """In a subprocess: one class's M3D loss and its backward to the synthetic points, best of `repeats`."""
     import torch
     torch.set_num_threads(1)
-    import openpoints_dd
-    tree = Path(spec['tree']).resolve()
-    imported = Path(openpoints_dd.__file__).resolve()
-    if tree not in imported.parents:
-        raise RuntimeError(f'expected openpoints_dd from {tree}, imported {imported}')
+    imported = imported_from(spec['tree'])
     from openpoints_dd.models import DistillPointNet
     from openpoints_dd.objectives import M3D
     from openpoints_dd.utils.memory import keep_freed_memory
@@ -58,10 +56,7 @@ def _measure(spec: dict) -> dict:
 
 
 def _in_subprocess(spec: dict, tree: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get('PYTHONPATH', '')]),
-               OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, __file__, '--one', json.dumps({**spec, 'tree': str(tree)})],
-                         capture_output=True, text=True, env=env, cwd=tree)
+    out = run_in_tree(__file__, spec, tree, threads=1)
     if out.returncode != 0:
         raise RuntimeError(f'measurement in {tree} failed:\n{out.stderr[-2000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,12 +71,8 @@ def main() -> int:
     if args.one:
         print(json.dumps(_measure(json.loads(args.one))))
         return 0
-    if not args.old_tree or not (Path(args.old_tree) / 'openpoints_dd' / '__init__.py').is_file():
-        parser.error(f'--old-tree {args.old_tree!r} is not a checkout of this project; make one with '
-                     '`git worktree add --detach /tmp/old_main <commit>`')
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    old_tree = require_old_tree(parser, args.old_tree)
     from distill_step import _cpu_name
-    old_tree = Path(args.old_tree).resolve()
     print(f'CPU: {_cpu_name()} | one thread | old: {old_tree} | new: {REPO}')
     print(f'{"shape (one class, 8 real clouds)":36s} {"old s":>7s} {"new s":>7s} {"ratio":>7s}')
     for what, partitions, per_partition, syn_clouds, syn_points in SHAPES:
