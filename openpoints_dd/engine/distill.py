@@ -249,6 +249,7 @@ class Distiller:
             else:
                 total += self.accumulate_matching_gradients(backbone, iteration, step, num_points)
             self.optimizer.step()
+            self.synthesizer.project_()
             if self.objective_optimizer is not None:
                 self.objective_optimizer.step()
             if step == outer - 1 or not trains_backbone:

@@ -95,6 +95,10 @@ class Synthesizer(nn.Module, ABC):
         """Start from real clouds (S, N, 3), one per slot, unit-sphere normalised. Returns a small report."""
         raise NotImplementedError(f'{type(self).__name__} cannot start from real clouds')
 
+    def project_(self) -> None:
+        """Put the parameters back into the set they must stay in, after every optimizer step (projected
+        gradient descent). Nothing by default."""
+
     def extra_repr(self) -> str:
         text = f'num_classes={self.num_classes}, cpc={self.cpc}, init={self.init!r}'
         return ', '.join(filter(None, [text, self.selection.describe() if self.selection is not None else '']))

@@ -41,6 +41,10 @@ class ExplicitPoints(Synthesizer):
         facility_sigma: the RBF width of facility location. Default 0.5.
         embed_cache: a folder keeping the selection network per (dataset, settings, seed), shared by the rules;
             None: trained every run. Default None.
+        max_radius: after every optimizer step, points farther than this from the origin are put back on the
+            sphere of this radius. Every cloud is renormalised to the unit sphere by its farthest point before a
+            network sees it, so one point thrown out by a large step shrinks the rest of its cloud; real starts
+            lie in the unit ball, and 1.0 keeps them there. None: no projection. Default None.
     """
 
     def __init__(self, *, num_classes: int, cpc: int, num_points: int = 1024,
@@ -48,8 +52,11 @@ class ExplicitPoints(Synthesizer):
                  kcenter_first: Literal['mean', 'random'] = 'mean', embed_steps: int = 500,
                  embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
                  embed_widths: Sequence[int] | None = None, facility_sigma: float = 0.5,
-                 embed_cache: str | None = None):
+                 embed_cache: str | None = None, max_radius: float | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
+        if max_radius is not None and not float(max_radius) > 0:
+            raise ValueError(f'ExplicitPoints: max_radius must be a positive number or null, got {max_radius!r}')
+        self.max_radius = None if max_radius is None else float(max_radius)
         if init not in _INITS:
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
         self.init = 'random' if init == 'real' else init
@@ -79,8 +86,16 @@ class ExplicitPoints(Synthesizer):
             self.points.copy_(clouds[:, :self.num_points])
         return {'init': self.init}
 
+    def project_(self) -> None:
+        if self.max_radius is None:
+            return
+        with torch.no_grad():
+            radius = self.points.norm(dim=-1, keepdim=True)
+            self.points.mul_((self.max_radius / radius).clamp(max=1.0))
+
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, num_points={self.num_points}'
+        text = f'{super().extra_repr()}, num_points={self.num_points}'
+        return text if self.max_radius is None else f'{text}, max_radius={self.max_radius}'
 
 
 def _uniform_in_ball(num_clouds: int, num_points: int) -> Tensor:

@@ -125,6 +125,19 @@ def test_explicit_points_from_real_export_points_artifact(tmp_path):
     assert synthetic.labels.tolist() == list(range(10))
 
 
+def test_a_max_radius_keeps_every_matched_point_inside_it(tmp_path):
+    """At a rate that throws points far out, the projection after every step holds them on the sphere."""
+    def run(max_radius):
+        synthesizer = {'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'real', 'max_radius': max_radius}
+        cfg = tiny_embedded_cfg(tmp_path / str(max_radius), iterations=3, synthesizer=synthesizer,
+                                syn_optimizer={'NAME': 'sgd', 'lr': 1.0e4, 'momentum': 0.5})
+        distiller, _ = _run(cfg)
+        return distiller.synthesizer.points.detach().norm(dim=-1).max().item()
+
+    assert run(None) > 1.5
+    assert run(1.0) <= 1.0 + 1e-6
+
+
 def test_learned_rotator_weights_travel_with_the_artifact(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, iterations=2, rotator={'NAME': 'LearnedSignRotator'})
     distiller = Distiller(cfg, _pool(cfg), tmp_path / 'run')

@@ -64,6 +64,24 @@ def test_explicit_points_init_and_subsample():
         synth.synthesize(torch.arange(2), 64)
 
 
+def test_explicit_points_projection_puts_only_the_points_outside_back_on_the_sphere():
+    synth = ExplicitPoints(num_classes=1, cpc=1, num_points=3, max_radius=1.0)
+    with torch.no_grad():
+        synth.points.copy_(torch.tensor([[[0.0, 0.0, 0.0], [0.3, -0.4, 0.0], [0.0, 3.0, 4.0]]]))
+    synth.project_()
+    expected = torch.tensor([[[0.0, 0.0, 0.0], [0.3, -0.4, 0.0], [0.0, 0.6, 0.8]]])
+    assert torch.allclose(synth.points.data, expected)
+    unbounded = ExplicitPoints(num_classes=1, cpc=1, num_points=3)
+    with torch.no_grad():
+        unbounded.points.mul_(10)
+    before = unbounded.points.detach().clone()
+    unbounded.project_()
+    assert torch.equal(unbounded.points.data, before)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match='max_radius must be a positive number'):
+            ExplicitPoints(num_classes=1, cpc=1, max_radius=bad)
+
+
 def test_chamfer_distance_known_values():
     a = torch.tensor([[[0.0, 0, 0], [1, 0, 0]]])
     assert chamfer_distance(a, a).item() == 0
