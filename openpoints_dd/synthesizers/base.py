@@ -102,3 +102,23 @@ class Synthesizer(nn.Module, ABC):
     def extra_repr(self) -> str:
         text = f'num_classes={self.num_classes}, cpc={self.cpc}, init={self.init!r}'
         return ', '.join(filter(None, [text, self.selection.describe() if self.selection is not None else '']))
+
+
+def checked_max_radius(owner: str, max_radius: float | None) -> float | None:
+    """`max_radius` as a float, None kept; a clear error for anything not positive."""
+    if max_radius is None:
+        return None
+    if isinstance(max_radius, bool) or not isinstance(max_radius, (int, float)) or not max_radius > 0:
+        raise ValueError(f'{owner}: max_radius must be a positive number or null, got {max_radius!r}')
+    return float(max_radius)
+
+
+def project_into_ball_(points: Tensor, max_radius: float | None) -> None:
+    """Put every point (last dimension 3) farther than `max_radius` from the origin back on that sphere, in place.
+
+    Every cloud is renormalised to the unit sphere by its farthest point before a network sees it, so one point
+    thrown out by a large step shrinks the rest of its cloud; real starts lie in the unit ball. None: nothing."""
+    if max_radius is None:
+        return
+    with torch.no_grad():
+        points.mul_((max_radius / points.norm(dim=-1, keepdim=True)).clamp(max=1.0))

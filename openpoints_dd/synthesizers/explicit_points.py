@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..registry import SYNTHESIZERS
 from . import coresets
-from .base import Synthesizer
+from .base import Synthesizer, checked_max_radius, project_into_ball_
 
 _INITS = ('random', 'real', 'herding', 'kcenter', 'facility', 'noise')
 
@@ -42,9 +42,8 @@ class ExplicitPoints(Synthesizer):
         embed_cache: a folder keeping the selection network per (dataset, settings, seed), shared by the rules;
             None: trained every run. Default None.
         max_radius: after every optimizer step, points farther than this from the origin are put back on the
-            sphere of this radius. Every cloud is renormalised to the unit sphere by its farthest point before a
-            network sees it, so one point thrown out by a large step shrinks the rest of its cloud; real starts
-            lie in the unit ball, and 1.0 keeps them there. None: no projection. Default None.
+            sphere of this radius (`project_into_ball_`; 1.0 keeps them in the unit ball real starts lie in).
+            None: no projection. Default None.
     """
 
     def __init__(self, *, num_classes: int, cpc: int, num_points: int = 1024,
@@ -54,9 +53,7 @@ class ExplicitPoints(Synthesizer):
                  embed_widths: Sequence[int] | None = None, facility_sigma: float = 0.5,
                  embed_cache: str | None = None, max_radius: float | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
-        if max_radius is not None and not float(max_radius) > 0:
-            raise ValueError(f'ExplicitPoints: max_radius must be a positive number or null, got {max_radius!r}')
-        self.max_radius = None if max_radius is None else float(max_radius)
+        self.max_radius = checked_max_radius('ExplicitPoints', max_radius)
         if init not in _INITS:
             raise ValueError(f'ExplicitPoints: init must be one of {_INITS}, got {init!r}')
         self.init = 'random' if init == 'real' else init
@@ -87,11 +84,7 @@ class ExplicitPoints(Synthesizer):
         return {'init': self.init}
 
     def project_(self) -> None:
-        if self.max_radius is None:
-            return
-        with torch.no_grad():
-            radius = self.points.norm(dim=-1, keepdim=True)
-            self.points.mul_((self.max_radius / radius).clamp(max=1.0))
+        project_into_ball_(self.points, self.max_radius)
 
     def extra_repr(self) -> str:
         text = f'{super().extra_repr()}, num_points={self.num_points}'

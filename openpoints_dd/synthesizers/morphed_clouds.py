@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..compat.point_ops import furthest_point_sample
 from ..registry import SYNTHESIZERS
 from . import coresets
-from .base import Synthesizer
+from .base import Synthesizer, checked_max_radius, project_into_ball_
 
 _INITS = ('random', 'herding', 'kcenter', 'facility', 'noise')
 
@@ -43,6 +43,9 @@ class MorphedClouds(Synthesizer):
             Default 0.1.
         kcenter_first, embed_steps, embed_points, embed_batch, embed_lr, embed_widths, facility_sigma, embed_cache:
             the selection of the coreset rules (`coresets.CoresetSelection`).
+        max_radius: after every optimizer step, anchor points farther than this from the origin are put back on
+            the sphere of this radius (`project_into_ball_`; the morphs, convex blends, then stay inside too).
+            None: no projection. Default None.
     """
 
     def __init__(self, *, num_classes: int, cpc: int, anchors: int = 4, morphs: int = 4, points: int = 255,
@@ -50,8 +53,9 @@ class MorphedClouds(Synthesizer):
                  blend_lr_scale: float = 0.1, kcenter_first: Literal['mean', 'random'] = 'mean', embed_steps: int = 500,
                  embed_points: int = 256, embed_batch: int = 64, embed_lr: float = 1e-3,
                  embed_widths: Sequence[int] = (64, 128, 1024), facility_sigma: float = 0.5,
-                 embed_cache: str | None = None):
+                 embed_cache: str | None = None, max_radius: float | None = None):
         super().__init__(num_classes=num_classes, cpc=cpc)
+        self.max_radius = checked_max_radius('MorphedClouds', max_radius)
         if init not in _INITS:
             raise ValueError(f'MorphedClouds: init must be one of {_INITS}, got {init!r}')
         if int(anchors) < 1 or int(morphs) < 0 or int(points) < 1:
@@ -122,9 +126,14 @@ class MorphedClouds(Synthesizer):
         return {'floats_per_class': self.cpc * per_slot, 'training_clouds_per_class': self.cpc * self.clouds_per_slot,
                 'points_per_training_cloud': self.points}
 
+    def project_(self) -> None:
+        project_into_ball_(self.anchor_points, self.max_radius)
+
     def extra_repr(self) -> str:
-        return (f'{super().extra_repr()}, anchors={self.num_anchors}, morphs={self.num_morphs}, points={self.points}, '
+        text = (f'{super().extra_repr()}, anchors={self.num_anchors}, morphs={self.num_morphs}, points={self.points}, '
                 f'init={self.init!r}, blend_lr_scale={self.blend_lr_scale}')
+        return text if self.max_radius is None else f'{text}, max_radius={self.max_radius}'
+
 
 
 def align_points(reference: Tensor, clouds: Tensor) -> Tensor:

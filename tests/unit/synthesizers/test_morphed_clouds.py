@@ -73,3 +73,19 @@ def test_bad_settings_are_clear_errors():
         _morphs(init='fps')
     with pytest.raises(ValueError, match='anchors >= 1'):
         _morphs(anchors=0)
+    with pytest.raises(ValueError, match='max_radius must be a positive number'):
+        _morphs(max_radius='1')
+
+
+def test_a_max_radius_projects_the_anchors_and_so_the_morphs():
+    synthesizer = _morphs(max_radius=0.5)
+    with torch.no_grad():
+        synthesizer.anchor_points.mul_(3)
+    inside = synthesizer.anchor_points.detach().norm(dim=-1) <= 0.5
+    kept = synthesizer.anchor_points.detach()[inside]
+    synthesizer.project_()
+    radius = synthesizer.anchor_points.detach().norm(dim=-1)
+    assert radius.max() <= 0.5 + 1e-6 and not inside.all()
+    torch.testing.assert_close(radius[~inside], torch.full_like(radius[~inside], 0.5))
+    assert torch.equal(synthesizer.anchor_points.detach()[inside], kept)
+    assert synthesizer.synthesize(torch.arange(8), 20).norm(dim=-1).max() <= 0.5 + 1e-6

@@ -77,7 +77,7 @@ def test_explicit_points_projection_puts_only_the_points_outside_back_on_the_sph
     before = unbounded.points.detach().clone()
     unbounded.project_()
     assert torch.equal(unbounded.points.data, before)
-    for bad in (0, -1.0):
+    for bad in (0, -1.0, True):
         with pytest.raises(ValueError, match='max_radius must be a positive number'):
             ExplicitPoints(num_classes=1, cpc=1, max_radius=bad)
 
