@@ -10,6 +10,7 @@ and classes can be sharded across processes (`distributed.py`) without changing 
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -439,8 +440,8 @@ class Distiller:
 
 
 def check_backbone_methods(backbone_cfg: Mapping[str, Any], objective) -> None:
-    """Refuse a `distill.backbone` that lacks a method the objective calls (`backbone_methods`), before any
-    selection network, expert or matching step runs."""
+    """Refuse a `distill.backbone` that lacks a method the objective calls (`backbone_methods`) or a keyword it
+    passes to one (`backbone_keywords`), before any selection network, expert or matching step runs."""
     name = backbone_cfg.get('NAME')
     backbone_class = MODELS.module_dict.get(name)
     if backbone_class is None:   # an unknown NAME is the settings' error, named there
@@ -449,6 +450,15 @@ def check_backbone_methods(backbone_cfg: Mapping[str, Any], objective) -> None:
     if missing:
         raise TypeError(f'{type(objective).__name__} calls the backbone\'s {", ".join(missing)}; distill.backbone '
                         f'{name} has no {", ".join(missing)}: use DistillPointNet, or a backbone with them')
+    for method, keywords in objective.backbone_keywords().items():
+        parameters = inspect.signature(getattr(backbone_class, method)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        lacking = [keyword for keyword in keywords if keyword not in parameters]
+        if lacking:
+            raise TypeError(f'{type(objective).__name__} calls the backbone\'s {method} with {", ".join(lacking)}; '
+                            f'distill.backbone {name}\'s {method} does not take it: use DistillPointNet, or give '
+                            f'{method} that keyword')
 
 
 def build_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:

@@ -41,6 +41,11 @@ class ObjectiveBase(ABC):
         `point_features`); the engine refuses a `distill.backbone` without them before any work."""
         return ()
 
+    def backbone_keywords(self) -> dict[str, tuple[str, ...]]:
+        """The keyword arguments this objective passes to those methods, per method; the engine refuses a backbone
+        whose method does not take them, before any work."""
+        return {}
+
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         """The network iteration `iteration` matches through: the engine's fresh `backbone` by default.
 

@@ -230,6 +230,29 @@ def test_a_backbone_without_the_methods_an_objective_calls_is_refused_before_any
         Distiller(cfg, _pool(cfg), cfg['run_dir'])
 
 
+def test_a_backbone_whose_method_lacks_a_keyword_the_objective_passes_is_refused_before_any_work(tmp_path,
+                                                                                               monkeypatch):
+    """M3D asks `point_features` for the channel-major map (`channels_first`): a backbone whose point_features
+    takes only the points is refused at construction, by name, not by a TypeError inside the first step."""
+    from openpoints.models.build import MODELS
+    from openpoints_dd.models.pointnet import DistillPointNet
+
+    class PointsLastPointNet(DistillPointNet):
+        def point_features(self, points):
+            return super().point_features(points)
+
+    monkeypatch.setitem(MODELS.module_dict, 'PointsLastPointNet', PointsLastPointNet)
+    synthesizer = {'NAME': 'ExplicitPoints', 'num_points': 64, 'init': 'herding'}
+    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PointsLastPointNet'}, synthesizer=synthesizer,
+                            objective={'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64})
+    with pytest.raises(TypeError, match="M3D calls the backbone's point_features with channels_first; "
+                                        "distill.backbone PointsLastPointNet's point_features does not take it"):
+        Distiller(cfg, _pool(cfg), cfg['run_dir'])
+    cfg = tiny_embedded_cfg(tmp_path / 'sadm', backbone={'NAME': 'PointsLastPointNet'}, synthesizer=synthesizer,
+                            objective={'NAME': 'SADM'}, iterations=0)
+    Distiller(cfg, _pool(cfg), cfg['run_dir'])   # SADM passes no keyword: accepted
+
+
 def test_an_objective_declaring_no_backbone_methods_runs_on_a_backbone_with_only_a_forward(tmp_path):
     """Gradient matching calls the forward only: PCTClassifier (no embed, no point_features) is accepted."""
     from openpoints_dd.registry import OBJECTIVES
