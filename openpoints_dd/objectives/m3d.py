@@ -129,7 +129,7 @@ class M3D(Objective):
         return ('point_features',)   # the last point-wise map, before max-pooling
 
     def backbone_keywords(self) -> dict[str, tuple[str, ...]]:
-        return {'point_features': ('channels_first',)}   # the map as (clouds, channels, points), sorted in place
+        return {'point_features': ('channels_first',)}   # the map as (clouds, channels, points), the layout it sorts in
 
     def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
         """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""
