@@ -135,7 +135,6 @@ class MorphedClouds(Synthesizer):
         return text if self.max_radius is None else f'{text}, max_radius={self.max_radius}'
 
 
-
 def align_points(reference: Tensor, clouds: Tensor) -> Tensor:
     """Each cloud's points re-ordered so that point n is matched to the reference's point n.
 
