@@ -2,6 +2,7 @@
 
     git worktree add --detach /tmp/old_main <commit>       # the old code, once
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bm_m3d_step.py --old-tree /tmp/old_main
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bm_m3d_step.py --widths 1024 512 256 128
 
 What a distillation iteration does per class with M3D (`M3D.match_classes` on a fresh frozen DistillPointNet,
 then the backward to the synthetic points), at the shapes of the configs that use it: the explicit clouds of
@@ -10,6 +11,9 @@ then the backward to the synthetic points), at the shapes of the configs that us
 8 real clouds per class throughout. Every measurement runs in its own subprocess, which imports the tree under test
 (first on PYTHONPATH; the imported path is checked) and applies its allocator setting; the best of `--repeats`
 steps after one warm-up. Prints the CPU and, per shape, both times and their ratio.
+
+`--widths` times this tree alone at the 10-per-class explicit shape, once per width of the network's last
+point-wise layer (the map M3D sorts): the step's cost against the number of random features it matches.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def _measure(spec: dict) -> dict:
     from openpoints_dd.utils.memory import keep_freed_memory
     keep_freed_memory()
     torch.manual_seed(0)
-    backbone = DistillPointNet(num_classes=40).requires_grad_(False)
+    backbone = DistillPointNet(num_classes=40, widths=(64, 128, spec.get('last_width', 1024))).requires_grad_(False)
     objective = M3D(partitions=spec['partitions'], points_per_partition=spec['points_per_partition'])
     real = torch.rand(1, REAL_CLOUDS, REAL_POINTS, 3) * 2 - 1
     syn = (torch.rand(1, spec['syn_clouds'], spec['syn_points'], 3) * 2 - 1).requires_grad_(True)
@@ -62,17 +66,37 @@ def _in_subprocess(spec: dict, tree: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _time_widths(parser: argparse.ArgumentParser, widths: list[int], repeats: int, cpu: str) -> int:
+    """This tree's 10-per-class explicit step at each last-layer width, and its speed against the first."""
+    if min(widths) < 1:
+        parser.error(f'--widths must be positive, got {widths}')
+    what, partitions, per_partition, syn_clouds, syn_points = SHAPES[1]
+    print(f'CPU: {cpu} | one thread | {REPO} | {what}, 8 real clouds')
+    print(f'{"last width":>10s} {"s":>7s} {"speed":>7s}')
+    first = None
+    for width in widths:
+        spec = {'partitions': partitions, 'points_per_partition': per_partition, 'syn_clouds': syn_clouds,
+                'syn_points': syn_points, 'repeats': repeats, 'last_width': width}
+        seconds = _in_subprocess(spec, REPO)['seconds']
+        first = first or seconds
+        print(f'{width:10d} {seconds:7.3f} {first / seconds:6.2f}x', flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--old-tree', help='a checkout of the old code (git worktree of the old commit)')
+    parser.add_argument('--widths', type=int, nargs='+', help='time this tree at these last-layer widths instead')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--one', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(_measure(json.loads(args.one))))
         return 0
-    old_tree = require_old_tree(parser, args.old_tree)
     from distill_step import _cpu_name
+    if args.widths:
+        return _time_widths(parser, args.widths, args.repeats, _cpu_name())
+    old_tree = require_old_tree(parser, args.old_tree)
     print(f'CPU: {_cpu_name()} | one thread | old: {old_tree} | new: {REPO}')
     print(f'{"shape (one class, 8 real clouds)":36s} {"old s":>7s} {"new s":>7s} {"ratio":>7s}')
     for what, partitions, per_partition, syn_clouds, syn_points in SHAPES:
