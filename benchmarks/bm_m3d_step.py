@@ -66,18 +66,23 @@ def _in_subprocess(spec: dict, tree: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _spec(shape: tuple, repeats: int, **extra) -> dict:
+    """What `_measure` times: a SHAPES row, the repeats, and any extra keys (`last_width`)."""
+    _, partitions, per_partition, syn_clouds, syn_points = shape
+    return {'partitions': partitions, 'points_per_partition': per_partition, 'syn_clouds': syn_clouds,
+            'syn_points': syn_points, 'repeats': repeats, **extra}
+
+
 def _time_widths(parser: argparse.ArgumentParser, widths: list[int], repeats: int, cpu: str) -> int:
     """This tree's 10-per-class explicit step at each last-layer width, and its speed against the first."""
     if min(widths) < 1:
         parser.error(f'--widths must be positive, got {widths}')
-    what, partitions, per_partition, syn_clouds, syn_points = SHAPES[1]
+    what = SHAPES[1][0]
     print(f'CPU: {cpu} | one thread | {REPO} | {what}, 8 real clouds')
     print(f'{"last width":>10s} {"s":>7s} {"speed":>7s}')
     first = None
     for width in widths:
-        spec = {'partitions': partitions, 'points_per_partition': per_partition, 'syn_clouds': syn_clouds,
-                'syn_points': syn_points, 'repeats': repeats, 'last_width': width}
-        seconds = _in_subprocess(spec, REPO)['seconds']
+        seconds = _in_subprocess(_spec(SHAPES[1], repeats, last_width=width), REPO)['seconds']
         first = first or seconds
         print(f'{width:10d} {seconds:7.3f} {first / seconds:6.2f}x', flush=True)
     return 0
@@ -99,9 +104,8 @@ def main() -> int:
     old_tree = require_old_tree(parser, args.old_tree)
     print(f'CPU: {_cpu_name()} | one thread | old: {old_tree} | new: {REPO}')
     print(f'{"shape (one class, 8 real clouds)":36s} {"old s":>7s} {"new s":>7s} {"ratio":>7s}')
-    for what, partitions, per_partition, syn_clouds, syn_points in SHAPES:
-        spec = {'partitions': partitions, 'points_per_partition': per_partition, 'syn_clouds': syn_clouds,
-                'syn_points': syn_points, 'repeats': args.repeats}
+    for shape in SHAPES:
+        what, spec = shape[0], _spec(shape, args.repeats)
         old = _in_subprocess(spec, old_tree)['seconds']
         new = _in_subprocess(spec, REPO)['seconds']
         print(f'{what:36s} {old:7.3f} {new:7.3f} {old / new:6.2f}x', flush=True)
