@@ -78,7 +78,7 @@ def _time_widths(parser: argparse.ArgumentParser, widths: list[int], repeats: in
     if min(widths) < 1:
         parser.error(f'--widths must be positive, got {widths}')
     what = SHAPES[1][0]
-    print(f'CPU: {cpu} | one thread | {REPO} | {what}, 8 real clouds')
+    print(f'CPU: {cpu} | one thread | {REPO} | {what}, {REAL_CLOUDS} real clouds')
     print(f'{"last width":>10s} {"s":>7s} {"speed":>7s}')
     first = None
     for width in widths:
@@ -99,6 +99,8 @@ def main() -> int:
         print(json.dumps(_measure(json.loads(args.one))))
         return 0
     from distill_step import _cpu_name
+    if args.widths and args.old_tree:
+        parser.error('--widths times this tree alone; drop --old-tree (or --widths to compare the trees)')
     if args.widths:
         return _time_widths(parser, args.widths, args.repeats, _cpu_name())
     old_tree = require_old_tree(parser, args.old_tree)
