@@ -1,21 +1,17 @@
 """Distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023)."""
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 from ..registry import OBJECTIVES
-from .base import Objective, RealBatch
-from .model_queue import SemiTrainedQueue
+from .base import Objective
+from .model_queue import SemiTrainedNetworks
 
 
 @OBJECTIVES.register_module()
-class DistributionMatching(Objective):
+class DistributionMatching(SemiTrainedNetworks, Objective):
     """Squared L2 distance between the class-mean embeddings of real and synthetic clouds (DM, spec §B.3).
 
     L_c = || mean_i embed(real_i) - mean_j embed(syn_j) ||^2 with `backbone.embed`, a linear-kernel MMD.
@@ -45,41 +41,18 @@ class DistributionMatching(Objective):
 
     def __init__(self, *, queue_size: int = 0, queue_lifetime: int = 200, queue_batch: int = 64,
                  queue_lr: float = 1e-3, ce_weight: float = 0.0):
-        if queue_size < 0:
-            raise ValueError(f'DistributionMatching: queue_size must be >= 0, got {queue_size!r}')
         if ce_weight < 0:
             raise ValueError(f'DistributionMatching: ce_weight must be >= 0, got {ce_weight!r}')
         if ce_weight and not queue_size:
             raise ValueError('DistributionMatching: ce_weight needs queue_size > 0: the head of a fresh random network '
                              'says nothing of the classes, so its cross-entropy is noise')
-        self.queue_size, self.queue_lifetime, self.queue_batch, self.queue_lr = queue_size, queue_lifetime, queue_batch, queue_lr
+        self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr)
         self.ce_weight = float(ce_weight)
-        self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
-            if queue_size else None
-        self._make_backbone: Callable[[], nn.Module] | None = None
-
-    def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
-                make_backbone: Callable[[], nn.Module]) -> float:
-        self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
-        return 0.0
 
     def backbone_methods(self) -> tuple[str, ...]:
         """`embed`: the pooled feature whose class means are matched; `classify`: the logits of an embedding, for
         the cross-entropy term."""
         return ('embed', 'classify') if self.ce_weight else ('embed',)
-
-    def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
-        return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)
-
-    def state_dict(self) -> dict:
-        return {} if self._queue is None else {'queue': self._queue.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self._queue is not None:
-            if 'queue' not in state:
-                raise ValueError('the checkpoint has no semi-trained networks, but the config asks for queue_size '
-                                 f'{self.queue_size}')
-            self._queue.load_state_dict(state['queue'], self._make_backbone)
 
     def __call__(self, backbone: nn.Module, syn_pos: Tensor, real_pos: Tensor, label: int) -> Tensor:
         return self.match_classes(backbone, syn_pos.unsqueeze(0), real_pos.unsqueeze(0), torch.tensor([label]))[0]

@@ -18,6 +18,7 @@ from ..compat.point_ops import furthest_point_sample
 from ..registry import OBJECTIVES
 from ..utils.sorting import sort_descending
 from .base import Objective
+from .model_queue import SemiTrainedNetworks
 from .sadm import mmd_of_distances, pairwise_squared_distances, rbf_mmd
 
 
@@ -88,12 +89,14 @@ def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> T
 
 
 @OBJECTIVES.register_module()
-class M3D(Objective):
+class M3D(SemiTrainedNetworks, Objective):
     """3DDP's objective: Σ_s w_s · MMD²(real partition s, synthetic clouds) on sorted |pre-pool features|.
 
-    The backbone is fresh and frozen every iteration (`trains_backbone = False`): DistillPointNet's last
-    point-wise map (InstanceNorm, no ReLU) stands in for 3DDP's BatchNorm PointNet conv3 output, whose statistics
-    3DDP warms on real clouds; InstanceNorm needs no warm-up. w_s = weight · p_s / Σ_t p_t with
+    The backbone is frozen (`trains_backbone = False`) and fresh every iteration, or, with `queue_size` > 0, one of
+    IDM's semi-trained networks (`SemiTrainedNetworks`, as distribution matching takes them): features that tell
+    the classes apart instead of random ones. DistillPointNet's last point-wise map (InstanceNorm, no ReLU) stands
+    in for 3DDP's BatchNorm PointNet conv3 output, whose statistics 3DDP warms on real clouds; InstanceNorm needs
+    no warm-up. w_s = weight · p_s / Σ_t p_t with
     p_s = exp(-sharpness · (ū_s - ū)²): ū_s the mean uniformity of real partition s, ū that of the whole clouds.
 
     Synthetic clouds of more than P points (a generator's) are reduced to their first P in furthest-point order.
@@ -106,13 +109,16 @@ class M3D(Objective):
         sharpness: of the uniformity weighting (3DDP: 1000). Default 1000.
         neighbours: of the uniformity score. Default 16.
         bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2). Default [0.25, 0.5, 1, 2, 4].
+        queue_size, queue_lifetime, queue_batch, queue_lr: the semi-trained networks, as `DistributionMatching`'s
+            (0: a fresh random network every iteration, as 3DDP).
     """
 
     trains_backbone = False
 
     def __init__(self, *, partitions: int = 4, points_per_partition: int = 255, weight: float = 0.8,
                  scale: float = 0.1, sharpness: float = 1000.0, neighbours: int = 16,
-                 bandwidth_multipliers: list[float] | None = None):
+                 bandwidth_multipliers: list[float] | None = None, queue_size: int = 0, queue_lifetime: int = 200,
+                 queue_batch: int = 64, queue_lr: float = 1e-3):
         if int(partitions) < 1 or int(points_per_partition) < 2:
             raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
                              f'{points_per_partition}')
@@ -124,6 +130,7 @@ class M3D(Objective):
         self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
         self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
+        self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr)
 
     def backbone_methods(self) -> tuple[str, ...]:
         return ('point_features',)   # the last point-wise map, before max-pooling

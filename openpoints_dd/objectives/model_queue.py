@@ -11,7 +11,8 @@ all replaced at once. The training steps run inside the iteration, so the budget
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import os
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -93,3 +94,39 @@ class SemiTrainedQueue:
             self.optimizers[int(key)].load_state_dict(slot_state['optimizer'])
         self.steps = [int(s) for s in steps]
         self.last_loss = [float(x) for x in state['last_loss'].tolist()]
+
+
+class SemiTrainedNetworks:
+    """IDM's queue for any objective that embeds through a frozen network (`trains_backbone = False`): DM, M3D.
+
+    Mixed in before the objective's base class; `_init_queue` from the objective's `__init__` with its `queue_*`
+    arguments. It supplies the engine hooks the queue needs: `prepare` (how to rebuild the networks on resume),
+    `iteration_backbone` (the visited slot's network, one training step further) and the queue's part of the
+    checkpoint. `queue_size` 0 keeps the engine's fresh random network every iteration.
+    """
+
+    def _init_queue(self, queue_size: int, queue_lifetime: int, queue_batch: int, queue_lr: float) -> None:
+        if queue_size < 0:
+            raise ValueError(f'{type(self).__name__}: queue_size must be >= 0, got {queue_size!r}')
+        self.queue_size, self.queue_lifetime, self.queue_batch, self.queue_lr = queue_size, queue_lifetime, queue_batch, queue_lr
+        self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
+            if queue_size else None
+        self._make_backbone: Callable[[], nn.Module] | None = None
+
+    def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
+                make_backbone: Callable[[], nn.Module]) -> float:
+        self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
+        return 0.0
+
+    def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
+        return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)
+
+    def state_dict(self) -> dict:
+        return {} if self._queue is None else {'queue': self._queue.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self._queue is not None:
+            if 'queue' not in state:
+                raise ValueError('the checkpoint has no semi-trained networks, but the config asks for queue_size '
+                                 f'{self.queue_size}')
+            self._queue.load_state_dict(state['queue'], self._make_backbone)

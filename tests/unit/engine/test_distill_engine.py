@@ -35,11 +35,12 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, crash_at):
     assert full.loss_history == result.loss_history
 
 
-def test_semi_trained_networks_resume_bit_identical(tmp_path):
-    """DM's queue of semi-trained networks is part of the checkpoint: a resume continues it exactly."""
+@pytest.mark.parametrize('objective', [{'NAME': 'DistributionMatching', 'ce_weight': 0.1},
+                                       {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64}])
+def test_semi_trained_networks_resume_bit_identical(tmp_path, objective):
+    """The queue of semi-trained networks (DM's, M3D's) is part of the checkpoint: a resume continues it exactly."""
     settings = dict(iterations=5, outer_loop=1, inner_loop=0,
-                    objective={'NAME': 'DistributionMatching', 'queue_size': 2, 'queue_lifetime': 3, 'queue_batch': 4,
-                               'ce_weight': 0.1},
+                    objective={**objective, 'queue_size': 2, 'queue_lifetime': 3, 'queue_batch': 4},
                     synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128},
                     syn_optimizer={'NAME': 'adam', 'lr': 0.01})
     _, full = _run(tiny_embedded_cfg(tmp_path / 'full', **settings))

@@ -69,19 +69,6 @@ def test_cross_entropy_term_adds_the_weighted_mean_over_each_class_clouds(tiny_b
         DistributionMatching(ce_weight=0.5)
 
 
-def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_network():
-    from openpoints_dd.models import DistillPointNet
-    fresh = DistillPointNet(num_classes=3, widths=(8, 16, 32))
-    batch = lambda size: (torch.randn(size, 32, 3), torch.randint(3, (size,)))
-    assert DistributionMatching().iteration_backbone(fresh, 0, batch) is fresh
-    queued = DistributionMatching(queue_size=2, queue_lifetime=4, queue_batch=4)
-    weights = fresh.head.weight.detach().clone()
-    assert queued.iteration_backbone(fresh, 0, batch) is fresh and not torch.equal(fresh.head.weight, weights)
-    assert set(queued.state_dict()) == {'queue'}
-    with pytest.raises(ValueError, match='no semi-trained networks'):
-        queued.load_state_dict({})
-
-
 def test_the_cross_entropy_term_reuses_the_embedding_pass(tiny_backbone, tiny_clouds, monkeypatch):
     """One embedding pass over the synthetic clouds serves the mean and the logits (not a second forward)."""
     objective = DistributionMatching(queue_size=1, ce_weight=1.0)

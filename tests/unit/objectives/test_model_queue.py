@@ -1,11 +1,12 @@
-"""SemiTrainedQueue: round-robin slots of networks trained one step per visit, replaced after their lifetime."""
+"""SemiTrainedQueue: round-robin slots of networks trained one step per visit, replaced after their lifetime; and
+SemiTrainedNetworks, the queue as the frozen-network objectives (DM, M3D) take it."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from openpoints_dd.models import DistillPointNet
-from openpoints_dd.objectives import SemiTrainedQueue
+from openpoints_dd.objectives import M3D, DistributionMatching, SemiTrainedQueue
 
 
 def _net(seed):
@@ -61,3 +62,20 @@ def test_a_non_finite_training_loss_names_the_slot():
     nan_batch = lambda size: (torch.full((size, 32, 3), float('nan')), torch.zeros(size, dtype=torch.long))
     with pytest.raises(FloatingPointError, match='slot 1'):
         queue.next_model(_net(0), 1, nan_batch)
+
+
+@pytest.mark.parametrize('objective', [DistributionMatching, M3D])
+def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_network(objective):
+    fresh = _net(0)
+    batch = _real_batch(0)
+    assert objective().iteration_backbone(fresh, 0, batch) is fresh and objective().state_dict() == {}
+    queued = objective(queue_size=2, queue_lifetime=4, queue_batch=4)
+    weights = fresh.head.weight.detach().clone()
+    assert queued.iteration_backbone(fresh, 0, batch) is fresh and not torch.equal(fresh.head.weight, weights)
+    assert queued.iteration_backbone(_net(1), 1, batch) is not fresh          # slot 1: the next fresh network
+    assert queued.iteration_backbone(_net(2), 2, batch) is fresh               # slot 0 again, one step further
+    assert set(queued.state_dict()) == {'queue'} and queued._queue.steps == [2, 1]
+    with pytest.raises(ValueError, match='no semi-trained networks'):
+        queued.load_state_dict({})
+    with pytest.raises(ValueError, match=f'{objective.__name__}: queue_size must be >= 0'):
+        objective(queue_size=-1)
