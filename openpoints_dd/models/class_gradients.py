@@ -104,12 +104,12 @@ def _class_gradients(model: DistillPointNet, points: Tensor, labels: Tensor, low
 
     d_z = mm(d_logits, head_weight)                                                         # (GB, O)
     alpha, beta = d_z * scale, -d_z * z * scale.square()
-    grad = (_weighted_rows(centred.reshape(-1, C), rows, alpha, G)                          # Σ_b α ⊗ (a_{n*} - mean a)
+    grad = (weighted_rows(centred.reshape(-1, C), rows, alpha, G)                          # Σ_b α ⊗ (a_{n*} - mean a)
             + _weighted_projection_sum(last, beta, covariance, G))                           # Σ_b diag(β) W Cov
     grads += [grad, grad.new_zeros(G, last.shape[0])]
     if hidden:
         # Σ_{o: n*_o = n} α_o w_o - αᵀW / N (every point), then + A Wᵀ diag(β) W / N
-        d_a = _scatter_rows(alpha, last, argmax, N, -torch.matmul(alpha, last) / N, G)
+        d_a = _scatter_rows(alpha, last, argmax, N, -torch.matmul(alpha, last) / N)
         d_a = add_product(d_a, centred, products.quadratic_forms(beta / N))
         for k, (weight, products, centred, covariance, scale, folded, u) in reversed(list(enumerate(saved))):
             d_u = _relu_backward(d_a, u)
@@ -156,39 +156,43 @@ def _weighted_projection_sum(weight: Tensor, coefficients: Tensor, covariance: T
                                      covariance[g]) for g in range(groups)])
 
 
-def _scatter_rows(coefficients: Tensor, weight: Tensor, argmax: Tensor, num_points: int, base: Tensor,
-                  groups: int) -> Tensor:
+def _scatter_rows(coefficients: Tensor, weight: Tensor, argmax: Tensor, num_points: int, base: Tensor) -> Tensor:
     """(GB, N, C): row n of cloud b is base[b] plus Σ over the channels o whose max point is n of coefficients[b, o] w_o.
 
     Args:
         coefficients: (GB, O); weight: (O, C); argmax: (GB, O) point indices; base: (GB, C), every point's start.
-
-    One group at a time, so that the (B, O, C) rows to add stay small.
     """
-    clouds, O = coefficients.shape
-    per_group, C = clouds // groups, weight.shape[1]
-    offsets = torch.arange(per_group, device=argmax.device).unsqueeze(1) * num_points
-    out = []
-    for g in range(groups):
-        block = slice(g * per_group, (g + 1) * per_group)
-        rows = (argmax[block] + offsets).reshape(-1)
-        source = (coefficients[block].unsqueeze(-1) * weight).reshape(-1, C)
-        start = base[block].unsqueeze(1).expand(per_group, num_points, C).reshape(-1, C)
-        out.append(start.index_add(0, rows, source))
-    return torch.cat(out).view(clouds, num_points, C)
+    clouds = coefficients.shape[0]
+    rows = argmax + torch.arange(clouds, device=argmax.device).unsqueeze(1) * num_points
+    scattered = scattered_rows(coefficients, weight, rows, clouds * num_points).view(clouds, num_points, -1)
+    return scattered + base.unsqueeze(1)
 
 
-def _weighted_rows(features: Tensor, rows: Tensor, weights: Tensor, groups: int) -> Tensor:
+def weighted_rows(features: Tensor, rows: Tensor, weights: Tensor, groups: int = 1) -> Tensor:
     """Σ_b weights[b, o] features[rows[b, o]] over each group's clouds, as one fused weighted gather.
 
-    features: (GB·N, C) every cloud's points; rows: (GB·O,) the row of each (cloud, channel); weights: (GB, O).
-    Returns (G, O, C). `embedding_bag` sums each (group, channel)'s B rows without writing the (GB, O, C) gather.
+    features: (GB·N, C) every cloud's points; rows: (GB·O,) or (GB, O) the row of each (cloud, channel); weights:
+    (GB, O). Returns (G, O, C). `embedding_bag` sums each (group, channel)'s B rows without writing the (GB, O, C)
+    gather.
     """
     clouds, O = weights.shape
     per_group = clouds // groups
-    bags = rows.view(groups, per_group, O).transpose(1, 2).reshape(-1, per_group)          # (G·O, B)
+    bags = rows.reshape(groups, per_group, O).transpose(1, 2).reshape(-1, per_group)       # (G·O, B)
     bag_weights = weights.view(groups, per_group, O).transpose(1, 2).reshape(-1, per_group)
     return F.embedding_bag(bags, features, per_sample_weights=bag_weights, mode='sum').view(groups, O, -1)
+
+
+def scattered_rows(coefficients: Tensor, weight: Tensor, rows: Tensor, num_rows: int) -> Tensor:
+    """(num_rows, C): row r is Σ over the (b, o) with rows[b, o] = r of coefficients[b, o] w_o.
+
+    The transpose of `weighted_rows`: each row's channels as one bag of `embedding_bag` (the (b, o) sorted by their
+    row), so the (B, O, C) products that an index_add would add are never written. Rows no channel picked are 0.
+    """
+    flat = rows.reshape(-1)
+    order = torch.argsort(flat)
+    counts = torch.bincount(flat, minlength=num_rows)
+    return F.embedding_bag(order % weight.shape[0], weight, counts.cumsum(0) - counts, mode='sum',
+                           per_sample_weights=coefficients.reshape(-1)[order].to(weight.dtype))
 
 
 class _WeightProducts:

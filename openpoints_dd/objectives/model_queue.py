@@ -108,7 +108,8 @@ class SemiTrainedNetworks:
     def _init_queue(self, queue_size: int, queue_lifetime: int, queue_batch: int, queue_lr: float) -> None:
         if queue_size < 0:
             raise ValueError(f'{type(self).__name__}: queue_size must be >= 0, got {queue_size!r}')
-        self.queue_size, self.queue_lifetime, self.queue_batch, self.queue_lr = queue_size, queue_lifetime, queue_batch, queue_lr
+        self.queue_size, self.queue_lifetime = queue_size, queue_lifetime
+        self.queue_batch, self.queue_lr = queue_batch, queue_lr
         self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
             if queue_size else None
         self._make_backbone: Callable[[], nn.Module] | None = None

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from openpoints_dd.models import DistillPointNet
-from openpoints_dd.models.pointnet import max_point_search
+from openpoints_dd.models.pointnet import ProductsAtMaxPoints, max_point_search
 
 
 def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,31 @@ def test_pooled_layer_matches_the_plain_network_to_second_order(clouds):
         torch.testing.assert_close(fast, naive)
     torch.testing.assert_close(fast_second, naive_second)
     assert fast_second.abs().sum() > 0
+
+
+def test_products_at_max_points_equal_the_gathered_rows_to_second_order():
+    """The bagged backward (no (B, C_out, C_in) rows) against index_select-multiply-sum, in float64."""
+    torch.manual_seed(0)
+    rows = torch.randint(50, (4, 7))
+    rows[0, :3] = 5                                   # one row the max of several channels: its gradient sums them
+    h = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+
+    def bagged(h, weight):
+        return ProductsAtMaxPoints.apply(h, weight, rows, (h.detach()[rows] * weight.detach()).sum(-1))
+
+    def gathered(h, weight):
+        return (h[rows] * weight).sum(-1)
+    torch.testing.assert_close(bagged(h, weight), gathered(h, weight))
+    assert torch.autograd.gradcheck(bagged, (h, weight)) and torch.autograd.gradgradcheck(bagged, (h, weight))
+    probe = torch.randn(4, 7, dtype=torch.float64)
+    first = [torch.autograd.grad((fn(h, weight) * probe).sum(), (h, weight), create_graph=True)
+             for fn in (bagged, gathered)]
+    for a, b in zip(*first):
+        torch.testing.assert_close(a, b)
+    second = [torch.autograd.grad(sum((g ** 2).sum() for g in grads), (h, weight)) for grads in first]
+    for a, b in zip(*second):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize('widths', [(16, 32, 64), (64,)])
