@@ -18,11 +18,30 @@ from openpoints.models.build import MODELS
 from .class_gradients import pointnet_class_gradients, scattered_rows, weighted_rows
 
 
+class Gram(torch.autograd.Function):
+    """hᵀh over the points: (..., N, C) -> (..., C, C), with its backward as the one product h (g + gᵀ).
+
+    Autograd's backward of matmul(h.T, h) forms the gradients of both operands (two products of the map's size)
+    and adds one, transposed, to the other (a strided pass over the map); the sum is symmetric, so one product
+    gives it. The backward is made of differentiable ops, so second order works.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:
+        ctx.save_for_backward(h)
+        return torch.matmul(h.transpose(-1, -2), h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        h, = ctx.saved_tensors
+        return torch.matmul(h, grad + grad.transpose(-1, -2))
+
+
 def centred_moments(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-cloud mean (..., B, 1, C), centred points (..., B, N, C) and covariance (..., B, C, C) of a map."""
     mean = h.mean(dim=-2, keepdim=True)
     centred = h - mean
-    return mean, centred, torch.matmul(centred.transpose(-1, -2), centred) / h.shape[-2]
+    return mean, centred, Gram.apply(centred) / h.shape[-2]
 
 
 def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
@@ -245,7 +264,7 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
         # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
         # around the origin the subtraction loses no significant digits
         mean = h.mean(dim=-2, keepdim=True)                                              # (..., B, 1, C_in)
-        covariance = torch.matmul(h.transpose(-1, -2), h) / N - mean.transpose(-1, -2) * mean
+        covariance = Gram.apply(h) / N - mean.transpose(-1, -2) * mean
         variance = projected_variance(weight, covariance)                                # (..., B, C_out)
         clouds = argmax.numel() // argmax.shape[-1]
         rows = argmax + torch.arange(clouds, device=h.device).view(*lead, 1) * N          # into h's (clouds·N) rows

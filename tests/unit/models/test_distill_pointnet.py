@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from openpoints_dd.models import DistillPointNet
-from openpoints_dd.models.pointnet import ProductsAtMaxPoints, max_point_search
+from openpoints_dd.models.pointnet import Gram, ProductsAtMaxPoints, max_point_search
 
 
 def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,13 @@ def test_pooled_layer_matches_the_plain_network_to_second_order(clouds):
         torch.testing.assert_close(fast, naive)
     torch.testing.assert_close(fast_second, naive_second)
     assert fast_second.abs().sum() > 0
+
+
+def test_gram_equals_the_plain_product_to_second_order():
+    torch.manual_seed(0)
+    h = torch.randn(2, 3, 9, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(Gram.apply(h), h.transpose(-1, -2) @ h)
+    assert torch.autograd.gradcheck(Gram.apply, (h,)) and torch.autograd.gradgradcheck(Gram.apply, (h,))
 
 
 def test_products_at_max_points_equal_the_gathered_rows_to_second_order():
