@@ -273,8 +273,8 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
             values = searched if searched.dtype == h.dtype else _products_at_rows(h.reshape(-1, C_in), weight, rows)
             max_value = ProductsAtMaxPoints.apply(h.reshape(-1, C_in), weight, rows, values)
         else:   # per-group weights: the rows at the max points as one index_select over all clouds' points
-            at_max = h.reshape(-1, C_in).index_select(0, rows.reshape(-1)).view(*lead, -1, C_in)
-            max_value = (at_max * weight).sum(-1)                                        # (G, B, C_out, C_in) rows
+            at_max = h.reshape(-1, C_in).index_select(0, rows.reshape(-1)).view(*lead, -1, C_in)  # (G, B, C_out, C_in)
+            max_value = (at_max * weight).sum(-1)
         mean_value = torch.matmul(mean, weight.transpose(-1, -2)).squeeze(-2)
         if bias is not None:
             max_value, mean_value = max_value + bias, mean_value + bias
