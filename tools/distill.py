@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--cfg is required')
     cfg = load_distill_config(args.cfg, overrides)   # every key checked, every registry name resolved
     distributed.init_from_env(cfg['device'])
+    finished = False
     try:
         with start_run(cfg, args.cfg, overrides, checkpoint=CHECKPOINT_NAME) as run_dir:
             run_distillation(cfg, run_dir)
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
     return 0
 
 

@@ -30,8 +30,16 @@ def init_from_env(device: str = 'cpu') -> tuple[int, int]:
     return rank(), world_size()
 
 
-def shutdown() -> None:
+def shutdown(finished: bool) -> None:
+    """Leave the process group; after a finished run, only once every process has finished.
+
+    A process that tears down gloo while a peer still works (rank 0 writing the artifact) can abort
+    in gloo's teardown, failing a run whose work is done; the barrier lines the teardowns up. After an
+    error there is no barrier: a peer may never reach it.
+    """
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
