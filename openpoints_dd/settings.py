@@ -118,9 +118,14 @@ DISTILL_COMMON = {
                           'how a cloud is put in a canonical orientation'),
     'syn_optimizer': _component({'NAME': 'adam', 'lr': 1e-3, 'weight_decay': 5e-4}, _optimizers,
                                 'the optimizer of the synthesizer (and the rotator, unless rotator_optimizer)'),
-    'syn_scheduler': Setting('section', {}, 'StepLR of the synthesizer, per iteration', fields={
-        'step_fraction': _float(0.5, 'the step at this fraction of `iterations`', positive=True, high=1),
-        'gamma': _float(0.1, 'the factor at the step', positive=True, high=1)}),
+    'syn_scheduler': Setting('section', {}, "the synthesizer's rate: x gamma at every step_fraction of the run",
+                             fields={
+        'step_fraction': _float(0.5, 'a step at every this fraction of the run', positive=True, high=1),
+        'gamma': _float(0.1, 'the factor at each step', positive=True, high=1),
+        'by': _choice('iterations', ('iterations', 'time'),
+                      "what the run's fraction counts: `iterations` done of `iterations`; `time`: the larger of that "
+                      "and the share of budget_minutes spent, so that a budget-bound run falls at the same point of "
+                      "its budget on any machine (needs budget_minutes)")}),
     'rotator_optimizer': Setting('section', None, "the rotator's own param groups in the same optimizer (e.g. "
                                  "SADM's Euler angles); null: they share the synthesizer's", nullable=True, fields={
         'lr': _float(REQUIRED, 'x the rotator\'s per-group lr_scale', positive=True),
@@ -229,7 +234,12 @@ def resolve_distill_config(cfg: Mapping[str, Any], task: str | None = None) -> E
     if task is not None and config_task != task:
         raise SettingsError(f"task: the config says {config_task!r}, but this engine distills for {task!r}; set "
                             f"task: {task}")
-    return _easy(_resolve_section('', dict(cfg), schema(config_task)))
+    resolved = _resolve_section('', dict(cfg), schema(config_task))
+    distill = resolved['distill']
+    if distill['syn_scheduler']['by'] == 'time' and not distill['budget_minutes']:
+        raise SettingsError('distill.syn_scheduler.by: time counts the run by its budget; set distill.budget_minutes '
+                            'or use by: iterations')
+    return _easy(resolved)
 
 
 def load_distill_config(path: str, overrides: Sequence[str] | None = None) -> EasyConfig:

@@ -94,20 +94,17 @@ class Distiller:
         # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many
         self.rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], self.synthesizer.num_slots)).to(self.device)
         self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
-        sched = d['syn_scheduler']
-        step = max(1, int(d['iterations'] * sched['step_fraction']))
-        groups, schedules = _parameter_groups(self.synthesizer, self.rotator, d['rotator_optimizer'],
-                                              float(d['syn_optimizer'].get('lr', 1e-3)), step, sched['gamma'])
+        self.iteration = 0
+        self.elapsed = 0.0   # seconds of the run, initialisation included (a resumed run's restored)
+        groups, rotator_schedules = _parameter_groups(self.synthesizer, self.rotator, d['rotator_optimizer'],
+                                                      float(d['syn_optimizer'].get('lr', 1e-3)))
         self.optimizer = build_optimizer(d['syn_optimizer'], groups)
-        if schedules is None:
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=sched['gamma'])
-        else:   # the rotator's groups follow their own StepLR
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedules)
+        synthesizer_schedule = self._synthesizer_schedule()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [synthesizer_schedule] * (len(groups) - len(rotator_schedules)) + rotator_schedules)
         self.evaluate_fn = evaluate_fn
         self.loss_history: list[float] = []
         self.evaluations: list[dict] = []
-        self.iteration = 0
-        self.elapsed = 0.0
         self.init_report: dict = {}
         self.objective_optimizer = self._prepare_objective()
         # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients);
@@ -115,6 +112,21 @@ class Distiller:
         self.matched_parameters = [p for p in self.parameters + self.objective.parameters() if p.requires_grad] or None
 
     # ------------------------------------------------------------------------------------ helpers
+    def _synthesizer_schedule(self) -> Callable[[int], float]:
+        """`syn_scheduler`: the rate x gamma at every step_fraction of the run. The run's fraction is the
+        iterations' (`by: iterations`) or, `by: time`, the larger of that and the budget's share spent, read
+        from the run's clock when the scheduler steps (after each iteration)."""
+        sched, iterations = self.d['syn_scheduler'], self.d['iterations']
+        fraction, gamma = sched['step_fraction'], sched['gamma']
+        if sched['by'] == 'iterations':
+            return _step_schedule(max(1, int(iterations * fraction)), gamma)
+        budget_s = float(self.d['budget_minutes']) * 60
+
+        def by_time(iteration: int) -> float:
+            done = max(iteration / max(iterations, 1), self.elapsed / budget_s)
+            return gamma ** int(done / fraction + 1e-9)
+        return by_time
+
     def _generator(self, *key: int) -> torch.Generator:
         """A CPU generator seeded from (seed, *key): resumable and shardable without saving RNG state."""
         return torch.Generator().manual_seed(hash((self.seed, *key)) & 0x7FFF_FFFF_FFFF)
@@ -195,10 +207,10 @@ class Distiller:
             started = time.perf_counter()
             loss = self.run_iteration(self.iteration, outer, inner)
             self.loss_history.append(loss)
-            self.scheduler.step()
             self.iteration += 1
             iteration_seconds.append(time.perf_counter() - started)
             self.elapsed += iteration_seconds[-1]
+            self.scheduler.step()   # after the clock: a schedule `by: time` reads it
             bar.total = expected_iterations(self.iteration, iterations, self.elapsed,
                                             sum(iteration_seconds) / len(iteration_seconds), budget_s)
             bar.update(1)
@@ -475,9 +487,9 @@ def _rotator_args(cfg: Mapping[str, Any] | None, num_slots: int) -> dict:
     return {'num_slots': num_slots} if getattr(cls, 'per_slot', False) else {}
 
 
-def _parameter_groups(synthesizer: Synthesizer, rotator: nn.Module, rot_cfg: Mapping[str, Any] | None, syn_lr: float,
-                      syn_step: int, syn_gamma: float) -> tuple[list[dict], list[Callable[[int], float]] | None]:
-    """Optimizer param groups, and one LR schedule per group for LambdaLR (None: one StepLR for all).
+def _parameter_groups(synthesizer: Synthesizer, rotator: nn.Module, rot_cfg: Mapping[str, Any] | None,
+                      syn_lr: float) -> tuple[list[dict], list[Callable[[int], float]]]:
+    """Optimizer param groups, the synthesizer's first, and the LR schedules of the rotator's own groups (last).
 
     The synthesizer's groups are its `param_groups()` (MorphedClouds: the blend logits at `lr_scale` times
     `syn_optimizer.lr`). Without `distill.rotator_optimizer` the rotator's parameters join the synthesizer's
@@ -490,7 +502,7 @@ def _parameter_groups(synthesizer: Synthesizer, rotator: nn.Module, rot_cfg: Map
     rot_params = list(rotator.parameters())
     if not rot_cfg or not rot_params:
         groups[0]['params'] = list(groups[0]['params']) + rot_params
-        return groups, None
+        return groups, []
     rot_cfg = dict(rot_cfg)
     unknown = set(rot_cfg) - {'lr', 'momentum', 'weight_decay', 'betas', 'step_size', 'gamma'}
     if unknown or 'lr' not in rot_cfg:
@@ -500,9 +512,8 @@ def _parameter_groups(synthesizer: Synthesizer, rotator: nn.Module, rot_cfg: Map
     rot_schedule = _step_schedule(int(step_size), rot_gamma) if step_size else _step_schedule(1, 1.0)
     base_lr = float(rot_cfg.pop('lr'))
     rot_groups = rotator.param_groups() if hasattr(rotator, 'param_groups') else [{'params': rot_params}]
-    syn_groups = len(groups)
     groups += [{**rot_cfg, **_scaled({'lr_scale': 1.0, **group}, base_lr)} for group in rot_groups]
-    return groups, [_step_schedule(syn_step, syn_gamma)] * syn_groups + [rot_schedule] * len(rot_groups)
+    return groups, [rot_schedule] * len(rot_groups)
 
 
 def _scaled(group: Mapping[str, Any], lr: float) -> dict:

@@ -50,6 +50,8 @@ def test_every_shipped_config_resolves_and_resolving_is_idempotent(path):
     ('distill:\n  syn_optimizer: {NAME: adam, lrr: 0.1}\n', r"syn_optimizer\.lrr: Adam takes no such key \(did you "
                                                             r"mean 'lr'\?\)"),
     ('distill:\n  syn_scheduler: {gamma: 2}\n', r'distill\.syn_scheduler\.gamma must be <= 1'),
+    ('distill:\n  budget_minutes: null\n  syn_scheduler: {by: time}\n',
+     r'distill\.syn_scheduler\.by: time counts the run by its budget; set distill\.budget_minutes'),
     ('distill:\n  rotator_optimizer: {momentum: 0.5}\n', r'distill\.rotator_optimizer\.lr is required'),
     ('distill:\n  bn_warmup: 4\n', r"unknown key distill\.bn_warmup"),            # a segmentation key
     ('evaluation:\n  model: {NAME: NoSuchNet}\n', r"evaluation\.model\.NAME: unknown model 'NoSuchNet'"),
@@ -93,7 +95,7 @@ def test_values_keep_their_kinds_and_defaults_fill_in(tmp_path):
     assert d.budget_minutes == 5.0 and type(d.budget_minutes) is float   # an int given for a number
     assert d.net_lr == 1e-3 and type(d.net_lr) is float                  # PyYAML reads 1e-3 as a string
     assert d.objective == {'NAME': 'GradientMatching', 'autocast': 'all'}   # merged over the default component
-    assert d.syn_scheduler == {'step_fraction': 0.5, 'gamma': 0.1}
+    assert d.syn_scheduler == {'step_fraction': 0.5, 'gamma': 0.1, 'by': 'iterations'}
     assert d.rotator_optimizer is None and 'inner_batch' in d
     assert cfg.evaluation.augment.jitter_clip == 0.05                   # nested sections: attribute access
     # a component of another NAME keeps the default's other keys (as the default.yaml merge did)

@@ -129,11 +129,11 @@ def test_parameter_groups_scale_the_synthesizers_and_give_a_plain_rotator_its_ow
     synthesizer = build_synthesizer({'NAME': 'MorphedClouds', 'points': 8, 'init': 'noise', 'blend_lr_scale': 0.1},
                                     num_classes=2, cpc=1)
     rotator = torch.nn.Linear(2, 2)                 # parameters, no param_groups of its own
-    groups, schedules = _parameter_groups(synthesizer, rotator, {'lr': 0.5, 'momentum': 0.5}, 0.01, 10, 0.1)
-    assert [g.get('lr') for g in groups] == [None, pytest.approx(0.001), 0.5] and len(schedules) == 3
+    groups, schedules = _parameter_groups(synthesizer, rotator, {'lr': 0.5, 'momentum': 0.5}, 0.01)
+    assert [g.get('lr') for g in groups] == [None, pytest.approx(0.001), 0.5] and len(schedules) == 1
     assert groups[2]['momentum'] == 0.5 and [id(p) for p in groups[2]['params']] == [id(p) for p in rotator.parameters()]
-    groups, schedules = _parameter_groups(synthesizer, rotator, None, 0.01, 10, 0.1)
-    assert schedules is None and len(groups) == 2
+    groups, schedules = _parameter_groups(synthesizer, rotator, None, 0.01)
+    assert schedules == [] and len(groups) == 2
     assert {id(p) for p in rotator.parameters()} <= {id(p) for p in groups[0]['params']}
 
 

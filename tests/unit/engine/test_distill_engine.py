@@ -108,6 +108,25 @@ def test_budget_is_a_cap_an_iteration_starts_only_if_it_fits(tmp_path, monkeypat
     assert result.stopped_by_budget and result.iterations_done == 4 and result.seconds == 28.0
 
 
+@pytest.mark.parametrize('by, rates', [('time', [1e-3, 1e-3, 1e-3, 1e-4]), ('iterations', [1e-3] * 4)])
+def test_a_schedule_by_time_falls_at_its_share_of_the_budget(tmp_path, monkeypatch, by, rates):
+    """7 s iterations against a 30 s budget and 1000 iterations: by time, the rate falls once half the budget is
+    spent (after the 3rd iteration, at 21 s); by iterations, at iteration 500, which the budget never reaches."""
+    clock, seen = [0.0], []
+    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
+
+    def seven_second_iteration(self, iteration, outer, inner):
+        seen.append(self.optimizer.param_groups[0]['lr'])
+        clock[0] += 7.0
+        return 1.0
+
+    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5,
+                            syn_scheduler={'step_fraction': 0.5, 'gamma': 0.1, 'by': by})
+    _, result = _run(cfg)
+    assert result.iterations_done == 4 and seen == pytest.approx(rates)
+
+
 def test_nan_loss_names_step_and_class(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, iterations=1)
     distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'])
