@@ -5,7 +5,8 @@
 `DistillPointNet` (64/128/1024), Adam, cross-entropy on 256 clouds of 1024 points (a 400-cloud set is 2 steps per
 epoch, 400 per 200-epoch seed); per variant the best of `--repeats` steps after one warm-up step: fp32, the bf16
 max-point search alone, bf16 autocast (`amp: bf16`), and both. Prints the CPU, seconds per step and the projected
-minutes of one evaluation seed.
+minutes of one evaluation seed. `THP_MEM_ALLOC_ENABLE=0` in the environment times it on 4 KB pages (see
+openpoints_dd/__init__.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import openpoints_dd  # noqa: E402,F401  (first, as in the tools: huge pages for torch's large tensors)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
