@@ -88,7 +88,7 @@ def _class_gradients(model: DistillPointNet, points: Tensor, labels: Tensor, low
     centred = h - mean
     covariance, products = _covariance(centred), _WeightProducts.of(model, len(hidden), last)   # (GB, C, C)
     scale = torch.rsqrt(products.variance(covariance) + model.eps)                          # (GB, O)
-    argmax, max_value = max_point_search(h, last, low or model.argmax_dtype, with_values=True)
+    argmax, max_value = max_point_search(h, last, low or model.argmax_dtype)
     rows = (argmax + torch.arange(clouds, device=h.device).unsqueeze(1) * N).reshape(-1)   # (GB·O,) into h's rows
     if graph or max_value.dtype != h.dtype:   # a value with a graph, or exact where the search rounded
         centred_max = (centred.reshape(-1, C).index_select(0, rows).view(clouds, -1, C) * last).sum(-1)

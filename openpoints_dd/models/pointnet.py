@@ -258,7 +258,7 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
         Under a bf16 autocast only the max-point search is rounded (`fp32_statistics`).
     """
     *lead, N, C_in = h.shape
-    argmax, searched = max_point_search(h, weight, argmax_dtype, with_values=True)     # (..., B, C_out) each
+    argmax, searched = max_point_search(h, weight, argmax_dtype)                        # (..., B, C_out) each
     with fp32_statistics(h):
         h = at_least_fp32(h)
         # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
@@ -322,9 +322,10 @@ def _products_at_rows(h_rows: Tensor, weight: Tensor, rows: Tensor, chunk_rows: 
 
 
 @torch.no_grad()
-def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32, chunk_rows: int = 4096,
-                     with_values: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """(B, C_out) index of the point where each channel of h @ weight.T is largest (the first one on ties).
+def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32,
+                     chunk_rows: int = 4096) -> tuple[Tensor, Tensor]:
+    """(B, C_out) index of the point where each channel of h @ weight.T is largest (the first one on ties), and
+    the max values (B, C_out) in `dtype`.
 
     Each cloud's products are formed channels-first, weight @ h.T (C_out, N), so that the max over the points
     is a reduction over the last, contiguous dimension: `max(dim=-1)` there gives the values and the first
@@ -332,13 +333,12 @@ def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float
     (a scalar loop on CPU). Run a few clouds at a time (about `chunk_rows` points): each product then stays in
     cache and no (B, C_out, N) map is ever allocated. On a GPU the whole batch goes in one product: there,
     fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight (G, 1, C_out, C_in)) are
-    searched one after the other, each with its own weight. `with_values` also returns the max values
-    (B, C_out), in `dtype`. A float64 `h` is searched in float64 (ties then resolve the same way at every
-    batch size, which exactness checks in float64 rely on).
+    searched one after the other, each with its own weight. A float64 `h` is searched in float64 (ties then
+    resolve the same way at every batch size, which exactness checks in float64 rely on).
     """
     if weight.dim() > 2:
-        found = [max_point_search(h[g], weight[g, 0], dtype, chunk_rows, with_values) for g in range(h.shape[0])]
-        return tuple(torch.stack(part) for part in zip(*found)) if with_values else torch.stack(found)
+        found = [max_point_search(h[g], weight[g, 0], dtype, chunk_rows) for g in range(h.shape[0])]
+        return tuple(torch.stack(part) for part in zip(*found))
     B, N, _ = h.shape
     dtype = torch.float64 if h.dtype == torch.float64 else dtype
     weight = weight.detach().to(dtype)
@@ -348,7 +348,7 @@ def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float
         found = torch.matmul(weight, h[i:i + clouds].detach().to(dtype).transpose(1, 2)).max(dim=-1)
         indices.append(found.indices)
         values.append(found.values)
-    return (torch.cat(indices), torch.cat(values)) if with_values else torch.cat(indices)
+    return torch.cat(indices), torch.cat(values)
 
 
 def pointnet_conv1d_forward(model: DistillPointNet, points: Tensor) -> Tensor:

@@ -100,7 +100,7 @@ def test_max_point_search_takes_the_first_max_point_on_ties():
     torch.manual_seed(0)
     h, weight = torch.randint(0, 3, (6, 96, 4)).float(), torch.randint(-2, 3, (40, 4)).float()   # many ties
     products = torch.matmul(h, weight.t())
-    index, values = max_point_search(h, weight, with_values=True)
+    index, values = max_point_search(h, weight)
     torch.testing.assert_close(index, products.argmax(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(values, products.amax(dim=1), rtol=0, atol=0)
 
@@ -110,7 +110,7 @@ def test_chunked_max_point_search_equals_one_full_search():
     h, weight = torch.randn(5, 64, 8), torch.randn(16, 8)
     full = torch.matmul(h, weight.t()).argmax(dim=1)
     for chunk_rows in (64, 128, 4096):   # 1 cloud, 2 clouds (the last chunk holds one), all at once
-        torch.testing.assert_close(max_point_search(h, weight, chunk_rows=chunk_rows), full, rtol=0, atol=0)
+        torch.testing.assert_close(max_point_search(h, weight, chunk_rows=chunk_rows)[0], full, rtol=0, atol=0)
 
 
 def test_channels_first_point_features_are_the_transposed_map_with_the_same_gradient():
