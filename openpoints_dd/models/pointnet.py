@@ -15,33 +15,15 @@ from torch import Tensor, nn
 from openpoints.loss import build_criterion_from_cfg
 from openpoints.models.build import MODELS
 
+from ..utils.gram import Gram
 from .class_gradients import pointnet_class_gradients, scattered_rows, weighted_rows
-
-
-class Gram(torch.autograd.Function):
-    """hᵀh over the points: (..., N, C) -> (..., C, C), with its backward as the one product h (g + gᵀ).
-
-    Autograd's backward of matmul(h.T, h) forms the gradients of both operands (two products of the map's size)
-    and adds one, transposed, to the other (a strided pass over the map); the sum is symmetric, so one product
-    gives it. The backward is made of differentiable ops, so second order works.
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor) -> Tensor:
-        ctx.save_for_backward(h)
-        return torch.matmul(h.transpose(-1, -2), h)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        h, = ctx.saved_tensors
-        return torch.matmul(h, grad + grad.transpose(-1, -2))
 
 
 def centred_moments(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-cloud mean (..., B, 1, C), centred points (..., B, N, C) and covariance (..., B, C, C) of a map."""
     mean = h.mean(dim=-2, keepdim=True)
     centred = h - mean
-    return mean, centred, Gram.apply(centred) / h.shape[-2]
+    return mean, centred, Gram.apply(centred, False) / h.shape[-2]
 
 
 def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
@@ -60,8 +42,44 @@ def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
     if B < C_in:
         # einsum over the shared (C_out, C_in) weight runs as a batched matmul: ~3x faster than mul + sum here
         return torch.einsum('boc,oc->bo', torch.matmul(weight, covariance), weight)
-    outer = (weight.unsqueeze(2) * weight.unsqueeze(1)).reshape(weight.shape[0], C_in * C_in)
-    return torch.matmul(covariance.reshape(B, C_in * C_in), outer.t())
+    return ProjectedVariance.apply(weight, covariance)
+
+
+class ProjectedVariance(torch.autograd.Function):
+    """(B, C_out) diag(W Cov_b Wᵀ) as one product Cov (B, C_in²) x (C_in², C_out) against W's outer products.
+
+    Autograd's backward of that product through the outer products w_o w_oᵀ forms their gradient M_o (C_out, C_in,
+    C_in), then multiplies it by w twice, once per side of the outer product, and sums over a strided dimension:
+    passes over a (C_out, C_in, C_in) tensor (64 MB for the 1024-channel layer) that cost more than the products.
+    Since each Cov_b is symmetric, so is M_o, and the weight's gradient is 2 M_o w_o: one batched product. The
+    backward is made of differentiable ops (the outer products formed again under a double backward, so that
+    their dependence on W is in that graph), so second order works.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, covariance: Tensor) -> Tensor:
+        outer = _outer_products(weight)
+        ctx.save_for_backward(weight, covariance, outer)
+        return torch.matmul(covariance.reshape(covariance.shape[0], -1), outer.t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        weight, covariance, outer = ctx.saved_tensors
+        if torch.is_grad_enabled():   # a double backward: the outer products' own dependence on the weight counts
+            outer = _outer_products(weight)
+        C_out, C_in = weight.shape
+        grad_weight = grad_covariance = None
+        if ctx.needs_input_grad[0]:
+            per_channel = torch.matmul(grad.t(), covariance.reshape(covariance.shape[0], -1))   # (C_out, C_in²)
+            grad_weight = 2 * torch.matmul(per_channel.view(C_out, C_in, C_in), weight.unsqueeze(-1)).squeeze(-1)
+        if ctx.needs_input_grad[1]:
+            grad_covariance = torch.matmul(grad, outer).view_as(covariance)
+        return grad_weight, grad_covariance
+
+
+def _outer_products(weight: Tensor) -> Tensor:
+    """(C_out, C_in²): each output channel's w_o w_oᵀ, flattened."""
+    return (weight.unsqueeze(2) * weight.unsqueeze(1)).reshape(weight.shape[0], -1)
 
 
 def fp32_statistics(h: Tensor) -> torch.autocast:
@@ -264,7 +282,7 @@ def pooled_instance_norm_linear(h: Tensor, weight: Tensor, bias: Tensor | None =
         # E[h h^T] - mean mean^T: no centred (B, N, C_in) copy to write and back-propagate through; for h of order 1
         # around the origin the subtraction loses no significant digits
         mean = h.mean(dim=-2, keepdim=True)                                              # (..., B, 1, C_in)
-        covariance = Gram.apply(h) / N - mean.transpose(-1, -2) * mean
+        covariance = Gram.apply(h, False) / N - mean.transpose(-1, -2) * mean
         variance = projected_variance(weight, covariance)                                # (..., B, C_out)
         clouds = argmax.numel() // argmax.shape[-1]
         rows = argmax + torch.arange(clouds, device=h.device).view(*lead, 1) * N          # into h's (clouds·N) rows

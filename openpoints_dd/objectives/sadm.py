@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
+from ..utils.gram import Gram
 from ..utils.sorting import sort_descending
 from .base import Objective
 
@@ -28,25 +29,6 @@ def sort_point_features(features: Tensor) -> Tensor:
     return sort_descending(features.transpose(-1, -2).contiguous()).transpose(-1, -2)
 
 
-class SymmetricGram(torch.autograd.Function):
-    """x xᵀ over the last two dimensions, whose backward is one product, (g + gᵀ) x.
-
-    Autograd sees x twice in `x @ x.transpose(-1, -2)` and makes two products and their sum, each the size of x:
-    for long vectors that backward costs three times the forward's one read of x. Twice differentiable (the
-    backward is made of differentiable operations).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x @ x.transpose(-1, -2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        x, = ctx.saved_tensors
-        return (grad + grad.transpose(-1, -2)) @ x
-
-
 def pairwise_squared_distances(points: Tensor) -> Tensor:
     """(G, n, n) squared Euclidean distances within each of G sets of n vectors (G, n, D), for large D.
 
@@ -58,7 +40,7 @@ def pairwise_squared_distances(points: Tensor) -> Tensor:
     matmuls' share, instead of the five passes of a tracked mean and a separate sum of squares.
     """
     centred = points - points.detach().mean(dim=1, keepdim=True)
-    gram = SymmetricGram.apply(centred)
+    gram = Gram.apply(centred, True)
     norms = gram.diagonal(dim1=1, dim2=2)
     return (norms.unsqueeze(2) + norms.unsqueeze(1) - 2 * gram).clamp_min(0)
 

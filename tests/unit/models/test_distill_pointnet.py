@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from openpoints_dd.models import DistillPointNet
-from openpoints_dd.models.pointnet import Gram, ProductsAtMaxPoints, max_point_search
+from openpoints_dd.models.pointnet import ProductsAtMaxPoints, centred_moments, max_point_search, projected_variance
 
 
 def _naive_logits(model: DistillPointNet, pos: torch.Tensor) -> torch.Tensor:
@@ -35,11 +35,24 @@ def test_pooled_layer_matches_the_plain_network_to_second_order(clouds):
     assert fast_second.abs().sum() > 0
 
 
-def test_gram_equals_the_plain_product_to_second_order():
+def test_projected_variance_equals_the_plain_quadratic_form_to_second_order():
+    """The outer-product route (clouds >= input channels) with its one-product weight gradient, against
+    diag(W Cov Wᵀ) by einsum, through covariances of point maps (symmetric, as the network's are), in float64."""
     torch.manual_seed(0)
-    h = torch.randn(2, 3, 9, 4, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(Gram.apply(h), h.transpose(-1, -2) @ h)
-    assert torch.autograd.gradcheck(Gram.apply, (h,)) and torch.autograd.gradgradcheck(Gram.apply, (h,))
+    weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(5, 9, 4, dtype=torch.float64, requires_grad=True)          # 5 clouds, 4 channels
+
+    def ours(weight, h):
+        return projected_variance(weight, centred_moments(h)[2])
+
+    def plain(weight, h):
+        return torch.einsum('oc,bcd,od->bo', weight, centred_moments(h)[2], weight)
+
+    torch.testing.assert_close(ours(weight, h), plain(weight, h))
+    for a, b in zip(torch.autograd.grad(ours(weight, h).square().sum(), (weight, h)),
+                    torch.autograd.grad(plain(weight, h).square().sum(), (weight, h))):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(ours, (weight, h)) and torch.autograd.gradgradcheck(ours, (weight, h))
 
 
 def test_products_at_max_points_equal_the_gathered_rows_to_second_order():

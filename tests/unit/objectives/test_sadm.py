@@ -92,13 +92,3 @@ def test_pairwise_squared_distances_of_long_offset_vectors_match_float64():
     ours = pairwise_squared_distances(points)
     assert ours.shape == (3, 12, 12)
     assert ((ours.double() - exact).abs().max() / exact.max()).item() < 1e-5   # the diagonal (0) included
-
-
-def test_symmetric_gram_gradients_equal_autograds_to_second_order():
-    """Its one-product backward is the gradient autograd takes through x @ xᵀ, and differentiable again."""
-    from openpoints_dd.objectives.sadm import SymmetricGram
-    torch.manual_seed(0)
-    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.equal(SymmetricGram.apply(x), x @ x.transpose(1, 2))
-    assert torch.autograd.gradcheck(SymmetricGram.apply, (x,))
-    assert torch.autograd.gradgradcheck(SymmetricGram.apply, (x,))
