@@ -76,7 +76,9 @@ def _measure(spec: dict) -> dict:
     pool = RealPool(pos, torch.arange(classes).repeat_interleave(real + 1), [f'c{i}' for i in range(classes)], 'random')
     synthesizer = ({'NAME': 'PointGenerator', 'hidden_dim': 256, 'w0_initial': 100, 'init': 'noise'}
                    if spec['synthesizer'] == 'PointGenerator' else {'NAME': 'ExplicitPoints', 'num_points': points, 'init': 'noise'})
-    cfg = EasyConfig({'seed': 0, 'device': 'cpu', 'distill': {
+    # the pool is handed to the Distiller directly: the dataset section only names a registered dataset, as the
+    # schema asks of every config
+    cfg = EasyConfig({'seed': 0, 'device': 'cpu', 'dataset': {'common': {'NAME': 'EmbeddedShapes'}}, 'distill': {
         'cpc': cpc, 'iterations': 10, 'outer_loop': 1, 'inner_loop': 1, 'batch_real': real, 'num_points': points,
         'backbone': {'NAME': 'DistillPointNet', 'argmax_dtype': spec.get('argmax_dtype', 'float32')}, 'synthesizer': synthesizer,
         'objective': {'NAME': 'GradientMatching', 'autocast': spec.get('autocast')},
