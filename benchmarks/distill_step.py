@@ -284,7 +284,11 @@ def main() -> int:
               'command': ' '.join(sys.argv)}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print('\n' + markdown(report))
-    return 0
+    failed = [m['error'] for row in rows for m in (row['baseline'], row['ours'], row['one_class'], *row['bf16'].values())
+              if m.get('error', '').startswith('exit')] + [m['error'] for m in scan if 'error' in m]
+    if failed:   # a skipped measurement (too slow or too large by design) is not a failure
+        print(f'{len(failed)} measurement(s) failed; the first: {failed[0]}', file=sys.stderr)
+    return 1 if failed else 0
 
 
 def bf16_check(fp32: dict, bf16: dict, fp32_file: str, bf16_file: str) -> dict:
