@@ -42,44 +42,8 @@ def projected_variance(weight: Tensor, covariance: Tensor) -> Tensor:
     if B < C_in:
         # einsum over the shared (C_out, C_in) weight runs as a batched matmul: ~3x faster than mul + sum here
         return torch.einsum('boc,oc->bo', torch.matmul(weight, covariance), weight)
-    return ProjectedVariance.apply(weight, covariance)
-
-
-class ProjectedVariance(torch.autograd.Function):
-    """(B, C_out) diag(W Cov_b Wᵀ) as one product Cov (B, C_in²) x (C_in², C_out) against W's outer products.
-
-    Autograd's backward of that product through the outer products w_o w_oᵀ forms their gradient M_o (C_out, C_in,
-    C_in), then multiplies it by w twice, once per side of the outer product, and sums over a strided dimension:
-    passes over a (C_out, C_in, C_in) tensor (64 MB for the 1024-channel layer) that cost more than the products.
-    Since each Cov_b is symmetric, so is M_o, and the weight's gradient is 2 M_o w_o: one batched product. The
-    backward is made of differentiable ops (the outer products formed again under a double backward, so that
-    their dependence on W is in that graph), so second order works.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, covariance: Tensor) -> Tensor:
-        outer = _outer_products(weight)
-        ctx.save_for_backward(weight, covariance, outer)
-        return torch.matmul(covariance.reshape(covariance.shape[0], -1), outer.t())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        weight, covariance, outer = ctx.saved_tensors
-        if torch.is_grad_enabled():   # a double backward: the outer products' own dependence on the weight counts
-            outer = _outer_products(weight)
-        C_out, C_in = weight.shape
-        grad_weight = grad_covariance = None
-        if ctx.needs_input_grad[0]:
-            per_channel = torch.matmul(grad.t(), covariance.reshape(covariance.shape[0], -1))   # (C_out, C_in²)
-            grad_weight = 2 * torch.matmul(per_channel.view(C_out, C_in, C_in), weight.unsqueeze(-1)).squeeze(-1)
-        if ctx.needs_input_grad[1]:
-            grad_covariance = torch.matmul(grad, outer).view_as(covariance)
-        return grad_weight, grad_covariance
-
-
-def _outer_products(weight: Tensor) -> Tensor:
-    """(C_out, C_in²): each output channel's w_o w_oᵀ, flattened."""
-    return (weight.unsqueeze(2) * weight.unsqueeze(1)).reshape(weight.shape[0], -1)
+    outer = (weight.unsqueeze(2) * weight.unsqueeze(1)).reshape(weight.shape[0], C_in * C_in)
+    return torch.matmul(covariance.reshape(B, C_in * C_in), outer.t())
 
 
 def fp32_statistics(h: Tensor) -> torch.autocast:

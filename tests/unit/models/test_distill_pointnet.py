@@ -36,8 +36,8 @@ def test_pooled_layer_matches_the_plain_network_to_second_order(clouds):
 
 
 def test_projected_variance_equals_the_plain_quadratic_form_to_second_order():
-    """The outer-product route (clouds >= input channels) with its one-product weight gradient, against
-    diag(W Cov Wᵀ) by einsum, through covariances of point maps (symmetric, as the network's are), in float64."""
+    """The outer-product route (clouds >= input channels) against diag(W Cov Wᵀ) by einsum, through covariances of
+    point maps, in float64."""
     torch.manual_seed(0)
     weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     h = torch.randn(5, 9, 4, dtype=torch.float64, requires_grad=True)          # 5 clouds, 4 channels
