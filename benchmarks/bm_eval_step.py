@@ -5,8 +5,8 @@
 `DistillPointNet` (64/128/1024), Adam, cross-entropy on 256 clouds of 1024 points (a 400-cloud set is 2 steps per
 epoch, 400 per 200-epoch seed); per variant the best of `--repeats` steps after one warm-up step: fp32, the bf16
 max-point search alone, bf16 autocast (`amp: bf16`), and both. Prints the CPU, seconds per step and the projected
-minutes of one evaluation seed. `THP_MEM_ALLOC_ENABLE=0` in the environment times it on 4 KB pages (see
-openpoints_dd/__init__.py).
+minutes of one evaluation seed. With the allocator the evaluation runs with (`keep_freed_memory`);
+`THP_MEM_ALLOC_ENABLE=0` in the environment times it on 4 KB pages (see openpoints_dd/__init__.py).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from distill_step import _cpu_name  # noqa: E402
 from openpoints_dd.models import DistillPointNet  # noqa: E402
+from openpoints_dd.utils.memory import keep_freed_memory  # noqa: E402
 from openpoints_dd.utils.precision import autocast  # noqa: E402
 
 VARIANTS = (('fp32', None, 'float32'), ('bf16 search', None, 'bfloat16'), ('bf16 autocast', 'bf16', 'float32'),
@@ -49,6 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
+    keep_freed_memory()   # the allocator tools/evaluate.py runs with
     clouds, labels = torch.randn(256, 1024, 3), torch.randint(0, 40, (256,))
     print(f'CPU: {_cpu_name()} | torch {torch.__version__} | threads {torch.get_num_threads()}')
     base = None
