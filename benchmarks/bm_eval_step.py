@@ -5,8 +5,8 @@
 `DistillPointNet` (64/128/1024), Adam, cross-entropy on 256 clouds of 1024 points (a 400-cloud set is 2 steps per
 epoch, 400 per 200-epoch seed); per variant the best of `--repeats` steps after one warm-up step: fp32, the bf16
 max-point search alone, bf16 autocast (`amp: bf16`), and both. Prints the CPU, seconds per step and the projected
-minutes of one evaluation seed. With the allocator the evaluation runs with (`keep_freed_memory`);
-`THP_MEM_ALLOC_ENABLE=0` in the environment times it on 4 KB pages (see openpoints_dd/__init__.py).
+minutes of one evaluation seed. It runs with the allocator of tools/evaluate.py (`keep_freed_memory`): without it
+every step's maps are faulted in afresh, which the evaluation does not pay.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import openpoints_dd  # noqa: E402,F401  (first, as in the tools: huge pages for torch's large tensors)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -4,15 +4,7 @@ Importing it makes openpoints work on this machine (CPU fallbacks for its compil
 fixes) and registers every component: backbones and datasets in openpoints' MODELS / DATASETS, and the
 synthesizers, objectives and rotators in our own registries.
 """
-import os
-
-# Transparent huge pages for torch's large CPU tensors. A training step allocates maps of 100+ MB afresh, and with
-# 4 KB pages the kernel's faults and zeroing of each new map cost as much as some of the products that fill it.
-# torch's allocator reads this once, at its first allocation: it takes effect when this package is imported
-# before torch allocates (the tools do so); `THP_MEM_ALLOC_ENABLE=0` in the environment turns it off.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
-from .compat import apply_host_fixes  # noqa: E402
+from .compat import apply_host_fixes
 
 apply_host_fixes()
 

@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints; before torch allocates)
-import torch  # noqa: E402
+import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.data import RealPool  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
 from openpoints_dd.engine.evaluate import evaluation_settings  # noqa: E402
