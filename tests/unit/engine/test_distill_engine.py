@@ -127,6 +127,26 @@ def test_a_schedule_by_time_falls_at_its_share_of_the_budget(tmp_path, monkeypat
     assert result.iterations_done == 4 and seen == pytest.approx(rates)
 
 
+def test_a_schedule_by_time_resumes_on_the_run_clock(tmp_path, monkeypatch):
+    """Interrupted as iteration 3 starts (21 s of a 45 s budget spent), the resumed run's rate falls after its first
+    iteration (28 s, past half the budget) and it stops at 42 s: the checkpoint's clock, not the new process's,
+    says how much of the budget is spent."""
+    clock, seen = [0.0], []
+    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
+
+    def seven_second_iteration(self, iteration, outer, inner):
+        seen.append(self.optimizer.param_groups[0]['lr'])
+        clock[0] += 7.0
+        return 1.0
+
+    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.75,
+                            syn_scheduler={'step_fraction': 0.5, 'gamma': 0.1, 'by': 'time'})
+    run_until_crash(Distiller(cfg, _pool(cfg), cfg['run_dir']), crash_at=3)
+    _, result = _run(cfg)
+    assert result.iterations_done == 6 and seen == pytest.approx([1e-3] * 4 + [1e-4] * 2)
+
+
 def test_nan_loss_names_step_and_class(tmp_path):
     cfg = tiny_embedded_cfg(tmp_path, iterations=1)
     distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'])
