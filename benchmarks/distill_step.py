@@ -261,7 +261,7 @@ def main() -> int:
                                                              f'{tmp}/bf16_{k}.safetensors')
                 row['baseline'] = (_in_subprocess({**spec, 'method': 'baseline'}) if baseline_gib <= args.baseline_max_gib
                                    else {'error': f'skipped: estimated {baseline_gib:.0f} GiB > --baseline-max-gib'})
-                for side in (row['ours'], row['one_class'], row['baseline'], *row['bf16'].values()):
+                for side in _measurements(row):
                     if 'seconds' in side:
                         side['model_gflops'] = step_gflop / side['seconds']
                         side['of_fp32_peak'] = side['model_gflops'] / peak['fp32']
@@ -284,11 +284,16 @@ def main() -> int:
               'command': ' '.join(sys.argv)}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print('\n' + markdown(report))
-    failed = [m['error'] for row in rows for m in (row['baseline'], row['ours'], row['one_class'], *row['bf16'].values())
+    failed = [m['error'] for row in rows for m in _measurements(row)
               if m.get('error', '').startswith('exit')] + [m['error'] for m in scan if 'error' in m]
     if failed:   # a skipped measurement (too slow or too large by design) is not a failure
         print(f'{len(failed)} measurement(s) failed; the first: {failed[0]}', file=sys.stderr)
     return 1 if failed else 0
+
+
+def _measurements(row: dict) -> list[dict]:
+    """A row's timed runs: ours, one class a pass, the baseline and the bf16 variants."""
+    return [row['ours'], row['one_class'], row['baseline'], *row['bf16'].values()]
 
 
 def bf16_check(fp32: dict, bf16: dict, fp32_file: str, bf16_file: str) -> dict:

@@ -93,16 +93,23 @@ def test_budget_stops_cleanly_and_exports(tmp_path):
     assert SyntheticSet(result.artifact_path).metadata['iterations_done'] == result.iterations_done
 
 
-def test_budget_is_a_cap_an_iteration_starts_only_if_it_fits(tmp_path, monkeypatch):
-    """Iterations of 7 s on a fake clock against a 30 s budget: 4 iterations (28 s), not a 5th ending at 35 s."""
-    clock = [0.0]
+def _seven_second_iterations(monkeypatch) -> list[float]:
+    """Iterations of 7 s on a fake clock that do no work; returns the list each appends its starting rate to."""
+    clock, rates = [0.0], []
     monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
 
     def seven_second_iteration(self, iteration, outer, inner):
+        rates.append(self.optimizer.param_groups[0]['lr'])
         clock[0] += 7.0
         return 1.0
 
     monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    return rates
+
+
+def test_budget_is_a_cap_an_iteration_starts_only_if_it_fits(tmp_path, monkeypatch):
+    """Iterations of 7 s on a fake clock against a 30 s budget: 4 iterations (28 s), not a 5th ending at 35 s."""
+    _seven_second_iterations(monkeypatch)
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5)
     _, result = _run(cfg)
     assert result.stopped_by_budget and result.iterations_done == 4 and result.seconds == 28.0
@@ -112,15 +119,7 @@ def test_budget_is_a_cap_an_iteration_starts_only_if_it_fits(tmp_path, monkeypat
 def test_a_schedule_by_time_falls_at_its_share_of_the_budget(tmp_path, monkeypatch, by, rates):
     """7 s iterations against a 30 s budget and 1000 iterations: by time, the rate falls once half the budget is
     spent (after the 3rd iteration, at 21 s); by iterations, at iteration 500, which the budget never reaches."""
-    clock, seen = [0.0], []
-    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
-
-    def seven_second_iteration(self, iteration, outer, inner):
-        seen.append(self.optimizer.param_groups[0]['lr'])
-        clock[0] += 7.0
-        return 1.0
-
-    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    seen = _seven_second_iterations(monkeypatch)
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5,
                             syn_scheduler={'step_fraction': 0.5, 'gamma': 0.1, 'by': by})
     _, result = _run(cfg)
@@ -131,15 +130,7 @@ def test_a_schedule_by_time_resumes_on_the_run_clock(tmp_path, monkeypatch):
     """Interrupted as iteration 3 starts (21 s of a 45 s budget spent), the resumed run's rate falls after its first
     iteration (28 s, past half the budget) and it stops at 42 s: the checkpoint's clock, not the new process's,
     says how much of the budget is spent."""
-    clock, seen = [0.0], []
-    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
-
-    def seven_second_iteration(self, iteration, outer, inner):
-        seen.append(self.optimizer.param_groups[0]['lr'])
-        clock[0] += 7.0
-        return 1.0
-
-    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
+    seen = _seven_second_iterations(monkeypatch)
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.75,
                             syn_scheduler={'step_fraction': 0.5, 'gamma': 0.1, 'by': 'time'})
     run_until_crash(Distiller(cfg, _pool(cfg), cfg['run_dir']), crash_at=3)
@@ -203,18 +194,13 @@ def test_progress_total_follows_the_budget():
 
 def test_progress_bar_total_is_set_from_the_budget(tmp_path, monkeypatch):
     """7 s iterations on a fake clock, 30 s budget, 1000 iterations: the bar's total is the 4 that fit."""
-    clock, totals = [0.0], []
-    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
-
-    def seven_second_iteration(self, iteration, outer, inner):
-        clock[0] += 7.0
-        return 1.0
+    totals = []
+    _seven_second_iterations(monkeypatch)
 
     class RecordingBar(distill_module.tqdm):
         def update(self, n=1):
             totals.append(self.total)
             return super().update(n)
-    monkeypatch.setattr(Distiller, 'run_iteration', seven_second_iteration)
     monkeypatch.setattr(distill_module, 'tqdm', RecordingBar)
     cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5)
     _, result = _run(cfg)
