@@ -14,6 +14,8 @@
     # part-segmentation sets: the CPU protocol of a `task: segmentation` config (instance and class mIoU)
     python tools/evaluate.py --cfg cfgs/distill/embedded_part/dd3d-cpc1.yaml --set dd3d=runs/<run>/artifact.safetensors \
         --random 3 --seeds 3
+    # one table from parts run in separate processes or machines (split by model, set or --first-seed)
+    python tools/evaluate.py --merge runs/<part1> runs/<part2> --out runs/<table>
 
 `key=value` overrides apply to every --model YAML (e.g. epochs=10), or to --cfg when no --model is given
 (e.g. evaluation.epochs=50). Writes results.json, results.csv and results.md into --out and prints the table.
@@ -29,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
-from openpoints_dd.engine.protocol import parse_set_args, run_protocol  # noqa: E402
+from openpoints_dd.engine.protocol import merge_results, parse_set_args, run_protocol  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 from openpoints_dd.utils.config import load_config  # noqa: E402
 from openpoints_dd.utils.memory import keep_freed_memory  # noqa: E402
@@ -64,11 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--workers', type=int, default=1,
                         help='--model trainings run this many at a time, in separate processes that share the '
                              'threads evenly (e.g. 2 on 2 cores: two single-threaded trainings). Default 1')
+    parser.add_argument('--merge', nargs='+', default=None, metavar='DIR',
+                        help='train nothing: pool the results.json of these --out folders into one table in --out')
     parser.add_argument('--out', default=None, help='output folder. Default runs/evaluate/<date-time>')
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if o.startswith('--') and '=' not in o]
     if unknown:
         parser.error(f'unknown options {unknown}; overrides are key=value')
+    if args.merge is not None:
+        trains = args.set or args.random or args.model or args.cfg or args.full_train or overrides
+        if trains or not args.out:
+            parser.error('--merge takes only the folders to pool and --out')
+        result = merge_results(args.merge, args.out)
+        print(result['table'])
+        print(f'\nwrote {args.out}/results.json, results.csv, results.md')
+        return 0
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
     keep_freed_memory()
     sets = parse_set_args(args.set)

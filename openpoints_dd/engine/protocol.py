@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import multiprocessing
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,15 +209,56 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
                            full_epochs=full_epochs if full_train else 0, workers=int(workers))
     else:
         rows = _run_fast(eval_sets, data_cfg, seed_list, device)
-    table = markdown_table(rows)
     settings = {'seeds': seed_list, 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
                 'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
                 'workers': int(workers), 'threads': torch.get_num_threads(),
                 'seconds': round(time.perf_counter() - t0, 1)}
-    result = {'settings': settings, 'rows': rows, 'table': table}
+    return _write_results(out_dir, settings, rows)
+
+
+def merge_results(parts: Sequence[str | Path], out_dir: str | Path) -> dict:
+    """One table from several tools/evaluate.py outputs: a table split over processes or machines (by model,
+    set or `--first-seed`). Rows of the same model, set, mode, clouds per class and budget pool their runs; a run
+    found twice (the same seed and selection) is refused, since it would count one training as two.
+
+    Raises:
+        FileNotFoundError: a part without results.json.
+        ValueError: a run in two parts, or parts of different tasks.
+    """
+    pooled: dict[tuple, dict] = {}
+    seconds = 0.0
+    for part in map(Path, parts):
+        if not (part / 'results.json').is_file():
+            raise FileNotFoundError(f'{part} holds no results.json (a tools/evaluate.py --out folder)')
+        result = json.loads((part / 'results.json').read_text())
+        seconds += float(result['settings'].get('seconds', 0.0))
+        for row in result['rows']:
+            key = (row['model'], row['set'], row['mode'], row['cpc'], row['budget'])
+            entry = pooled.setdefault(key, {'task': row.get('task', 'classification'), 'runs': []})
+            if entry['task'] != row.get('task', 'classification'):
+                raise ValueError(f'{part}: row {key[:4]} is {row.get("task")}, another part has it as {entry["task"]}')
+            known = {(run['seed'], run.get('selection')) for run in entry['runs']}
+            for run in row['runs']:
+                if (run['seed'], run.get('selection')) in known:
+                    raise ValueError(f"{part}: {key[0]} on {key[1]} ({key[2]}), seed {run['seed']}, is already in "
+                                     'another part; each training may be merged once')
+                entry['runs'].append(run)
+    if len({entry['task'] for entry in pooled.values()}) > 1:
+        raise ValueError('the parts hold tables of different tasks; merge each task on its own')
+    rows = [_row(key[1], key[2], key[3], key[0], key[4], entry['runs'], TASKS[entry['task']])
+            for key, entry in pooled.items()]
+    settings = {'merged_from': [str(part) for part in parts], 'seconds': round(seconds, 1)}
+    return _write_results(Path(out_dir), settings, rows)
+
+
+def _write_results(out_dir: Path, settings: Mapping[str, Any], rows: list[dict]) -> dict:
+    table = markdown_table(rows)
+    curves = loss_curve_table(rows)
+    result = {'settings': dict(settings), 'rows': rows, 'table': table}
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'results.json').write_text(json.dumps(result, indent=1, default=str))
     write_csv(rows, out_dir / 'results.csv')
-    (out_dir / 'results.md').write_text(table + '\n')
+    (out_dir / 'results.md').write_text(table + '\n' + (f'\n{curves}\n' if curves else ''))
     return result
 
 
@@ -438,7 +480,8 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
            'macc': float(metrics.get('test_last_macc', metrics['last_macc'])),
            'best_oa': float(metrics.get('test_best_oa', metrics['best_oa'])),
            'best_epoch': int(metrics['best_epoch']), 'epochs': int(metrics['epochs']),
-           'seconds': float(metrics['seconds']), 'run_dir': metrics['run_dir']}
+           'seconds': float(metrics['seconds']), 'run_dir': metrics['run_dir'],
+           'train_loss': [round(float(h['train_loss']), 4) for h in metrics.get('history', [])]}
     if selection is not None:
         run['selection'] = selection
     return run
@@ -505,6 +548,39 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return '\n'.join(lines + _teacher_lines(rows))
 
 
+def loss_curve_table(rows: Sequence[Mapping[str, Any]], parts: int = 5) -> str:
+    """The training loss of every row trained through a model YAML, as the mean over its runs of each `parts`-th
+    of the epochs: whether the budget let the loss settle (the last two columns close) or stopped it while falling.
+    Empty when no row has a loss curve (the fast protocol keeps none)."""
+    lines = []
+    for r in rows:
+        curves = [curve for curve in map(_train_loss, r.get('runs', [])) if len(curve) >= parts]
+        if not curves:
+            continue
+        means = [statistics.mean(statistics.mean(c[i * len(c) // parts:(i + 1) * len(c) // parts]) for c in curves)
+                 for i in range(parts)]
+        lines.append(f"| {r['model']} | {r['set']} | {r['mode']} | {r['cpc']} | {len(curves[0])} | "
+                     + ' | '.join(f'{m:.3f}' for m in means) + f' | {len(curves)} |')
+    if not lines:
+        return ''
+    spans = [f'{100 * i // parts}–{100 * (i + 1) // parts} %' for i in range(parts)]
+    header = '| model | set | mode | cpc | epochs | ' + ' | '.join(spans) + ' | runs |'
+    return '\n'.join([f'Training loss, the mean over each of {parts} equal spans of the epochs (then over the runs): '
+                       'a loss still falling in the last span means the budget stopped the model while it learned.',
+                       '', header, '|---|---|---|---|---|' + '---|' * parts + '---|', *lines])
+
+
+def _train_loss(run: Mapping[str, Any]) -> list[float]:
+    """A run's per-epoch training loss: stored with the run, or (tables written before runs kept it) read from the
+    run's own metrics.json where that folder still exists."""
+    if run.get('train_loss'):
+        return list(run['train_loss'])
+    metrics = Path(run.get('run_dir', '')) / 'metrics.json'
+    if run.get('run_dir') and metrics.is_file():
+        return [float(h['train_loss']) for h in json.loads(metrics.read_text()).get('history', [])]
+    return []
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One line per row: each figure's mean and std, the headline's best epoch, the headline's values."""
     task = _task_of(rows)
@@ -531,6 +607,6 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
 
 
-__all__ = ['run_protocol', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets',
+__all__ = ['run_protocol', 'merge_results', 'loss_curve_table', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets',
            'save_random_artifact', 'random_selection', 'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL',
            'BEST_LABEL']

@@ -12,8 +12,8 @@ from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artif
 from _tools import load_tool
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.data.artifact import ArtifactError, load_artifact, save_artifact
-from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, markdown_table, parse_set_args,
-                                          save_random_artifact)
+from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, loss_curve_table, markdown_table,
+                                          parse_set_args, save_random_artifact)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,6 +179,30 @@ def test_first_seed_splits_one_table_over_processes(files, tmp_path):
         evaluate_main(base + ['--first-seed', '-1', '--out', str(tmp_path / 'bad')])
 
 
+def test_merge_pools_a_table_split_over_processes(files, tmp_path):
+    """--merge of the seed-0 and seed-1 parts is the two-seed table; a training in two parts, a folder without
+    results, and --merge with training options are refused."""
+    base = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", 'evaluation.epochs=1']
+    assert evaluate_main(base + ['--seeds', '2', '--random', '2', '--out', str(tmp_path / 'both')]) == 0
+    assert evaluate_main(base + ['--seeds', '1', '--random', '1', '--out', str(tmp_path / 'first')]) == 0
+    assert evaluate_main(base + ['--seeds', '1', '--random', '1', '--first-seed', '1',
+                                 '--out', str(tmp_path / 'second')]) == 0
+    parts = [str(tmp_path / 'first'), str(tmp_path / 'second')]
+    assert evaluate_main(['--merge', *parts, '--out', str(tmp_path / 'merged')]) == 0
+    both, merged = (json.loads((tmp_path / n / 'results.json').read_text()) for n in ('both', 'merged'))
+    assert merged['settings']['merged_from'] == parts
+    assert [(r['set'], r['final_oa'], r['final_macc']) for r in merged['rows']] == \
+        [(r['set'], r['final_oa'], r['final_macc']) for r in both['rows']]
+    assert [run['selection'] for run in merged['rows'][1]['runs']] == [0, 1]
+    assert (tmp_path / 'merged' / 'results.md').read_text().startswith(both['table'].splitlines()[0])
+    with pytest.raises(ValueError, match=r'real1 \(-\), seed 0, is already in another part'):
+        evaluate_main(['--merge', parts[0], parts[0], '--out', str(tmp_path / 'twice')])
+    with pytest.raises(FileNotFoundError, match='holds no results.json'):
+        evaluate_main(['--merge', parts[0], str(tmp_path), '--out', str(tmp_path / 'none')])
+    with pytest.raises(SystemExit):
+        evaluate_main(['--merge', parts[0], '--random', '1', '--out', str(tmp_path / 'mixed')])
+
+
 def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
     """Two single-threaded worker processes give the table of one single-threaded process, run for run."""
     model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
@@ -202,7 +226,10 @@ def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
         assert [(run['seed'], run['oa'], run['best_oa']) for run in row_two['runs']] == \
             [(run['seed'], run['oa'], run['best_oa']) for run in row_one['runs']]
         for run in row_two['runs']:   # each worker wrote its own run folder
-            assert json.loads((Path(run['run_dir']) / 'metrics.json').read_text())['last_oa'] == run['oa']
+            metrics = json.loads((Path(run['run_dir']) / 'metrics.json').read_text())
+            assert metrics['last_oa'] == run['oa']
+            assert run['train_loss'] == [round(h['train_loss'], 4) for h in metrics['history']] and \
+                len(run['train_loss']) == metrics['epochs']
     with pytest.raises(ValueError, match='--workers must be >= 1'):
         evaluate_main(args + ['--out', str(tmp_path / 'bad'), '--workers', '0'])
 
@@ -248,3 +275,15 @@ def test_rows_of_a_model_that_random_does_not_train_are_not_printed_as_figures()
     assert '| pointnet | dd3d | fixed set | 10 | hard labels | 74.00 ± 0.00 |' in table
     assert 'pointmlp at 10 per class: Random reaches 9.90 % OA, under the 50 %' in table
     assert 'pointnet at 10' not in table and 'pointmlp at 1 ' not in table
+
+
+def test_loss_curve_table_averages_spans_of_epochs_then_runs():
+    """Each span's mean over its epochs, then over the runs; a row without curves (the fast protocol) is left out."""
+    def row(set_, curves):
+        return {'model': 'm', 'set': set_, 'mode': '-', 'cpc': 10,
+                'runs': [{'seed': i, 'train_loss': c} for i, c in enumerate(curves)]}
+    rows = [row('a', [[4.0, 2.0, 1.0, 1.0], [2.0, 2.0, 1.0, 3.0]]), row('fast', [[]])]
+    table = loss_curve_table(rows, parts=2)
+    assert '| m | a | - | 10 | 4 | 2.500 | 1.500 | 2 |' in table
+    assert '| 0–50 % | 50–100 % |' in table and 'fast' not in table
+    assert loss_curve_table([row('fast', [[]])]) == ''
