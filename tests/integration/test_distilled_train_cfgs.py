@@ -1,5 +1,5 @@
-"""Every cfgs/train/distilled-*-cpu.yaml (and the cross-architecture table's 256-point versions) builds its model and
-its DistilledDataset loaders, and predicts 40 classes at its own point count."""
+"""Every cfgs/train/distilled-*-cpu.yaml (and the cross-architecture tables' 256- and 128-point versions) builds its
+model and its DistilledDataset loaders, and predicts 40 classes at its own point count."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,8 @@ from openpoints_dd.utils.config import REPO_ROOT, load_config
 
 DISTILLED_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml'))
 TABLE_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10-cpu90m').glob('*.yaml'))
+# scale.yaml holds the keys every backbone's file there shares; it is no config of its own
+SCALED_CFGS = sorted(p for p in (REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10').glob('*.yaml') if p.stem != 'scale')
 
 
 @pytest.fixture(scope='module')
@@ -30,10 +32,11 @@ def test_all_six_backbones_have_a_config():
     assert len(DISTILLED_CFGS) == 6 and names == {'DistillPointNet', 'BaseCls', 'PCTClassifier', 'PointMLP'}
     encoders = {load_config(p).model.get('encoder_args', {}).get('NAME') for p in DISTILLED_CFGS}
     assert {'PointNet2Encoder', 'DGCNN', 'PointNextEncoder'} <= encoders
-    assert [f'distilled-{p.stem}-cpu' for p in TABLE_CFGS] == [p.stem for p in DISTILLED_CFGS]
+    for table in (TABLE_CFGS, SCALED_CFGS):
+        assert [f'distilled-{p.stem}-cpu' for p in table] == [p.stem for p in DISTILLED_CFGS]
 
 
-@pytest.mark.parametrize('path', DISTILLED_CFGS + TABLE_CFGS, ids=lambda p: f'{p.parent.name}/{p.stem}')
+@pytest.mark.parametrize('path', DISTILLED_CFGS + TABLE_CFGS + SCALED_CFGS, ids=lambda p: f'{p.parent.name}/{p.stem}')
 def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
     cfg = load_config(path, [f"dataset.common.data_dir={data['data_dir']}", f"artifact={data['artifact']}",
                              'device=cpu', 'progress=False', 'seed=0'])
