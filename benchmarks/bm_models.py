@@ -69,6 +69,8 @@ def bench_models(device: torch.device, names: list[str] | None, repeats: int, po
             continue
         if train_cfgs:
             cfg = load_config(str(path), [])
+            if not cfg.get('model'):      # a file of shared keys (a table's scale.yaml), not a model's config
+                continue
         else:
             cfg = EasyConfig()
             cfg.load(str(path), recursive=False)
