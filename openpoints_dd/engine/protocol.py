@@ -235,8 +235,6 @@ def merge_results(parts: Sequence[str | Path], out_dir: str | Path) -> dict:
         for row in result['rows']:
             key = (row['model'], row['set'], row['mode'], row['cpc'], row['budget'])
             entry = pooled.setdefault(key, {'task': row.get('task', 'classification'), 'runs': []})
-            if entry['task'] != row.get('task', 'classification'):
-                raise ValueError(f'{part}: row {key[:4]} is {row.get("task")}, another part has it as {entry["task"]}')
             known = {(run['seed'], run.get('selection')) for run in entry['runs']}
             for run in row['runs']:
                 if (run['seed'], run.get('selection')) in known:
@@ -607,6 +605,6 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
 
 
-__all__ = ['run_protocol', 'merge_results', 'loss_curve_table', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args', 'expand_sets',
-           'save_random_artifact', 'random_selection', 'markdown_table', 'write_csv', 'EvalSet', 'FAST_MODEL',
-           'BEST_LABEL']
+__all__ = ['run_protocol', 'merge_results', 'evaluate_set', 'random_baseline', 'test_pool', 'parse_set_args',
+           'expand_sets', 'save_random_artifact', 'random_selection', 'markdown_table', 'loss_curve_table', 'write_csv',
+           'EvalSet', 'FAST_MODEL', 'BEST_LABEL']

@@ -201,6 +201,12 @@ def test_merge_pools_a_table_split_over_processes(files, tmp_path):
         evaluate_main(['--merge', parts[0], str(tmp_path), '--out', str(tmp_path / 'none')])
     with pytest.raises(SystemExit):
         evaluate_main(['--merge', parts[0], '--random', '1', '--out', str(tmp_path / 'mixed')])
+    seg = json.loads((tmp_path / 'second' / 'results.json').read_text())
+    seg['rows'] = [{**row, 'task': 'segmentation', 'set': 'parts'} for row in seg['rows']]
+    (tmp_path / 'seg').mkdir()
+    (tmp_path / 'seg' / 'results.json').write_text(json.dumps(seg))
+    with pytest.raises(ValueError, match='tables of different tasks'):
+        evaluate_main(['--merge', parts[0], str(tmp_path / 'seg'), '--out', str(tmp_path / 'tasks')])
 
 
 def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
