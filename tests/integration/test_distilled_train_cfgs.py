@@ -11,13 +11,15 @@ from _artifacts import fake_modelnet40_artifact
 from _tools import load_tool
 from openpoints_dd.data import SyntheticSet
 from conftest import make_fake_modelnet40
-from openpoints_dd.engine.train_cls import Trainer
+from openpoints_dd.engine.protocol import _full_train_jobs, _with_real_data
+from openpoints_dd.engine.train_cls import Trainer, load_train_config
 from openpoints_dd.utils.config import REPO_ROOT, load_config
 
 DISTILLED_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml'))
 TABLE_CFGS = sorted((REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10-cpu90m').glob('*.yaml'))
 # scale.yaml holds the keys every backbone's file there shares; it is no config of its own
 SCALED_CFGS = sorted(p for p in (REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc10').glob('*.yaml') if p.stem != 'scale')
+CPC1_CFGS = sorted(p for p in (REPO_ROOT / 'cfgs' / 'train' / 'xarch-cpc1').glob('*.yaml') if p.stem != 'scale')
 
 
 @pytest.fixture(scope='module')
@@ -32,11 +34,22 @@ def test_all_six_backbones_have_a_config():
     assert len(DISTILLED_CFGS) == 6 and names == {'DistillPointNet', 'BaseCls', 'PCTClassifier', 'PointMLP'}
     encoders = {load_config(p).model.get('encoder_args', {}).get('NAME') for p in DISTILLED_CFGS}
     assert {'PointNet2Encoder', 'DGCNN', 'PointNextEncoder'} <= encoders
-    for table in (TABLE_CFGS, SCALED_CFGS):
+    for table in (TABLE_CFGS, SCALED_CFGS, CPC1_CFGS):
         assert [f'distilled-{p.stem}-cpu' for p in table] == [p.stem for p in DISTILLED_CFGS]
 
 
-@pytest.mark.parametrize('path', DISTILLED_CFGS + TABLE_CFGS + SCALED_CFGS, ids=lambda p: f'{p.parent.name}/{p.stem}')
+@pytest.mark.parametrize('path', CPC1_CFGS, ids=lambda p: p.stem)
+def test_one_per_class_table_is_the_ten_per_class_one_with_the_set_listed_ten_times(path):
+    """The 1-per-class table trains each backbone exactly as the 10-per-class one, batches of 32 filled from the
+    40-cloud set repeated: the same 12 batches per epoch, the same steps."""
+    one, ten = load_config(path), load_config(path.parent.parent / 'xarch-cpc10' / path.name)
+    assert one.dataset.train.pop('repeat') == 10 and ten.dataset.train.pop('repeat', 1) == 1
+    assert one == ten
+    assert 40 * 10 // one.batch_size == 400 // ten.batch_size == one.max_train_batches
+
+
+@pytest.mark.parametrize('path', DISTILLED_CFGS + TABLE_CFGS + SCALED_CFGS + CPC1_CFGS,
+                         ids=lambda p: f'{p.parent.name}/{p.stem}')
 def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
     cfg = load_config(path, [f"dataset.common.data_dir={data['data_dir']}", f"artifact={data['artifact']}",
                              'device=cpu', 'progress=False', 'seed=0'])
@@ -46,7 +59,7 @@ def test_distilled_cfg_builds_model_and_loaders(path, data, tmp_path):
     model = trainer._build_model()
     trainer._check_head(model)                      # 40 logits for random clouds
     train, val = trainer._loader('train', 2), trainer._loader('val', 2)
-    assert len(train.dataset) == 40 and train.dataset.synthetic.is_generator
+    assert len(train.dataset) == 40 * cfg.dataset.train.get('repeat', 1) and train.dataset.synthetic.is_generator
     assert len(val.dataset) == 6                    # the fake real test split
     batch, target = trainer._prepare(next(iter(train)), training=True)
     assert batch['pos'].shape == (2, cfg.num_points, 3) and target.shape == (2,)
@@ -84,3 +97,16 @@ def test_artifact_key_on_a_real_dataset_yaml_trains_on_the_artifact(data, tmp_pa
     log = (run_dir / 'log.txt').read_text()
     assert 'the train split is DistilledDataset on it; val/test are the YAML\'s ModelNet40Ply2048' in log
     assert 'train 40 clouds' in log and 'val 6 clouds' in log
+
+
+def test_one_per_class_full_train_row_is_the_ten_per_class_one(tmp_path):
+    """The repeat is a DistilledDataset key: the whole-train-set reference of both tables is the same training."""
+    jobs = {}
+    for table in ('xarch-cpc1', 'xarch-cpc10'):
+        base = _with_real_data(load_train_config(str(REPO_ROOT / 'cfgs' / 'train' / table / 'pointnext-s.yaml'), []),
+                               None)
+        job, = _full_train_jobs('pointnext-s', base, None, 40, [0], None, 'cpu', tmp_path)
+        job.cfg.pop('run_dir')
+        jobs[table] = job
+    assert 'repeat' not in jobs['xarch-cpc1'].cfg['dataset']['train']
+    assert jobs['xarch-cpc1'] == jobs['xarch-cpc10']
