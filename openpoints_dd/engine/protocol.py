@@ -33,6 +33,7 @@ from ..labels import teacher_line
 from ..registry import build_rotator
 from ..utils.config import resolve_path, to_plain
 from ..utils.memory import keep_freed_memory
+from ..utils.run import exclusive_dir
 from .evaluate import (GENERATOR_MODES, evaluation_settings, format_mean_std, generator_modes, prepared_labeler,
                        train_and_test)
 from .tasks import TASKS, Task
@@ -203,17 +204,18 @@ def run_protocol(*, out_dir: str | Path, sets: Mapping[str, Path] | None = None,
         raise ValueError('--model trains classification YAMLs; a part-segmentation set is evaluated by the CPU '
                          'protocol of its --cfg (no --model), or trained with tools/train.py and a '
                          'cfgs/train/partseg/*.yaml')
-    t0 = time.perf_counter()
-    if models:
-        rows = _run_models(models, eval_sets, loaded, data_cfg, seed_list, list(overrides), device, out_dir,
-                           full_epochs=full_epochs if full_train else 0, workers=int(workers))
-    else:
-        rows = _run_fast(eval_sets, data_cfg, seed_list, device)
-    settings = {'seeds': seed_list, 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
-                'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
-                'workers': int(workers), 'threads': torch.get_num_threads(),
-                'seconds': round(time.perf_counter() - t0, 1)}
-    return _write_results(out_dir, settings, rows)
+    with exclusive_dir(out_dir, '--out folder'):   # a second table on the folder would train into the same runs
+        t0 = time.perf_counter()
+        if models:
+            rows = _run_models(models, eval_sets, loaded, data_cfg, seed_list, list(overrides), device, out_dir,
+                               full_epochs=full_epochs if full_train else 0, workers=int(workers))
+        else:
+            rows = _run_fast(eval_sets, data_cfg, seed_list, device)
+        settings = {'seeds': seed_list, 'random_selections': int(random_k), 'models': list(models) or [FAST_MODEL],
+                    'overrides': list(overrides), 'full_train': bool(full_train), 'full_epochs': full_epochs,
+                    'workers': int(workers), 'threads': torch.get_num_threads(),
+                    'seconds': round(time.perf_counter() - t0, 1)}
+        return _write_results(out_dir, settings, rows)
 
 
 def merge_results(parts: Sequence[str | Path], out_dir: str | Path) -> dict:
@@ -246,7 +248,8 @@ def merge_results(parts: Sequence[str | Path], out_dir: str | Path) -> dict:
     rows = [_row(key[1], key[2], key[3], key[0], key[4], entry['runs'], TASKS[entry['task']])
             for key, entry in pooled.items()]
     settings = {'merged_from': [str(part) for part in parts], 'seconds': round(seconds, 1)}
-    return _write_results(Path(out_dir), settings, rows)
+    with exclusive_dir(Path(out_dir), '--out folder'):
+        return _write_results(Path(out_dir), settings, rows)
 
 
 def _write_results(out_dir: Path, settings: Mapping[str, Any], rows: list[dict]) -> dict:

@@ -69,7 +69,7 @@ def start_run(cfg, cfg_path: str, overrides: list[str], *, checkpoint: str | Non
         logging.basicConfig(level=logging.WARNING, format=f'rank {distributed.rank()} %(levelname)s %(message)s')
         yield run_dir
         return
-    with _locked(run_dir):
+    with exclusive_dir(run_dir):
         changes = _resume_changes(cfg, run_dir, checkpoint)
         setup_logging(run_dir)
         save_config(cfg, run_dir / 'cfg.yaml')
@@ -144,18 +144,19 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """An exclusive lock on `<run_dir>/.lock` for the block: a second process on the same run dir is refused at
-    once (it would interleave log.txt and race the checkpoint), naming the holder's pid."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / '.lock', 'a+') as handle:
+def exclusive_dir(folder: Path, name: str = 'run_dir') -> Iterator[None]:
+    """An exclusive lock on `<folder>/.lock` for the block: a second process on the same run folder is refused at
+    once (it would interleave log.txt and race the checkpoint), naming the holder's pid. `name` is how the error
+    calls the folder (the key or option that chose it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / '.lock', 'a+') as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             handle.seek(0)
             holder = handle.read().strip() or '?'
-            raise RuntimeError(f'run_dir {run_dir} is in use by another process (pid {holder}); wait for it to '
-                               f'finish or choose another run_dir') from e
+            raise RuntimeError(f'{name} {folder} is in use by another process (pid {holder}); wait for it to '
+                               f'finish or choose another {name}') from e
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

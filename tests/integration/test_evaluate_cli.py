@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,6 +209,36 @@ def test_merge_pools_a_table_split_over_processes(files, tmp_path):
     (tmp_path / 'seg' / 'results.json').write_text(json.dumps(seg))
     with pytest.raises(ValueError, match='tables of different tasks'):
         evaluate_main(['--merge', parts[0], str(tmp_path / 'seg'), '--out', str(tmp_path / 'tasks')])
+
+
+def test_a_second_process_on_an_out_folder_is_refused_before_any_work(files, tmp_path):
+    """Two tables on one --out folder would train into the same run folders; the second is refused at once, and
+    writes nothing, until the first is done."""
+    out = tmp_path / 'out'
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time; sys.path.insert(0, %r)\n'
+        'from pathlib import Path\n'
+        'from openpoints_dd.utils.run import exclusive_dir\n'
+        'with exclusive_dir(Path(%r), "--out folder"):\n'
+        '    print("locked", flush=True); time.sleep(30)\n') % (str(ROOT), str(out))], stdout=subprocess.PIPE,
+        text=True)
+    table = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", '--random', '1', '--seeds', '1',
+             'evaluation.epochs=1']
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        message = rf'--out folder {out} is in use by another process \(pid {holder.pid}\)'
+        with pytest.raises(RuntimeError, match=message):
+            evaluate_main(table + ['--out', str(out)])
+        assert sorted(p.name for p in out.iterdir()) == ['.lock']          # no random selection, no run
+        assert evaluate_main(table + ['--out', str(tmp_path / 'part')]) == 0
+        with pytest.raises(RuntimeError, match=message):
+            evaluate_main(['--merge', str(tmp_path / 'part'), '--out', str(out)])
+        assert sorted(p.name for p in out.iterdir()) == ['.lock']
+    finally:
+        holder.kill()
+        holder.wait()
+    assert evaluate_main(table + ['--out', str(out)]) == 0
+    assert (out / 'results.json').is_file()
 
 
 def test_workers_run_the_same_trainings_in_parallel_processes(files, tmp_path):
