@@ -99,13 +99,13 @@ def test_artifact_key_on_a_real_dataset_yaml_trains_on_the_artifact(data, tmp_pa
     assert 'train 40 clouds' in log and 'val 6 clouds' in log
 
 
-def test_one_per_class_full_train_row_is_the_ten_per_class_one(tmp_path):
+@pytest.mark.parametrize('path', CPC1_CFGS, ids=lambda p: p.stem)
+def test_one_per_class_full_train_row_is_the_ten_per_class_one(path, tmp_path):
     """The repeat is a DistilledDataset key: the whole-train-set reference of both tables is the same training."""
     jobs = {}
     for table in ('xarch-cpc1', 'xarch-cpc10'):
-        base = _with_real_data(load_train_config(str(REPO_ROOT / 'cfgs' / 'train' / table / 'pointnext-s.yaml'), []),
-                               None)
-        job, = _full_train_jobs('pointnext-s', base, None, 40, [0], None, 'cpu', tmp_path)
+        base = _with_real_data(load_train_config(str(path.parent.parent / table / path.name), []), None)
+        job, = _full_train_jobs(path.stem, base, None, 40, [0], None, 'cpu', tmp_path)
         job.cfg.pop('run_dir')
         jobs[table] = job
     assert 'repeat' not in jobs['xarch-cpc1'].cfg['dataset']['train']
