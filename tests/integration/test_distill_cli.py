@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from openpoints_dd.data import SyntheticSet
-from _tools import load_tool
+from _tools import folder_held_by_another_process, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / 'cfgs' / 'distill' / 'demo.yaml')
@@ -85,22 +85,10 @@ def test_a_resume_with_another_config_is_refused_forced_or_restarted(tmp_path):
 
 
 def test_a_second_process_on_a_run_dir_is_refused(tmp_path):
-    import subprocess
-    import sys
     import time
     run_dir = tmp_path / 'run'
-    holder = subprocess.Popen([sys.executable, '-c', (
-        'import sys, time; sys.path.insert(0, %r)\n'
-        'from openpoints_dd.utils.run import start_run\n'
-        'with start_run({"run_dir": %r}, "x.yaml", []):\n'
-        '    print("locked", flush=True); time.sleep(30)\n') % (str(ROOT), str(run_dir))], stdout=subprocess.PIPE,
-        text=True)
-    try:
-        assert holder.stdout.readline().strip() == 'locked'
-        with pytest.raises(RuntimeError, match=rf'run_dir {run_dir} is in use by another process \(pid {holder.pid}\)'):
+    with folder_held_by_another_process(run_dir) as pid:
+        with pytest.raises(RuntimeError, match=rf'run_dir {run_dir} is in use by another process \(pid {pid}\)'):
             _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY])
-    finally:
-        holder.kill()
-        holder.wait()
     time.sleep(0.1)
     assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0']) == 0

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artifact
-from _tools import load_tool
+from _tools import folder_held_by_another_process, load_tool
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.data.artifact import ArtifactError, load_artifact, save_artifact
 from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, loss_curve_table, markdown_table,
@@ -215,18 +213,10 @@ def test_a_second_process_on_an_out_folder_is_refused_before_any_work(files, tmp
     """Two tables on one --out folder would train into the same run folders; the second is refused at once, and
     writes nothing, until the first is done."""
     out = tmp_path / 'out'
-    holder = subprocess.Popen([sys.executable, '-c', (
-        'import sys, time; sys.path.insert(0, %r)\n'
-        'from pathlib import Path\n'
-        'from openpoints_dd.utils.run import exclusive_dir\n'
-        'with exclusive_dir(Path(%r), "--out folder"):\n'
-        '    print("locked", flush=True); time.sleep(30)\n') % (str(ROOT), str(out))], stdout=subprocess.PIPE,
-        text=True)
     table = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", '--random', '1', '--seeds', '1',
              'evaluation.epochs=1']
-    try:
-        assert holder.stdout.readline().strip() == 'locked'
-        message = rf'--out folder {out} is in use by another process \(pid {holder.pid}\)'
+    with folder_held_by_another_process(out, '--out folder') as pid:
+        message = rf'--out folder {out} is in use by another process \(pid {pid}\)'
         with pytest.raises(RuntimeError, match=message):
             evaluate_main(table + ['--out', str(out)])
         assert sorted(p.name for p in out.iterdir()) == ['.lock']          # no random selection, no run
@@ -234,9 +224,6 @@ def test_a_second_process_on_an_out_folder_is_refused_before_any_work(files, tmp
         with pytest.raises(RuntimeError, match=message):
             evaluate_main(['--merge', str(tmp_path / 'part'), '--out', str(out)])
         assert sorted(p.name for p in out.iterdir()) == ['.lock']
-    finally:
-        holder.kill()
-        holder.wait()
     assert evaluate_main(table + ['--out', str(out)]) == 0
     assert (out / 'results.json').is_file()
 
