@@ -275,8 +275,8 @@ def _run_fast(eval_sets: list[EvalSet], cfg: Mapping[str, Any], seeds: list[int]
     rotator = build_rotator((cfg.get('distill') or {}).get('rotator')).to(device)   # Random's; a set brings its own
     train = None
     grouped: dict[tuple, list[dict]] = {}
-    budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}, "
-              f"tested every {settings['test_every'] or settings['epochs']} epochs")
+    budget = (f"{settings['epochs']} epochs, {num_points} points, batch {settings['batch_size']}"
+              f"{_precision(settings.get('amp'))}, tested every {settings['test_every'] or settings['epochs']} epochs")
     for item in eval_sets:
         logger.info('protocol | %s | %s (%s)', model, item.label, item.mode)
         if item.selection is None:   # a set of another dataset, class count or task than the test set is refused
@@ -415,7 +415,7 @@ def _execute(jobs: list[_Job], workers: int) -> list[dict]:
 
 def _budget(cfg) -> str:
     """A trainer config's budget, as the table states it (with every cut that makes it smaller)."""
-    budget = f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}"
+    budget = f"{cfg.epochs} epochs, {cfg.num_points} points, batch {cfg.batch_size}{_precision(cfg.get('amp'))}"
     if cfg.get('max_train_batches'):
         budget += f", at most {cfg.max_train_batches} batches per epoch"
     budget += f", tested every {min(int(cfg.val_freq), int(cfg.epochs))} epochs"
@@ -424,6 +424,11 @@ def _budget(cfg) -> str:
     if cfg.get('max_val_batches'):
         budget += f" (smoke run: evaluations cut to {cfg.max_val_batches} batches)"
     return budget
+
+
+def _precision(amp: str | None) -> str:
+    """The budget's precision clause: bf16 runs are a row of their own, never pooled with fp32 ones by --merge."""
+    return ', bf16 autocast' if amp == 'bf16' else ''
 
 
 def _real_section(dataset: Mapping[str, Any]) -> dict:

@@ -209,6 +209,27 @@ def test_merge_pools_a_table_split_over_processes(files, tmp_path):
         evaluate_main(['--merge', parts[0], str(tmp_path / 'seg'), '--out', str(tmp_path / 'tasks')])
 
 
+def test_bf16_runs_are_a_row_of_their_own_in_a_merged_table(files, tmp_path):
+    """The budget states bf16 autocast (the fast protocol's and a model YAML's), so --merge keeps an fp32 and a
+    bf16 training of the same set and seed apart instead of refusing them as one training counted twice."""
+    base = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", '--seeds', '1', 'evaluation.epochs=1']
+    assert evaluate_main(base + ['--out', str(tmp_path / 'fp32')]) == 0
+    assert evaluate_main(base + ['evaluation.amp=bf16', '--out', str(tmp_path / 'bf16')]) == 0
+    assert evaluate_main(['--merge', str(tmp_path / 'fp32'), str(tmp_path / 'bf16'), '--out', str(tmp_path / 'both')]) == 0
+    rows = json.loads((tmp_path / 'both' / 'results.json').read_text())['rows']
+    assert [row['final_oa']['n'] for row in rows] == [1, 1]
+    assert [row['budget'] for row in rows] == ['1 epochs, 64 points, batch 16, tested every 1 epochs',
+                                               '1 epochs, 64 points, batch 16, bf16 autocast, tested every 1 epochs']
+    model = str(ROOT / 'cfgs' / 'train' / 'distilled-pointnet-cpu.yaml')
+    tiny = ['epochs=1', 'num_points=64', 'batch_size=10', 'val_batch_size=100', 'model.widths=[8,16,32]',
+            'dataset.train.num_points=64', 'val_per_class=1', 'amp=bf16']
+    assert evaluate_main(['--cfg', str(files['cfg']), '--model', model, '--set', f"real1={files['points']}",
+                          '--seeds', '1', '--out', str(tmp_path / 'model'), *tiny]) == 0
+    (row,) = json.loads((tmp_path / 'model' / 'results.json').read_text())['rows']
+    assert row['budget'] == '1 epochs, 64 points, batch 10, bf16 autocast, tested every 1 epochs on the first 1 ' \
+                            'test clouds of every class'
+
+
 def test_a_second_process_on_an_out_folder_is_refused_before_any_work(files, tmp_path):
     """Two tables on one --out folder would train into the same run folders; the second is refused at once, and
     writes nothing, until the first is done."""
