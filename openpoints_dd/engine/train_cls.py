@@ -610,9 +610,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- reporting
     def _run_info(self, num_params: int, history: list) -> dict:
+        # what the run trained against, so that a results table built from metrics.json names its labels
+        labeler = getattr(self, 'labeler', None)
+        labels = {'labels': labeler.describe(), 'labels_report': labeler.report()} if labeler is not None else \
+            {'labels': 'hard labels'}
         return {'history': history, 'seed': int(self.cfg.seed), 'device': str(self.device), 'num_params': num_params,
                 'epochs': int(self.cfg.epochs), 'cfg_hash': self.given_hash, 'run_dir': str(self.run_dir),
-                'seconds': round(time.perf_counter() - self.t0, 3)}
+                'seconds': round(time.perf_counter() - self.t0, 3), **labels}
 
     def _write_metrics(self, result: dict) -> None:
         write_atomically(self.run_dir / 'metrics.json', readable_json(result).encode())

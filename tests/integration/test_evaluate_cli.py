@@ -12,8 +12,8 @@ from _artifacts import EMBEDDED, data_cfg_text, generator_artifact, points_artif
 from _tools import folder_held_by_another_process, load_tool
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.data.artifact import ArtifactError, load_artifact, save_artifact
-from openpoints_dd.engine.protocol import (BEST_LABEL, _real_section, loss_curve_table, markdown_table,
-                                          parse_set_args, save_random_artifact)
+from openpoints_dd.engine.protocol import (BEST_LABEL, _metrics_run, _real_section, _row, loss_curve_table,
+                                          markdown_table, parse_set_args, save_random_artifact)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,6 +120,21 @@ def test_a_teacher_row_names_its_teacher_under_the_table():
     assert '| m | s | - | 1 | teacher labels | 60.00 ± 1.00 |' in table
     assert ('Teacher labels: DistillPointNet from cfgs/train/t.yaml, trained on the whole real train set in 15.3 min, '
             'test OA 86.79 %; T 5, alpha 0.8, smoothing 0.2.') in table
+
+
+def test_a_model_row_names_the_labels_its_runs_trained_against():
+    """A --model training's metrics.json says what it trained against; its row says so, and keeps the teacher's
+    report for the note under the table (a teacher row was printed as 'hard labels' before)."""
+    metrics = {'last_oa': 60.0, 'last_macc': 50.0, 'best_oa': 60.0, 'best_epoch': 1, 'epochs': 1, 'seconds': 1.0,
+               'run_dir': 'r'}
+    report = {'labels': 'teacher labels', 'temperature': 5.0, 'alpha': 0.8, 'smoothing': 0.2,
+              'teacher': {'config': 't.yaml', 'overrides': ['num_points=128'], 'model': 'DistillPointNet',
+                          'test_oa': 84.56, 'minutes': 6.4}}
+    taught = _row('herding', '-', 1, 'pointnet', 'b', [_metrics_run({**metrics, 'labels': 'teacher labels',
+                                                                     'labels_report': report}, 0, None)])
+    assert taught['labels'] == 'teacher labels' and taught['runs'][0]['labels_report'] == report
+    assert 'Teacher labels: DistillPointNet from t.yaml' in markdown_table([taught])
+    assert _row('herding', '-', 1, 'pointnet', 'b', [_metrics_run(metrics, 0, None)])['labels'] == 'hard labels'
 
 
 def test_real_section_turns_a_distilled_dataset_back_into_its_real_one():

@@ -48,3 +48,5 @@ def test_each_backbone_trains_one_epoch_on_teacher_labels(name, data, tmp_path):
     assert metrics['last_epoch'] == 1 and torch.isfinite(torch.tensor(metrics['history'][0]['train_loss']))
     log = (run_dir / 'log.txt').read_text()
     assert "labels: {'labels': 'teacher labels'" in log and "'test_oa': 3.0" in log
+    # metrics.json names the labels too: tools/evaluate.py's --model tables read them from there
+    assert metrics['labels'] == 'teacher labels' and metrics['labels_report']['teacher']['test_oa'] == 3.0
