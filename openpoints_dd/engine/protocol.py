@@ -487,10 +487,9 @@ def _metrics_run(metrics: Mapping[str, Any], seed: int, selection: int | None) -
            'best_oa': float(metrics.get('test_best_oa', metrics['best_oa'])),
            'best_epoch': int(metrics['best_epoch']), 'epochs': int(metrics['epochs']),
            'seconds': float(metrics['seconds']), 'run_dir': metrics['run_dir'],
-           'train_loss': [round(float(h['train_loss']), 4) for h in metrics.get('history', [])],
-           'labels': metrics.get('labels', 'hard labels')}
-    if metrics.get('labels_report'):   # a teacher's accuracy and minutes, printed under the table
-        run['labels_report'] = metrics['labels_report']
+           'train_loss': [round(float(h['train_loss']), 4) for h in metrics.get('history', [])]}
+    # what it trained against (a teacher's figures are printed under the table); none recorded: `_row`'s hard labels
+    run.update({key: metrics[key] for key in ('labels', 'labels_report') if key in metrics})
     if selection is not None:
         run['selection'] = selection
     return run

@@ -448,7 +448,7 @@ class Trainer:
         })
         if self._has_separate_test():
             result.update(self._final_test(model))
-        result.update(self._run_info(num_params, history))
+        result.update(self._run_info(num_params, history), **self._labels_info())
         self._write_metrics(result)
         logger.info("final | last epoch %d: %s | best epoch %d (papers' protocol): %s", last_epoch,
                     self._describe(last), best['epoch'], self._describe(best))
@@ -610,13 +610,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- reporting
     def _run_info(self, num_params: int, history: list) -> dict:
-        # what the run trained against, so that a results table built from metrics.json names its labels
-        labeler = getattr(self, 'labeler', None)
-        labels = {'labels': labeler.describe(), 'labels_report': labeler.report()} if labeler is not None else \
-            {'labels': 'hard labels'}
         return {'history': history, 'seed': int(self.cfg.seed), 'device': str(self.device), 'num_params': num_params,
                 'epochs': int(self.cfg.epochs), 'cfg_hash': self.given_hash, 'run_dir': str(self.run_dir),
-                'seconds': round(time.perf_counter() - self.t0, 3), **labels}
+                'seconds': round(time.perf_counter() - self.t0, 3)}
+
+    def _labels_info(self) -> dict:
+        """What a training run trained against, so that a results table built from metrics.json names its labels
+        (and a teacher's figures); a test-only run trains nothing and records none."""
+        if self.labeler is None:
+            return {'labels': 'hard labels'}
+        return {'labels': self.labeler.describe(), 'labels_report': self.labeler.report()}
 
     def _write_metrics(self, result: dict) -> None:
         write_atomically(self.run_dir / 'metrics.json', readable_json(result).encode())

@@ -230,7 +230,8 @@ def test_bf16_runs_are_a_row_of_their_own_in_a_merged_table(files, tmp_path):
     base = ['--cfg', str(files['cfg']), '--set', f"real1={files['points']}", '--seeds', '1', 'evaluation.epochs=1']
     assert evaluate_main(base + ['--out', str(tmp_path / 'fp32')]) == 0
     assert evaluate_main(base + ['evaluation.amp=bf16', '--out', str(tmp_path / 'bf16')]) == 0
-    assert evaluate_main(['--merge', str(tmp_path / 'fp32'), str(tmp_path / 'bf16'), '--out', str(tmp_path / 'both')]) == 0
+    assert evaluate_main(['--merge', str(tmp_path / 'fp32'), str(tmp_path / 'bf16'),
+                          '--out', str(tmp_path / 'both')]) == 0
     rows = json.loads((tmp_path / 'both' / 'results.json').read_text())['rows']
     assert [row['final_oa']['n'] for row in rows] == [1, 1]
     assert [row['budget'] for row in rows] == ['1 epochs, 64 points, batch 16, tested every 1 epochs',
