@@ -1,5 +1,5 @@
-"""`amp: bf16` trains one epoch of each of the six classification backbones of cfgs/train (tools/train.py on a
-tiny distilled set): finite losses, and parameters and optimizer state still fp32 after the epoch; and one part
+"""`amp: bf16` trains one epoch of each classification backbone of cfgs/train, the six and PointMLP-elite
+(tools/train.py on a tiny distilled set): finite losses, and parameters and optimizer state still fp32 after the epoch; and one part
 segmentation epoch (the part-segmentation trainer shares the loop)."""
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ BACKBONES = {'pointnet': ['model.widths=[8,16,32]'],
              'pointnext-s': [],
              'dgcnn': [],
              'pct': ['+model.centres=[64,32]'],
-             'pointmlp': ['model.points=128', 'model.k_neighbors=[8,8,8,8]']}
+             'pointmlp': ['model.points=128', 'model.k_neighbors=[8,8,8,8]'],
+             'pointmlp-elite': ['model.points=128', 'model.k_neighbors=[8,8,8,8]']}
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +36,7 @@ def _train_main():
     return load_tool('train').main
 
 
-def test_the_six_backbones_are_the_train_configs():
+def test_the_backbones_are_the_train_configs():
     assert {p.stem for p in (REPO_ROOT / 'cfgs' / 'train').glob('distilled-*-cpu.yaml')} == {
         f'distilled-{name}-cpu' for name in BACKBONES}
 
