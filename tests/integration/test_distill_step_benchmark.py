@@ -20,4 +20,6 @@ def test_every_measurement_of_the_distill_step_benchmark_runs(tmp_path):
     row, = json.loads(out.read_text())['rows']
     measured = [row['baseline'], row['ours'], row['one_class'], *row['bf16'].values()]
     assert len(measured) == 6 and all(m['seconds'] > 0 for m in measured), row
+    ours = row['ours']   # its own FLOPs, counted, so that its share of the CPU's peak is its efficiency
+    assert ours['gflop_per_step'] > 0 and ours['own_gflops'] == ours['gflop_per_step'] / ours['seconds']
     assert all(0.5 < check['gradient_cosine'] <= 1 for check in row['bf16_check'].values()), row['bf16_check']
