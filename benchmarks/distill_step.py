@@ -21,8 +21,8 @@ step (counted once with `torch.utils.flop_counter`) divided by the step time, be
 fp32 matrix-multiply peak measured in the same run. Ours does fewer FLOPs than the baseline (the pooled layer's
 backward only at the max points), so its model GFLOP/s is the speed-up in other units, not how well it uses the
 CPU: its own FLOPs (counted the same way) over its time, against the peak, are; the ratio to the baseline is the
-figure that matters. Each measurement runs in a fresh subprocess, so its peak
-resident memory (VmHWM minus the resident memory before the first step) is its own.
+figure that matters. Each measurement runs in a fresh subprocess, so its peak resident memory (VmHWM minus the
+resident memory before the first step) is its own.
 """
 from __future__ import annotations
 

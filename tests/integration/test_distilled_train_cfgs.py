@@ -29,8 +29,8 @@ def data(tmp_path_factory):
     return {'data_dir': data_dir, 'artifact': fake_modelnet40_artifact(root / 'gen.safetensors', data_dir)}
 
 
-def test_all_six_backbones_have_a_config():
-    """Six backbones and PointMLP's light variant, in every table."""
+def test_every_backbone_has_a_config_in_every_table():
+    """The six backbones and PointMLP's light variant."""
     names = {load_config(p).model.get('NAME') for p in DISTILLED_CFGS}
     assert len(DISTILLED_CFGS) == 7 and names == {'DistillPointNet', 'BaseCls', 'PCTClassifier', 'PointMLP'}
     encoders = {load_config(p).model.get('encoder_args', {}).get('NAME') for p in DISTILLED_CFGS}

@@ -1,6 +1,6 @@
 """`amp: bf16` trains one epoch of each classification backbone of cfgs/train, the six and PointMLP-elite
-(tools/train.py on a tiny distilled set): finite losses, and parameters and optimizer state still fp32 after the epoch; and one part
-segmentation epoch (the part-segmentation trainer shares the loop)."""
+(tools/train.py on a tiny distilled set): finite losses, and parameters and optimizer state still fp32 after the
+epoch; and one part segmentation epoch (the part-segmentation trainer shares the loop)."""
 from __future__ import annotations
 
 import json
