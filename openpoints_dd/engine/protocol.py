@@ -126,7 +126,7 @@ def evaluate_set(sampler, test, settings: Mapping[str, Any], seeds, rotator, dev
     for seed in seeds:
         runs.append(train_and_test(task, sampler, test, settings=settings, seed=int(seed), rotator=rotator,
                                    device=device, epochs=epochs, labeler=labeler))
-        runs[-1]['labels'], runs[-1]['labels_report'] = labeler.describe(), labeler.report()
+        runs[-1].update(labeler.run_record())
         runs[-1]['seed'] = int(seed)   # a table split over processes (--first-seed) says which run is which
         logger.info('seed %d: %s in %.0f s', int(seed), task.describe_run(runs[-1]), runs[-1]['seconds'])
     return runs

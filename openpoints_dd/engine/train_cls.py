@@ -617,9 +617,7 @@ class Trainer:
     def _labels_info(self) -> dict:
         """What a training run trained against, so that a results table built from metrics.json names its labels
         (and a teacher's figures); a test-only run trains nothing and records none."""
-        if self.labeler is None:
-            return {'labels': 'hard labels'}
-        return {'labels': self.labeler.describe(), 'labels_report': self.labeler.report()}
+        return {'labels': 'hard labels'} if self.labeler is None else self.labeler.run_record()
 
     def _write_metrics(self, result: dict) -> None:
         write_atomically(self.run_dir / 'metrics.json', readable_json(result).encode())

@@ -85,6 +85,11 @@ class Labeler(ABC):
         """What a results file records about the labels (for a teacher: its accuracy and training minutes)."""
         return {'labels': self.describe()}
 
+    def run_record(self) -> dict:
+        """What a run's results record of its labels: the table's name for them and the full report (one place for
+        the protocol's runs and tools/train.py's metrics.json, which results tables read alike)."""
+        return {'labels': self.describe(), 'labels_report': self.report()}
+
     def __repr__(self) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.startswith('_'))
         return f'{type(self).__name__}({args})'

@@ -16,13 +16,14 @@ from openpoints_dd.utils.config import REPO_ROOT
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 # 128 points: PCT's two FPS stages and PointMLP's four halvings need their sizes scaled down with the input
+POINTMLP_128 = ['model.points=128', 'model.k_neighbors=[8,8,8,8]']
 BACKBONES = {'pointnet': ['model.widths=[8,16,32]'],
              'pointnet++': [],
              'pointnext-s': [],
              'dgcnn': [],
              'pct': ['+model.centres=[64,32]'],
-             'pointmlp': ['model.points=128', 'model.k_neighbors=[8,8,8,8]'],
-             'pointmlp-elite': ['model.points=128', 'model.k_neighbors=[8,8,8,8]']}
+             'pointmlp': POINTMLP_128,
+             'pointmlp-elite': POINTMLP_128}
 
 
 @pytest.fixture(scope='module')
