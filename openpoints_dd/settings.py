@@ -126,6 +126,12 @@ DISTILL_COMMON = {
                       "what the run's fraction counts: `iterations` done of `iterations`; `time`: the larger of that "
                       "and the share of budget_minutes spent, so that a budget-bound run falls at the same point of "
                       "its budget on any machine (needs budget_minutes)")}),
+    'tail_average': Setting('section', None, "export the mean of the iterates made after start_fraction of the run "
+                            "(its last iterate goes beside it, artifact-last.safetensors); null: the last iterate",
+                            nullable=True, fields={
+        'start_fraction': _float(REQUIRED, 'the share of the run after which every iterate joins the mean', low=0,
+                                 check=lambda v: None if v < 1 else 'must be below 1'),
+        'by': _choice('iterations', ('iterations', 'time'), "what the run's share counts, as syn_scheduler.by")}),
     'rotator_optimizer': Setting('section', None, "the rotator's own param groups in the same optimizer (e.g. "
                                  "SADM's Euler angles); null: they share the synthesizer's", nullable=True, fields={
         'lr': _float(REQUIRED, 'x the rotator\'s per-group lr_scale', positive=True),
@@ -236,9 +242,10 @@ def resolve_distill_config(cfg: Mapping[str, Any], task: str | None = None) -> E
                             f"task: {task}")
     resolved = _resolve_section('', dict(cfg), schema(config_task))
     distill = resolved['distill']
-    if distill['syn_scheduler']['by'] == 'time' and not distill['budget_minutes']:
-        raise SettingsError('distill.syn_scheduler.by: time counts the run by its budget; set distill.budget_minutes '
-                            'or use by: iterations')
+    for key, section in (('syn_scheduler', distill['syn_scheduler']), ('tail_average', distill['tail_average'])):
+        if section and section['by'] == 'time' and not distill['budget_minutes']:
+            raise SettingsError(f'distill.{key}.by: time counts the run by its budget; set distill.budget_minutes '
+                                f'or use by: iterations')
     return _easy(resolved)
 
 

@@ -43,11 +43,15 @@ from ..utils.io import atomic_path
 from ..utils.progress import bar_disabled
 from ..utils import distributed
 from ..utils.fit import fit_epochs
+from .tail_average import TailAverage
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = 'checkpoint.pt'
 ARTIFACT_NAME = 'artifact.safetensors'
+#: beside the artifact of a run whose export is a tail mean (`distill.tail_average`): its last iterate, the set the
+#: run would have exported without the mean
+LAST_ITERATE_SUFFIX = '-last'
 
 #: real and synthetic points matched in one chunk of classes (`distill.chunk_points`). Bounds the memory of a
 #: grouped pass, and keeps its per-point maps small enough to stay near the cache: larger chunks made the step
@@ -107,25 +111,30 @@ class Distiller:
         self.evaluations: list[dict] = []
         self.init_report: dict = {}
         self.objective_optimizer = self._prepare_objective()
+        tail = d['tail_average']
+        self.tail_average = None if tail is None else TailAverage(
+            nn.ModuleDict({'synthesizer': self.synthesizer, 'rotator': self.rotator}), tail['start_fraction'])
         # what a matching loss is back-propagated into (not the backbone: see accumulate_matching_gradients);
         # None (nothing trainable) falls back to a plain backward
         self.matched_parameters = [p for p in self.parameters + self.objective.parameters() if p.requires_grad] or None
 
     # ------------------------------------------------------------------------------------ helpers
     def _synthesizer_schedule(self) -> Callable[[int], float]:
-        """`syn_scheduler`: the rate x gamma at every step_fraction of the run. The run's fraction is the
-        iterations' (`by: iterations`) or, `by: time`, the larger of that and the budget's share spent, read
-        from the run's clock when the scheduler steps (after each iteration)."""
+        """`syn_scheduler`: the rate x gamma at every step_fraction of the run (`run_fraction`), read when the
+        scheduler steps (after each iteration)."""
         sched, iterations = self.d['syn_scheduler'], self.d['iterations']
         fraction, gamma = sched['step_fraction'], sched['gamma']
         if sched['by'] == 'iterations':
             return _step_schedule(max(1, int(iterations * fraction)), gamma)
-        budget_s = float(self.d['budget_minutes']) * 60
+        return lambda iteration: gamma ** int(self.run_fraction(iteration, 'time') / fraction + 1e-9)
 
-        def by_time(iteration: int) -> float:
-            done = max(iteration / max(iterations, 1), self.elapsed / budget_s)
-            return gamma ** int(done / fraction + 1e-9)
-        return by_time
+    def run_fraction(self, iteration: int, by: str) -> float:
+        """The share of the run done after `iteration` iterations: the iterations' (`by: iterations`) or, `by:
+        time`, the larger of that and the budget's share spent on the run's clock (a resumed run's included)."""
+        done = iteration / max(self.d['iterations'], 1)
+        if by == 'time':
+            done = max(done, self.elapsed / (float(self.d['budget_minutes']) * 60))
+        return done
 
     def _generator(self, *key: int) -> torch.Generator:
         """A CPU generator seeded from (seed, *key): resumable and shardable without saving RNG state."""
@@ -211,6 +220,8 @@ class Distiller:
             iteration_seconds.append(time.perf_counter() - started)
             self.elapsed += iteration_seconds[-1]
             self.scheduler.step()   # after the clock: a schedule `by: time` reads it
+            if self.tail_average is not None:
+                self.tail_average.update(self.run_fraction(self.iteration, self.d['tail_average']['by']))
             bar.total = expected_iterations(self.iteration, iterations, self.elapsed,
                                             sum(iteration_seconds) / len(iteration_seconds), budget_s)
             bar.update(1)
@@ -382,7 +393,8 @@ class Distiller:
                 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                 'iteration': self.iteration, 'elapsed': self.elapsed, 'loss_history': list(self.loss_history),
                 'evaluations': [dict(e) for e in self.evaluations], 'init_report': dict(self.init_report),
-                **self._objective_state()}
+                **self._objective_state(),
+                **({} if self.tail_average is None else {'tail_average': self.tail_average.state_dict()})}
 
     def save_checkpoint(self) -> Path:
         """Atomic: written to a temporary file, then renamed over the previous checkpoint (rank 0 only)."""
@@ -405,6 +417,8 @@ class Distiller:
             self.scheduler.load_state_dict(state['scheduler'])
             # the objective's own state: trajectory matching's learned step size, DM's semi-trained networks
             self.objective.load_state_dict(state.get('objective', {}))
+            if self.tail_average is not None:
+                self.tail_average.load_state_dict(state['tail_average'])
             if self.objective_optimizer is not None:
                 self.objective_optimizer.load_state_dict(state['objective_optimizer'])
         except Exception as e:
@@ -428,12 +442,29 @@ class Distiller:
                 'iterations_done': self.iteration, 'seconds': round(self.elapsed, 1), 'seed': self.seed}
 
     def export(self, path: str | os.PathLike | None = None) -> Path:
-        """The artifact (default `<run_dir>/artifact.safetensors`): generator weights or the point set."""
+        """The artifact (default `<run_dir>/artifact.safetensors`): generator weights or the point set.
+
+        With `distill.tail_average` it holds the mean of the run's tail iterates, and its last iterate goes beside
+        it (`artifact-last.safetensors`) so the two can be evaluated side by side."""
         path = Path(path) if path else self.run_dir / ARTIFACT_NAME
+        tail = self.tail_average
+        if tail is None or tail.iterates == 0:
+            if tail is not None:
+                logger.warning('distill.tail_average: the run ended before its tail (%d iterations); exporting its '
+                               'last iterate', self.iteration)
+            return self._write_artifact(path, {})
+        last = self._write_artifact(path.with_name(path.stem + LAST_ITERATE_SUFFIX + path.suffix), {})
+        logger.info('exporting the mean of the last %d iterates (the last iterate: %s)', tail.iterates, last.name)
+        with tail.swapped_in():
+            return self._write_artifact(path, {'tail_average': {**dict(self.d['tail_average']),
+                                                                'iterates': tail.iterates}})
+
+    def _write_artifact(self, path: Path, extra_metadata: Mapping[str, Any]) -> Path:
+        """The synthesizer and rotator as they stand, with the run's metadata and `extra_metadata`."""
         if not distributed.is_main():
             return path
         num_points = self.d['export_num_points']
-        metadata = self.metadata()
+        metadata = {**self.metadata(), **extra_metadata}
         if getattr(self.rotator, 'per_slot', False):
             # learned per-cloud poses are baked into the exported points; real clouds need no rotation after
             with torch.no_grad():

@@ -53,6 +53,11 @@ def test_every_shipped_config_resolves_and_resolving_is_idempotent(path):
     ('distill:\n  budget_minutes: null\n  syn_scheduler: {by: time}\n',
      r'distill\.syn_scheduler\.by: time counts the run by its budget; set distill\.budget_minutes'),
     ('distill:\n  rotator_optimizer: {momentum: 0.5}\n', r'distill\.rotator_optimizer\.lr is required'),
+    ('distill:\n  tail_average: {start_fraction: 1.0}\n', r'distill\.tail_average\.start_fraction must be below 1'),
+    ('distill:\n  tail_average: {by: time}\n', r'distill\.tail_average\.start_fraction is required'),
+    ('distill:\n  tail_average: {start_fractoin: 0.5}\n', r"unknown key distill\.tail_average\.start_fractoin"),
+    ('distill:\n  budget_minutes: null\n  tail_average: {start_fraction: 0.75, by: time}\n',
+     r'distill\.tail_average\.by: time counts the run by its budget; set distill\.budget_minutes'),
     ('distill:\n  bn_warmup: 4\n', r"unknown key distill\.bn_warmup"),            # a segmentation key
     ('evaluation:\n  model: {NAME: NoSuchNet}\n', r"evaluation\.model\.NAME: unknown model 'NoSuchNet'"),
     ('evaluation:\n  labels: {NAME: TeacherLabels, teacher: x.yaml, temprature: 3}\n',

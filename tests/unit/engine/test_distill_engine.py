@@ -7,6 +7,7 @@ from conftest import run_until_crash, tiny_embedded_cfg
 from openpoints_dd.data import RealPool, SyntheticSet
 from openpoints_dd.engine import distill as distill_module
 from openpoints_dd.engine.distill import CHECKPOINT_NAME, Distiller
+from openpoints_dd.utils.geometry import normalize_to_unit_sphere
 
 
 def _pool(cfg):
@@ -154,6 +155,64 @@ def test_explicit_points_from_real_export_points_artifact(tmp_path):
     synthetic = SyntheticSet(result.artifact_path)
     assert synthetic.kind == 'points' and synthetic.pos.shape == (10, 128, 3)
     assert synthetic.labels.tolist() == list(range(10))
+
+
+_POINTS = dict(synthesizer={'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'real'},
+               syn_optimizer={'NAME': 'sgd', 'lr': 0.1, 'momentum': 0.5})
+
+
+def test_a_tail_average_exports_the_mean_of_the_tail_iterates_and_the_last_beside_it(tmp_path):
+    """Of 4 iterations, the last half's iterates (after iterations 3 and 4) are averaged; the run's trajectory is
+    the run without the mean, whose artifact is the one beside it; the live set keeps its last iterate."""
+    _, plain = _run(tiny_embedded_cfg(tmp_path / 'plain', **_POINTS))
+    cfg = tiny_embedded_cfg(tmp_path / 'mean', **_POINTS, tail_average={'start_fraction': 0.5})
+    distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'])
+    iterates, original = [], distiller.run_iteration
+
+    def recording(iteration, outer, inner):
+        loss = original(iteration, outer, inner)
+        iterates.append(distiller.synthesizer.points.detach().clone())
+        return loss
+
+    distiller.run_iteration = recording
+    result = distiller.run()
+    mean = (iterates[2] + iterates[3]) / 2
+    assert distiller.tail_average.iterates == 2
+    assert not torch.equal(iterates[2], iterates[3])   # the mean is not either iterate
+    assert torch.equal(distiller.synthesizer.points, iterates[3])
+    exported = SyntheticSet(result.artifact_path)
+    torch.testing.assert_close(exported.pos, normalize_to_unit_sphere(mean), rtol=0, atol=1e-6)
+    assert exported.metadata['tail_average'] == {'start_fraction': 0.5, 'by': 'iterations', 'iterates': 2}
+    last = SyntheticSet(result.artifact_path.with_name('artifact-last.safetensors'))
+    assert torch.equal(last.pos, SyntheticSet(plain.artifact_path).pos)
+    assert 'tail_average' not in last.metadata
+
+
+def test_a_tail_average_resumes_bit_identical(tmp_path):
+    """Interrupted inside the tail (iteration 3 of 5, the mean from 0.4 on holding one iterate), the resumed run
+    exports the same mean and the same last iterate."""
+    settings = dict(**_POINTS, iterations=5, tail_average={'start_fraction': 0.4})
+    _, full = _run(tiny_embedded_cfg(tmp_path / 'full', **settings))
+    part_cfg = tiny_embedded_cfg(tmp_path / 'part', **settings)
+    run_until_crash(Distiller(part_cfg, _pool(part_cfg), part_cfg['run_dir']), crash_at=3)
+    resumed, result = _run(part_cfg)
+    assert resumed.tail_average.iterates == 3
+    for name in ('artifact.safetensors', 'artifact-last.safetensors'):
+        assert torch.equal(SyntheticSet(full.artifact_path.with_name(name)).pos,
+                           SyntheticSet(result.artifact_path.with_name(name)).pos), name
+
+
+def test_a_tail_average_by_time_starts_at_its_share_of_the_budget(tmp_path, monkeypatch):
+    """7 s iterations against a 30 s budget and 1000 iterations: past half the budget after the 3rd iteration
+    (21 s), so iterations 3 and 4 are averaged; by iterations the tail (iteration 500 on) is never reached, and
+    the run exports its last iterate alone."""
+    _seven_second_iterations(monkeypatch)
+    for by, iterates in (('time', 2), ('iterations', 0)):
+        cfg = tiny_embedded_cfg(tmp_path / by, **_POINTS, iterations=1000, budget_minutes=0.5,
+                                tail_average={'start_fraction': 0.5, 'by': by})
+        distiller, result = _run(cfg)
+        assert result.iterations_done == 4 and distiller.tail_average.iterates == iterates
+        assert result.artifact_path.with_name('artifact-last.safetensors').is_file() == bool(iterates)
 
 
 def test_a_max_radius_keeps_every_matched_point_inside_it(tmp_path):
