@@ -126,7 +126,10 @@ def evaluation_optimizer(model: nn.Module, settings: Mapping[str, Any]) -> torch
 
 
 def augment_batch(batch: Tensor, augment: Mapping[str, Any], generator: torch.Generator) -> Tensor:
-    """The protocol's augmentation: random anisotropic scale, then clipped jitter (each when configured)."""
+    """The protocol's augmentation: a random isotropic scale per cloud, then clipped jitter (each when configured).
+
+    DistillPointNet is invariant to the scale itself (InstanceNorm right after its first linear layer): for the
+    protocol's network the scale only sets the jitter's size relative to the cloud."""
     if augment.get('scale'):
         batch = random_scale(batch, *augment['scale'], generator=generator)
     if augment.get('jitter_sigma'):
