@@ -314,9 +314,8 @@ def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float
     index of the max 2x faster than over the points dimension of (N, C_out), and 4x faster than `argmax`
     (a scalar loop on CPU). Run a few clouds at a time (about `chunk_rows` points): each product is then a
     bounded (C_out, chunk_rows) block (16 MB at 1024 channels in fp32: larger than a core's L2, so the bound is
-    on memory, not a cache fit) and
-    no (B, C_out, N) map is ever allocated. On a GPU the whole batch goes in one product: there,
-    fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight (G, 1, C_out, C_in)) are
+    on memory, not a cache fit) and no (B, C_out, N) map is ever allocated. On a GPU the whole batch goes in one
+    product: there, fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight (G, 1, C_out, C_in)) are
     searched one after the other, each with its own weight. A float64 `h` is searched in float64 (ties then
     resolve the same way at every batch size, which exactness checks in float64 rely on).
     """
