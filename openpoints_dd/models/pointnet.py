@@ -145,17 +145,28 @@ class DistillPointNet(nn.Module):
         self.head = nn.Linear(channels[-1], num_classes)
         self.criterion = _build_criterion(criterion_args)
 
-    def point_features(self, points: Tensor, channels_first: bool = False) -> Tensor:
+    def point_features(self, points: Tensor, channels_first: bool = False, every_layer: bool = False) -> Tensor:
         """(B, N, C_in) -> (B, N, 1024): the last per-point map, normalised, before the max-pool (no ReLU).
 
         `channels_first` returns it as (B, 1024, N), the layout in which M3D sorts each channel over the points,
         written so by the last matmul instead of transposed and copied (twice: forward and backward).
+        `every_layer` returns every layer's normalised map (the hidden ones before their ReLU) concatenated over
+        the channels, (B, N, 64 + 128 + 1024): M3D's multi-layer descriptor, in which the first layer's sorted
+        values are the cloud's spread along random directions and later layers' ever more composite features.
         """
         *hidden, last = self.layers
-        h = points
+        h, maps = points, []
         for layer in hidden:
-            h = F.relu(instance_norm_linear(h, layer.weight, layer.bias, self.eps))
-        return instance_norm_linear(h, last.weight, last.bias, self.eps, channels_first=channels_first)
+            normalised = instance_norm_linear(h, layer.weight, layer.bias, self.eps, channels_first=every_layer)
+            if every_layer:
+                maps.append(normalised)
+                normalised = normalised.transpose(-1, -2)
+            h = F.relu(normalised)
+        out = instance_norm_linear(h, last.weight, last.bias, self.eps, channels_first=channels_first or every_layer)
+        if not every_layer:
+            return out
+        features = torch.cat([*maps, out], dim=-2)
+        return features if channels_first else features.transpose(-1, -2)
 
     def embed(self, data: Tensor | Mapping[str, Tensor]) -> Tensor:
         """(B, 1024) max-pooled global feature.

@@ -58,12 +58,14 @@ def uniformity(clouds: Tensor, neighbours: int = 16) -> Tensor:
     return (distances.std(dim=-1) / (distances.mean(dim=-1) + 1e-8)).mean(dim=-1)
 
 
-def sorted_abs_features(backbone: nn.Module, clouds: Tensor) -> Tensor:
-    """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map, flattened
-    channel-major (the MMD does not depend on the order of the dimensions; sorting contiguous rows is faster).
+def sorted_abs_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False) -> Tensor:
+    """(B, C·N) the per-channel sorted absolute values of the backbone's last point-wise map (or, `every_layer`,
+    of all its point-wise maps), flattened channel-major (the MMD does not depend on the order of the dimensions;
+    sorting contiguous rows is faster).
 
     The backbone's `point_features(clouds, channels_first=True)` gives the map as (B, C, N)."""
-    return sort_descending(backbone.point_features(clouds, channels_first=True).abs()).flatten(1)
+    keywords = {'every_layer': True} if every_layer else {}
+    return sort_descending(backbone.point_features(clouds, channels_first=True, **keywords).abs()).flatten(1)
 
 
 def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
@@ -109,6 +111,10 @@ class M3D(SemiTrainedNetworks, Objective):
         sharpness: of the uniformity weighting (3DDP: 1000). Default 1000.
         neighbours: of the uniformity score. Default 16.
         bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2). Default [0.25, 0.5, 1, 2, 4].
+        layers: 'last' (3DDP: the last point-wise map) or 'every' (every point-wise map, concatenated: the
+            hidden layers' sorted values add the distribution of the points along random directions and of
+            low-order features, which the last map's 1024 composite features constrain only indirectly).
+            Default 'last'.
         queue_size, queue_lifetime, queue_batch, queue_lr: the semi-trained networks, as `DistributionMatching`'s
             (0: a fresh random network every iteration, as 3DDP).
     """
@@ -118,7 +124,7 @@ class M3D(SemiTrainedNetworks, Objective):
     def __init__(self, *, partitions: int = 4, points_per_partition: int = 255, weight: float = 0.8,
                  scale: float = 0.1, sharpness: float = 1000.0, neighbours: int = 16,
                  bandwidth_multipliers: list[float] | None = None, queue_size: int = 0, queue_lifetime: int = 200,
-                 queue_batch: int = 64, queue_lr: float = 1e-3):
+                 queue_batch: int = 64, queue_lr: float = 1e-3, layers: str = 'last'):
         if int(partitions) < 1 or int(points_per_partition) < 2:
             raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
                              f'{points_per_partition}')
@@ -127,6 +133,9 @@ class M3D(SemiTrainedNetworks, Objective):
         multipliers = [0.25, 0.5, 1.0, 2.0, 4.0] if bandwidth_multipliers is None else [float(m) for m in bandwidth_multipliers]
         if not multipliers or min(multipliers) <= 0:
             raise ValueError(f'M3D: bandwidth_multipliers must be positive numbers, got {bandwidth_multipliers!r}')
+        if layers not in ('last', 'every'):
+            raise ValueError(f"M3D: layers must be 'last' or 'every', got {layers!r}")
+        self.every_layer = layers == 'every'
         self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
         self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
@@ -136,7 +145,8 @@ class M3D(SemiTrainedNetworks, Objective):
         return ('point_features',)   # the last point-wise map, before max-pooling
 
     def backbone_keywords(self) -> dict[str, tuple[str, ...]]:
-        return {'point_features': ('channels_first',)}   # the map as (clouds, channels, points), the layout it sorts in
+        # the map as (clouds, channels, points), the layout it sorts in; every point-wise map with layers: every
+        return {'point_features': ('channels_first', 'every_layer') if self.every_layer else ('channels_first',)}
 
     def partition_weights(self, real_pos: Tensor, partitions: Tensor) -> Tensor:
         """(S,) w_s from the whole real clouds (B, N, 3) and their partitions (S, B, P, 3); they sum to `weight`."""
@@ -168,6 +178,7 @@ class M3D(SemiTrainedNetworks, Objective):
                 partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
             partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
             weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
-            real = sorted_abs_features(backbone, partitions.flatten(0, 2)).view(self.partitions, G, B, -1)
-        syn = sorted_abs_features(backbone, syn_pos.flatten(0, 1)).view(G, S, -1)
+            real = sorted_abs_features(backbone, partitions.flatten(0, 2), self.every_layer)
+            real = real.view(self.partitions, G, B, -1)
+        syn = sorted_abs_features(backbone, syn_pos.flatten(0, 1), self.every_layer).view(G, S, -1)
         return self.scale * (weights * partition_mmds(real, syn, self.bandwidth_multipliers)).sum(dim=1)

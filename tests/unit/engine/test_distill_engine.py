@@ -338,6 +338,28 @@ def test_a_backbone_whose_method_lacks_a_keyword_the_objective_passes_is_refused
     Distiller(cfg, _pool(cfg), cfg['run_dir'])   # SADM passes no keyword: accepted
 
 
+def test_m3d_on_every_layer_refuses_a_backbone_whose_point_features_gives_only_the_last_map(tmp_path, monkeypatch):
+    """`layers: every` passes `every_layer` to point_features: a backbone without it is refused at construction."""
+    from openpoints.models.build import MODELS
+    from openpoints_dd.models.pointnet import DistillPointNet
+
+    class LastMapPointNet(DistillPointNet):
+        def point_features(self, points, channels_first=False):
+            return super().point_features(points, channels_first)
+
+    monkeypatch.setitem(MODELS.module_dict, 'LastMapPointNet', LastMapPointNet)
+    synthesizer = {'NAME': 'ExplicitPoints', 'num_points': 64, 'init': 'herding'}
+    objective = {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64, 'layers': 'every'}
+    cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'LastMapPointNet'}, synthesizer=synthesizer,
+                            objective=objective)
+    with pytest.raises(TypeError, match="M3D calls the backbone's point_features with every_layer; "
+                                        "distill.backbone LastMapPointNet's point_features does not take it"):
+        Distiller(cfg, _pool(cfg), cfg['run_dir'])
+    cfg = tiny_embedded_cfg(tmp_path / 'last', backbone={'NAME': 'LastMapPointNet'}, synthesizer=synthesizer,
+                            objective={**objective, 'layers': 'last'}, iterations=0)
+    Distiller(cfg, _pool(cfg), cfg['run_dir'])   # the last map alone: accepted
+
+
 def test_an_objective_declaring_no_backbone_methods_runs_on_a_backbone_with_only_a_forward(tmp_path):
     """Gradient matching calls the forward only: PCTClassifier (no embed, no point_features) is accepted."""
     from openpoints_dd.registry import OBJECTIVES

@@ -138,3 +138,24 @@ def test_channels_first_point_features_are_the_transposed_map_with_the_same_grad
     expected, = torch.autograd.grad((points_last * weights).sum(), pos)
     ours, = torch.autograd.grad((channels_first * weights.transpose(1, 2)).sum(), pos)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_every_layer_point_features_are_each_layers_normalised_map_before_its_relu():
+    """The plain network written out with torch's instance_norm: layer l's map is IN(W_l h + b_l), h the previous
+    map after its ReLU; `every_layer` concatenates them over the channels, in either layout, the last one equal to
+    `point_features`."""
+    torch.manual_seed(0)
+    model = DistillPointNet(num_classes=5, widths=(8, 16, 32)).double()
+    pos = torch.randn(3, 50, 3, dtype=torch.float64)
+    h, maps = pos, []
+    for layer in model.layers:
+        normalised = F.instance_norm(F.linear(h, layer.weight, layer.bias).transpose(1, 2)).transpose(1, 2)
+        maps.append(normalised)
+        h = F.relu(normalised)
+    expected = torch.cat(maps, dim=-1)
+    ours = model.point_features(pos, every_layer=True)
+    assert ours.shape == (3, 50, 8 + 16 + 32)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.point_features(pos, channels_first=True, every_layer=True),
+                               expected.transpose(1, 2), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ours[..., 24:], model.point_features(pos), rtol=1e-12, atol=1e-12)

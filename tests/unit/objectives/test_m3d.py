@@ -64,6 +64,31 @@ def test_one_partition_of_every_point_is_the_whole_cloud_weighted_by_the_weight(
     torch.testing.assert_close(objective(backbone, syn, real, 0), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_every_layer_m3d_is_the_mmd_of_every_layers_sorted_features():
+    """layers: every describes a cloud by the sorted |values| of every point-wise map, concatenated; written out
+    with torch.sort here. Identical sets still give zero and the point order still does not matter."""
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    objective = M3D(partitions=1, points_per_partition=40, neighbours=8, layers='every')
+    real = torch.randn(4, 40, 3, dtype=torch.float64)
+    syn = torch.randn(2, 40, 3, dtype=torch.float64)
+
+    def described(clouds):
+        maps = backbone.point_features(clouds, every_layer=True).abs()                      # (B, N, 56)
+        return torch.sort(maps, dim=1, descending=True).values.transpose(1, 2).flatten(1)
+
+    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
+                                                            objective.bandwidth_multipliers)
+    loss = objective(backbone, syn, real, 0)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    last_only = M3D(partitions=1, points_per_partition=40, neighbours=8)(backbone, syn, real, 0)
+    assert abs(loss.item() - last_only.item()) > 1e-6                                  # the hidden maps count
+    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
+    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
+    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+
+
 def test_partition_mmds_from_one_gram_equal_one_mmd_per_partition():
     """The synthetic clouds' distances computed once for all partitions: each partition's MMD and its gradient
     are those of `rbf_mmd` on that partition alone, in float64."""
@@ -102,3 +127,5 @@ def test_bad_m3d_settings_are_clear_errors():
         M3D(points_per_partition=10, neighbours=16)
     with pytest.raises(ValueError, match='partitions must be >= 1'):
         M3D(partitions=0)
+    with pytest.raises(ValueError, match="layers must be 'last' or 'every', got 'all'"):
+        M3D(layers='all')
