@@ -326,9 +326,9 @@ def max_point_search(h: Tensor, weight: Tensor, dtype: torch.dtype = torch.float
     (a scalar loop on CPU). Run a few clouds at a time (about `chunk_rows` points): each product is then a
     bounded (C_out, chunk_rows) block (16 MB at 1024 channels in fp32: larger than a core's L2, so the bound is
     on memory, not a cache fit) and no (B, C_out, N) map is ever allocated. On a GPU the whole batch goes in one
-    product: there, fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight (G, 1, C_out, C_in)) are
-    searched one after the other, each with its own weight. A float64 `h` is searched in float64 (ties then
-    resolve the same way at every batch size, which exactness checks in float64 rely on).
+    product: there, fewer and larger kernels are what is fast. Groups (h (G, B, N, C_in), weight
+    (G, 1, C_out, C_in)) are searched one after the other, each with its own weight. A float64 `h` is searched in
+    float64 (ties then resolve the same way at every batch size, which exactness checks in float64 rely on).
     """
     if weight.dim() > 2:
         found = [max_point_search(h[g], weight[g, 0], dtype, chunk_rows) for g in range(h.shape[0])]

@@ -64,6 +64,7 @@ def sorted_abs_features(backbone: nn.Module, clouds: Tensor, every_layer: bool =
     sorting contiguous rows is faster).
 
     The backbone's `point_features(clouds, channels_first=True)` gives the map as (B, C, N)."""
+    # passed only when asked, so a backbone whose point_features gives the last map alone still serves layers: last
     keywords = {'every_layer': True} if every_layer else {}
     return sort_descending(backbone.point_features(clouds, channels_first=True, **keywords).abs()).flatten(1)
 
