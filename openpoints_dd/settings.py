@@ -170,6 +170,8 @@ EVALUATION_COMMON = {
     'generator_modes': Setting('list', ['resampled', 'fixed'], 'rows of a generator set: fresh clouds every '
                                'epoch, one fixed draw', item='str', item_choices=('resampled', 'fixed')),
     'eval_epochs_during_distill': _int(50, 'epochs of the quick evaluations during distillation', low=1),
+    'start_row': Setting('bool', True, 'a run started from real clouds (a coreset, a real-cloud fit) that matches: '
+                         'also evaluate its start, the set before matching, paired with it by seed'),
 }
 
 EVALUATION_CLASSIFICATION = {

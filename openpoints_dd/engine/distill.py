@@ -52,6 +52,9 @@ ARTIFACT_NAME = 'artifact.safetensors'
 #: beside the artifact of a run whose export is a tail mean (`distill.tail_average`): its last iterate, the set the
 #: run would have exported without the mean
 LAST_ITERATE_SUFFIX = '-last'
+#: a run started from real clouds: the set as it stood before the first iteration, so that the run's evaluation
+#: can put the method beside its own start (research/cpu_protocol.md asks every real-started method for that row)
+START_NAME = 'artifact-start.safetensors'
 
 #: real and synthetic points matched in one chunk of classes (`distill.chunk_points`). Bounds the memory of a
 #: grouped pass, and keeps its per-point maps small enough to stay near the cache: larger chunks made the step
@@ -67,6 +70,7 @@ class DistillResult:
     stopped_by_budget: bool
     loss_history: list[float] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
+    start_path: Path | None = None   # the set before matching (`START_NAME`), for a real-started run that matched
 
 
 class Distiller:
@@ -196,6 +200,8 @@ class Distiller:
         if not (resume and self.load_checkpoint()):
             start_init = time.perf_counter()
             self.init_report = self.initialize()
+            if self.init_report and iterations > 0:   # a run of no iterations exports its start as the artifact
+                self._write_artifact(self.run_dir / START_NAME, {'start': True})
             self.elapsed = time.perf_counter() - start_init
         # the next timed evaluation, counted from the run's elapsed time (a resumed run's included)
         next_eval_s = eval_minutes * 60 * (1 + int(self.elapsed // (eval_minutes * 60))) if eval_minutes else math.inf
@@ -248,7 +254,10 @@ class Distiller:
                         'pass it; exporting', budget_s / 60, self.iteration, self.elapsed / 60)
         self.save_checkpoint()
         artifact = self.export()
-        return DistillResult(artifact, self.iteration, self.elapsed, stopped_by_budget, self.loss_history, self.evaluations)
+        start = self.run_dir / START_NAME
+        start = start if self.init_report and self.iteration > 0 and start.is_file() else None
+        return DistillResult(artifact, self.iteration, self.elapsed, stopped_by_budget, self.loss_history,
+                             self.evaluations, start)
 
     def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
         """One iteration: a fresh backbone (or one the objective keeps: `iteration_backbone`), `outer` synthesizer

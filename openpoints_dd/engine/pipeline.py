@@ -52,22 +52,31 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                      'loss_history': result.loss_history, 'evaluations_during_distillation': result.evaluations,
                      'init': {k: v for k, v in distiller.init_report.items() if k != 'real_indices'}}
     if test is not None:
-        metrics.update(evaluate_distilled(task, result.artifact_path, train, test, settings, device))
+        start = result.start_path if settings['start_row'] else None
+        metrics.update(evaluate_distilled(task, result.artifact_path, train, test, settings, device, start))
     write_json(run_dir / 'metrics.json', metrics)
     return metrics
 
 
-def evaluate_distilled(task: Task, artifact: Path, train, test, settings: Mapping[str, Any], device) -> dict:
-    """The distillation's own table: the set (both generator modes) and Random at its cpc, every seed of the
-    settings; logged and returned as metrics.json's `evaluation`, `labels` and `table`."""
+def evaluate_distilled(task: Task, artifact: Path, train, test, settings: Mapping[str, Any], device,
+                       start: Path | None = None) -> dict:
+    """The distillation's own table: the set (both generator modes), its start if given (the set before matching,
+    each mode, with the per-seed differences), and Random at its cpc, every seed of the settings; logged and
+    returned as metrics.json's `evaluation`, `labels`, `table` and, with a start, `versus_start`."""
     seeds = list(settings['seeds'])
     synthetic = SyntheticSet(artifact)
     rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
-    runs = {}
-    for resample in (generator_modes(settings['generator_modes']) if synthetic.is_generator else [False]):
-        name = 'synthetic (resampled each epoch)' if resample else 'synthetic (fixed set)'
-        sampler = task.set_sampler(synthetic, int(settings['num_points']), resample, settings)
-        runs[name] = evaluate_set(sampler, test, settings, seeds, rotator, device, task=task)
+    runs, pairs = {}, {}
+    sets = [('synthetic', synthetic)] + ([('start', SyntheticSet(start))] if start is not None else [])
+    for label, dataset in sets:
+        for resample in (generator_modes(settings['generator_modes']) if dataset.is_generator else [False]):
+            name = f'{label} (resampled each epoch)' if resample else f'{label} (fixed set)'
+            sampler = task.set_sampler(dataset, int(settings['num_points']), resample, settings)
+            # the start's own rotator: a learned canonicaliser is trained by the run too
+            runs[name] = evaluate_set(sampler, test, settings, seeds, dataset.build_rotator().to(device)
+                                      if label == 'start' else rotator, device, task=task)
+            if label == 'start':
+                pairs[name.replace('start', 'synthetic', 1)] = name
     selections = random_selections(settings, seeds)
     if selections:
         runs[f'random ({len(selections)} selections)'] = random_baseline(train, test, synthetic.cpc, settings,
@@ -82,5 +91,12 @@ def evaluate_distilled(task: Task, artifact: Path, train, test, settings: Mappin
                                         for (key, _), w in zip(task.figures, widths)) for name, row in rows.items()]
     if 'teacher' in report:
         lines.append(teacher_line(report))
+    versus_start = {}
+    for after, before in pairs.items():
+        differences = [round(a[task.headline] - b[task.headline], 2) for a, b in zip(runs[after], runs[before])]
+        versus_start[after] = {'start': before, 'differences': differences,
+                               'mean': round(sum(differences) / len(differences), 2)}
+        lines.append(f'{after} − its start, paired by seed: ' + ', '.join(f'{d:+.2f}' for d in differences)
+                     + f' (mean {versus_start[after]["mean"]:+.2f})')
     logger.info('results\n%s', '\n'.join(lines))
-    return {'evaluation': rows, 'labels': report, 'table': lines}
+    return {'evaluation': rows, 'labels': report, 'table': lines, **({'versus_start': versus_start} if pairs else {})}

@@ -3,6 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from openpoints_dd.data import SyntheticSet
 from _tools import folder_held_by_another_process, load_tool
@@ -28,8 +30,17 @@ def test_distill_cli_writes_artifact_metrics_and_table(tmp_path):
     metrics = json.loads((run_dir / 'metrics.json').read_text())
     assert metrics['iterations_done'] == 2
     rows = metrics['evaluation']
-    assert set(rows) == {'synthetic (resampled each epoch)', 'synthetic (fixed set)', 'random (1 selections)'}
+    assert set(rows) == {'synthetic (resampled each epoch)', 'synthetic (fixed set)', 'start (resampled each epoch)',
+                         'start (fixed set)', 'random (1 selections)'}
     assert all(0 <= row['final_oa']['mean'] <= 100 for row in rows.values())
+    # the generator is fitted to real clouds (init: real): its start is evaluated beside it, paired by seed
+    for mode in ('resampled each epoch', 'fixed set'):
+        after, before = rows[f'synthetic ({mode})']['runs'], rows[f'start ({mode})']['runs']
+        paired = metrics['versus_start'][f'synthetic ({mode})']
+        assert paired['start'] == f'start ({mode})'
+        assert paired['differences'] == [round(a['oa'] - b['oa'], 2) for a, b in zip(after, before)]
+        assert [r['seed'] for r in after] == [r['seed'] for r in before] == [0]
+    assert any('− its start, paired by seed: ' in line for line in metrics['table'])
     synthetic = SyntheticSet(run_dir / 'artifact.safetensors')
     assert synthetic.is_generator and synthetic.metadata['dataset']['name'] == 'EmbeddedShapes'
     assert 'final-epoch OA' in (run_dir / 'log.txt').read_text()
@@ -40,7 +51,33 @@ def test_distill_cli_writes_artifact_metrics_and_table(tmp_path):
     assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, "evaluation.generator_modes=['resampled']",
                             'evaluation.random_selections=0']) == 0
     rows = json.loads((run_dir / 'metrics.json').read_text())['evaluation']
-    assert set(rows) == {'synthetic (resampled each epoch)'}
+    assert set(rows) == {'synthetic (resampled each epoch)', 'start (resampled each epoch)'}
+
+    # evaluation.start_row=False leaves the start out
+    run_dir = tmp_path / 'no-start'
+    assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, "evaluation.generator_modes=['fixed']",
+                            'evaluation.random_selections=0', 'evaluation.start_row=False']) == 0
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert set(metrics['evaluation']) == {'synthetic (fixed set)'} and 'versus_start' not in metrics
+
+
+def test_the_start_row_is_the_set_a_run_of_no_iterations_exports(tmp_path):
+    """artifact-start.safetensors is the synthesizer before the first iteration: the same tensors as the artifact of
+    the same config run for no iterations (the separate start export it replaces), and matching moved the set."""
+    main = _distill_main()
+    assert main(['--cfg', DEMO, f'run_dir={tmp_path / "run"}', *TINY, 'evaluation=null']) == 0
+    assert main(['--cfg', DEMO, f'run_dir={tmp_path / "start"}', *TINY, 'evaluation=null',
+                 'distill.iterations=0']) == 0
+    paths = {name: tmp_path / run / f'{file}.safetensors' for name, run, file in
+             [('start', 'run', 'artifact-start'), ('alone', 'start', 'artifact'), ('after', 'run', 'artifact')]}
+    assert SyntheticSet(paths['start']).metadata['start'] is True
+    assert SyntheticSet(paths['start']).metadata['iterations_done'] == 0
+    assert SyntheticSet(paths['after']).metadata['iterations_done'] == 2
+    start, alone, after = (load_file(paths[name]) for name in ('start', 'alone', 'after'))
+    assert start.keys() == alone.keys() == after.keys()
+    assert all(torch.equal(start[k], alone[k]) for k in start)
+    assert not all(torch.equal(start[k], after[k]) for k in start)
+    assert not (tmp_path / 'start' / 'artifact-start.safetensors').exists()   # no iterations: the artifact is the start
 
 
 @pytest.mark.parametrize('override, error, match', [

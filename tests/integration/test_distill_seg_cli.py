@@ -59,6 +59,14 @@ def test_slot_partition_config_end_to_end(tmp_path):
     run_dir = tmp_path / 'run'
     assert _distill_main()(['--cfg', cfg, f'run_dir={run_dir}', *overrides]) == 0
     meta = SyntheticSet(run_dir / 'artifact.safetensors').metadata
+    # a real-initialised part generator is evaluated beside its start, paired by seed on the task's headline
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    assert set(metrics['evaluation']) == {f'{set_} ({mode})' for set_ in ('synthetic', 'start')
+                                          for mode in ('resampled each epoch', 'fixed set')} | {'random (1 selections)'}
+    for after, paired in metrics['versus_start'].items():
+        before = metrics['evaluation'][paired['start']]['runs']
+        assert paired['differences'] == [round(a['instance_miou'] - b['instance_miou'], 2)
+                                         for a, b in zip(metrics['evaluation'][after]['runs'], before)]
     pool = PartPool.from_dataset_cfg(load_distill_config(str(cfg), overrides).dataset, 'train', num_points=64)
     assert meta['segmentation']['part_proportions'] == pool.part_proportions(1)
     for c, q in enumerate(meta['segmentation']['part_proportions']):

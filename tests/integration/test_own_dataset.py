@@ -68,7 +68,7 @@ def test_distill_and_evaluate_a_users_dataset_from_yaml_alone(layout, tmp_path):
     metrics = json.loads((run_dir / 'metrics.json').read_text())
     assert metrics['iterations_done'] == 2
     assert set(metrics['evaluation']) == {'synthetic (resampled each epoch)', 'synthetic (fixed set)',
-                                          'random (1 selections)'}
+                                          'start (resampled each epoch)', 'start (fixed set)', 'random (1 selections)'}
     log = (run_dir / 'log.txt').read_text()
     assert f'real pool my_{layout}/train' in log and 'ModelNet40Ply2048' not in log
     saved = (run_dir / 'cfg.yaml').read_text()                                 # the project defaults applied
