@@ -1,0 +1,73 @@
+"""Where M3D's kernel widths sit among the distances they compare, and how a shift of them scales the gradient.
+
+    OMP_NUM_THREADS=1 python benchmarks/m3d_bandwidth.py --cfg cfgs/distill/modelnet40/m3d-falling-mean-herding-cpc10-cpu30m.yaml \
+        --artifact runs/x48/start-s0/artifact.safetensors --classes 0 7 22 --shifts 1 4 16
+
+For each class, through a fresh network of the config's backbone (one per class, seeded by the class) and against
+`batch_real` real clouds of the class at `num_points`: the pairwise squared distances of the real and synthetic
+descriptors (M3D's sorted |features|) as multiples of the bandwidth M3D uses (their mean, off the diagonal), the
+5th–95th percentiles and each synthetic cloud's nearest real one; then M3D's loss and the norm of its gradient with
+respect to the synthetic points with the config's widths divided by each shift.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
+from openpoints_dd.data.real_pool import RealPool  # noqa: E402
+from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
+from openpoints_dd.engine.distill import Distiller  # noqa: E402
+from openpoints_dd.registry import build_objective  # noqa: E402
+from openpoints_dd.objectives.m3d import sorted_abs_features  # noqa: E402
+from openpoints_dd.objectives.sadm import pairwise_squared_distances  # noqa: E402
+from openpoints_dd.settings import load_distill_config  # noqa: E402
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--cfg', required=True, help='an M3D distill YAML: its dataset, backbone and objective')
+    parser.add_argument('--artifact', required=True, help='a points artifact of that dataset (e.g. a start)')
+    parser.add_argument('--classes', type=int, nargs='+', default=[0, 7, 22])
+    parser.add_argument('--shifts', type=float, nargs='+', default=[1, 4, 16], help='divide every width by these')
+    args = parser.parse_args(argv)
+    cfg = load_distill_config(args.cfg)
+    d = cfg['distill']
+    if d['objective']['NAME'] != 'M3D':
+        parser.error(f"{args.cfg}: distill.objective is {d['objective']['NAME']}, not M3D")
+    pool = RealPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=int(d['num_points']))
+    synthetic = SyntheticSet(args.artifact, expect_dataset=pool.name, expect_num_classes=pool.num_classes)
+    distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))   # builds the backbone as the run does; writes nothing
+    base = list(distiller.objective.bandwidth_multipliers)
+    for c in args.classes:
+        torch.manual_seed(c)
+        backbone = distiller.build_backbone()
+        real = pool.sample(c, int(d['batch_real']), int(d['num_points']), torch.Generator().manual_seed(c))
+        syn = synthetic.pos[synthetic.labels == c]
+        with torch.no_grad():
+            features = sorted_abs_features(backbone, torch.cat([real, syn]), distiller.objective.every_layer)
+        squared = pairwise_squared_distances(features.unsqueeze(0))[0]
+        n, b = squared.shape[0], real.shape[0]
+        ratio = squared / (squared.sum() / (n * n - n))
+        off_diagonal = ratio[~torch.eye(n, dtype=torch.bool)]
+        print(f'class {c}: squared distance / bandwidth, percentiles {QUANTILES}: '
+              + ', '.join(f'{q:.2f}' for q in off_diagonal.quantile(torch.tensor(QUANTILES)).tolist())
+              + '; each synthetic cloud to its nearest real one: '
+              + ', '.join(f'{v:.2f}' for v in ratio[b:, :b].min(dim=1).values.tolist()))
+        for shift in args.shifts:
+            objective = build_objective({**dict(d['objective']), 'bandwidth_multipliers': [m / shift for m in base]})
+            points = syn.clone().requires_grad_(True)
+            loss = objective(backbone, points, real, c)
+            gradient, = torch.autograd.grad(loss, points)
+            print(f'  widths / {shift:g}: loss {loss.item():.5f}, gradient norm {gradient.norm().item():.4g}')
+
+
+if __name__ == '__main__':
+    main()
