@@ -102,11 +102,14 @@ def test_a_resume_with_another_config_is_refused_forced_or_restarted(tmp_path):
     assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0']) == 0
     first = json.loads((run_dir / 'metrics.json').read_text())
     assert first['init'] and first['iterations_done'] == 2
+    start = (run_dir / 'artifact-start.safetensors').read_bytes()
     # the same config (more iterations would change it): resumes; a harmless change (progress, evaluation) too
     assert _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'evaluation.random_selections=0',
                             'evaluation.seeds=[1]', 'distill.log_every=5']) == 0
     resumed = json.loads((run_dir / 'metrics.json').read_text())
     assert resumed['iterations_done'] == 2 and resumed['init'] == first['init']   # metrics complete after a resume
+    assert (run_dir / 'artifact-start.safetensors').read_bytes() == start          # the start is the first run's
+    assert 'start (fixed set)' in resumed['evaluation']
     with pytest.raises(ValueError, match=r"holds a checkpoint of another config; this one changes "
                                          r"distill\.syn_optimizer\.lr: 0\.001 -> 0\.5, seed: 0 -> 5"):
         _distill_main()(['--cfg', DEMO, f'run_dir={run_dir}', *TINY, 'seed=5', 'distill.syn_optimizer.lr=0.5'])
