@@ -1,6 +1,7 @@
 """Where M3D's kernel widths sit among the distances they compare, and how a shift of them scales the gradient.
 
-    OMP_NUM_THREADS=1 python benchmarks/m3d_bandwidth.py --cfg cfgs/distill/modelnet40/m3d-falling-mean-herding-cpc10-cpu30m.yaml \
+    OMP_NUM_THREADS=1 python benchmarks/m3d_bandwidth.py \
+        --cfg cfgs/distill/modelnet40/m3d-falling-mean-herding-cpc10-cpu30m.yaml \
         --artifact runs/x48/start-s0/artifact.safetensors --classes 0 7 22 --shifts 1 4 16
 
 For each class, through a fresh network of the config's backbone (one per class, seeded by the class) and against
@@ -25,7 +26,7 @@ from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
 from openpoints_dd.registry import build_objective  # noqa: E402
 from openpoints_dd.objectives.m3d import sorted_abs_features  # noqa: E402
-from openpoints_dd.objectives.sadm import pairwise_squared_distances  # noqa: E402
+from openpoints_dd.objectives.sadm import pairwise_squared_distances, rbf_bandwidth  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.cfg}: distill.objective is {d['objective']['NAME']}, not M3D")
     pool = RealPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=int(d['num_points']))
     synthetic = SyntheticSet(args.artifact, expect_dataset=pool.name, expect_num_classes=pool.num_classes)
-    distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))   # builds the backbone as the run does; writes nothing
+    # the run's own backbone and objective, built as a run builds them; the Distiller writes nothing until it runs
+    distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))
     base = list(distiller.objective.bandwidth_multipliers)
     for c in args.classes:
         torch.manual_seed(c)
@@ -53,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         syn = synthetic.pos[synthetic.labels == c]
         with torch.no_grad():
             features = sorted_abs_features(backbone, torch.cat([real, syn]), distiller.objective.every_layer)
-        squared = pairwise_squared_distances(features.unsqueeze(0))[0]
-        n, b = squared.shape[0], real.shape[0]
-        ratio = squared / (squared.sum() / (n * n - n))
+        squared = pairwise_squared_distances(features.unsqueeze(0))
+        ratio = (squared / rbf_bandwidth(squared))[0]    # in units of the bandwidth M3D's MMD uses
+        n, b = ratio.shape[0], real.shape[0]
         off_diagonal = ratio[~torch.eye(n, dtype=torch.bool)]
         print(f'class {c}: squared distance / bandwidth, percentiles {QUANTILES}: '
               + ', '.join(f'{q:.2f}' for q in off_diagonal.quantile(torch.tensor(QUANTILES)).tolist())

@@ -66,17 +66,18 @@ def evaluate_distilled(task: Task, artifact: Path, train, test, settings: Mappin
     seeds = list(settings['seeds'])
     synthetic = SyntheticSet(artifact)
     rotator = synthetic.build_rotator().to(device)   # the trained canonicaliser, for the set and for Random
+    sets = [('synthetic', synthetic, rotator)]
+    if start is not None:   # with its own rotator: a learned canonicaliser is trained by the run too
+        start_set = SyntheticSet(start)
+        sets.append(('start', start_set, start_set.build_rotator().to(device)))
     runs, pairs = {}, {}
-    sets = [('synthetic', synthetic)] + ([('start', SyntheticSet(start))] if start is not None else [])
-    for label, dataset in sets:
+    for label, dataset, dataset_rotator in sets:
         for resample in (generator_modes(settings['generator_modes']) if dataset.is_generator else [False]):
-            name = f'{label} (resampled each epoch)' if resample else f'{label} (fixed set)'
+            mode = 'resampled each epoch' if resample else 'fixed set'
             sampler = task.set_sampler(dataset, int(settings['num_points']), resample, settings)
-            # the start's own rotator: a learned canonicaliser is trained by the run too
-            runs[name] = evaluate_set(sampler, test, settings, seeds, dataset.build_rotator().to(device)
-                                      if label == 'start' else rotator, device, task=task)
+            runs[f'{label} ({mode})'] = evaluate_set(sampler, test, settings, seeds, dataset_rotator, device, task=task)
             if label == 'start':
-                pairs[name.replace('start', 'synthetic', 1)] = name
+                pairs[f'synthetic ({mode})'] = f'start ({mode})'
     selections = random_selections(settings, seeds)
     if selections:
         runs[f'random ({len(selections)} selections)'] = random_baseline(train, test, synthetic.cpc, settings,

@@ -65,10 +65,16 @@ def rbf_mmd(x: Tensor, y: Tensor, multipliers: Sequence[float] = (0.25, 0.5, 1.0
     return mmd_of_distances(pairwise_squared_distances(torch.cat([x, y], dim=1)), x.shape[1], multipliers)
 
 
+def rbf_bandwidth(squared: Tensor) -> Tensor:
+    """(G, 1, 1) the base bandwidth of `rbf_mmd`: the mean off-diagonal entry of each (n, n) block of the (G, n, n)
+    squared distances, detached (the kernel's width is not a path for the gradient)."""
+    n = squared.shape[1]
+    return (squared.detach().sum(dim=(1, 2)) / max(n * n - n, 1)).clamp_min(1e-12).view(-1, 1, 1)
+
+
 def mmd_of_distances(squared: Tensor, b: int, multipliers: Sequence[float]) -> Tensor:
     """`rbf_mmd` from the (G, n, n) squared distances of the pooled sets, the first `b` of each the real ones."""
-    n = squared.shape[1]
-    bandwidth = (squared.detach().sum(dim=(1, 2)) / max(n * n - n, 1)).clamp_min(1e-12).view(-1, 1, 1)
+    bandwidth = rbf_bandwidth(squared)
     kernel = sum(torch.exp(-squared / (bandwidth * float(m))) for m in multipliers)
     return (kernel[:, :b, :b].mean(dim=(1, 2)) + kernel[:, b:, b:].mean(dim=(1, 2))
             - 2 * kernel[:, :b, b:].mean(dim=(1, 2)))
