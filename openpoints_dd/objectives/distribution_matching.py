@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
@@ -41,13 +40,7 @@ class DistributionMatching(SemiTrainedNetworks, Objective):
 
     def __init__(self, *, queue_size: int = 0, queue_lifetime: int = 200, queue_batch: int = 64,
                  queue_lr: float = 1e-3, ce_weight: float = 0.0):
-        if ce_weight < 0:
-            raise ValueError(f'DistributionMatching: ce_weight must be >= 0, got {ce_weight!r}')
-        if ce_weight and not queue_size:
-            raise ValueError('DistributionMatching: ce_weight needs queue_size > 0: the head of a fresh random network '
-                             'says nothing of the classes, so its cross-entropy is noise')
-        self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr)
-        self.ce_weight = float(ce_weight)
+        self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr, ce_weight)
 
     def backbone_methods(self) -> tuple[str, ...]:
         """`embed`: the pooled feature whose class means are matched; `classify`: the logits of an embedding, for
@@ -66,11 +59,8 @@ class DistributionMatching(SemiTrainedNetworks, Objective):
             real_mean = _embed(backbone, real_pos).mean(dim=1)
         syn_embedding = _embed(backbone, syn_pos)
         losses = (real_mean - syn_embedding.mean(dim=1)).square().sum(-1)
-        if self.ce_weight:
-            logits = backbone.classify(syn_embedding)   # the forward the mean took, not a second one
-            targets = labels.to(logits.device).view(-1, 1).expand(logits.shape[:2])
-            losses = losses + self.ce_weight * F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                                               reduction='none').view(logits.shape[:2]).mean(1)
+        if self.ce_weight:   # the logits of the embeddings the mean took, not a second forward
+            losses = losses + self.cross_entropy_term(backbone, syn_embedding, labels)
         return losses
 
 

@@ -100,16 +100,27 @@ class SemiTrainedNetworks:
     """IDM's queue for any objective that embeds through a frozen network (`trains_backbone = False`): DM, M3D.
 
     Mixed in before the objective's base class; `_init_queue` from the objective's `__init__` with its `queue_*`
-    arguments. It supplies the engine hooks the queue needs: `prepare` (how to rebuild the networks on resume),
-    `iteration_backbone` (the visited slot's network, one training step further) and the queue's part of the
-    checkpoint. `queue_size` 0 keeps the engine's fresh random network every iteration.
+    arguments and `ce_weight`. It supplies the engine hooks the queue needs: `prepare` (how to rebuild the networks
+    on resume), `iteration_backbone` (the visited slot's network, one training step further) and the queue's part
+    of the checkpoint. `queue_size` 0 keeps the engine's fresh random network every iteration.
+
+    `ce_weight` > 0 is IDM's class-aware term (`cross_entropy_term`): the synthetic clouds' cross-entropy under the
+    network they are matched through, so that a cloud matching its class's features but sitting near another
+    class's is penalised. It needs the queue: the head of a fresh random network says nothing of the classes.
     """
 
-    def _init_queue(self, queue_size: int, queue_lifetime: int, queue_batch: int, queue_lr: float) -> None:
+    def _init_queue(self, queue_size: int, queue_lifetime: int, queue_batch: int, queue_lr: float,
+                    ce_weight: float = 0.0) -> None:
         if queue_size < 0:
             raise ValueError(f'{type(self).__name__}: queue_size must be >= 0, got {queue_size!r}')
+        if ce_weight < 0:
+            raise ValueError(f'{type(self).__name__}: ce_weight must be >= 0, got {ce_weight!r}')
+        if ce_weight and not queue_size:
+            raise ValueError(f'{type(self).__name__}: ce_weight needs queue_size > 0: the head of a fresh random '
+                             f'network says nothing of the classes, so its cross-entropy is noise')
         self.queue_size, self.queue_lifetime = queue_size, queue_lifetime
         self.queue_batch, self.queue_lr = queue_batch, queue_lr
+        self.ce_weight = float(ce_weight)
         self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
             if queue_size else None
         self._make_backbone: Callable[[], nn.Module] | None = None
@@ -118,6 +129,14 @@ class SemiTrainedNetworks:
                 make_backbone: Callable[[], nn.Module]) -> float:
         self._make_backbone = make_backbone   # rebuilds the queue's networks on resume
         return 0.0
+
+    def cross_entropy_term(self, backbone: nn.Module, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """(G,) `ce_weight` times each class's mean cross-entropy of its synthetic clouds' embeddings (G, S, D)
+        under the backbone's head (`classify`), the classes labelled (G,)."""
+        logits = backbone.classify(embeddings)
+        targets = labels.to(logits.device).view(-1, 1).expand(logits.shape[:2])
+        return self.ce_weight * F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                reduction='none').view(logits.shape[:2]).mean(1)
 
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)

@@ -37,7 +37,8 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, crash_at):
 
 
 @pytest.mark.parametrize('objective', [{'NAME': 'DistributionMatching', 'ce_weight': 0.1},
-                                       {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64}])
+                                       {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64,
+                                        'ce_weight': 0.1}])
 def test_semi_trained_networks_resume_bit_identical(tmp_path, objective):
     """The queue of semi-trained networks (DM's, M3D's) is part of the checkpoint: a resume continues it exactly."""
     settings = dict(iterations=5, outer_loop=1, inner_loop=0,
@@ -300,6 +301,8 @@ def test_a_points_artifact_records_the_points_it_holds(tmp_path):
     ({'NAME': 'DistributionMatching', 'queue_size': 1}, 'embed'),
     ({'NAME': 'DistributionMatching', 'queue_size': 1, 'ce_weight': 0.5}, 'embed, classify'),
     ({'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64}, 'point_features'),
+    ({'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64, 'queue_size': 1, 'ce_weight': 0.5},
+     'point_features, classify'),
     ({'NAME': 'SADM'}, 'point_features')])
 def test_a_backbone_without_the_methods_an_objective_calls_is_refused_before_any_work(tmp_path, monkeypatch,
                                                                                        objective, missing):

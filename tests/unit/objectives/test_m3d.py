@@ -129,3 +129,36 @@ def test_bad_m3d_settings_are_clear_errors():
         M3D(partitions=0)
     with pytest.raises(ValueError, match="layers must be 'last' or 'every', got 'all'"):
         M3D(layers='all')
+
+
+def test_the_cross_entropy_term_adds_each_class_mean_cross_entropy_from_the_sorted_pass(monkeypatch):
+    """ce_weight adds weight · each class's mean cross-entropy of its synthetic clouds under the network, the
+    logits of the max-pool of the map M3D sorts: the network's own forward (checked in float64), and no second
+    pass over the points (the forward and `embed` are never called)."""
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    plain = M3D(partitions=1, points_per_partition=40, neighbours=8)
+    weighted = M3D(partitions=1, points_per_partition=40, neighbours=8, queue_size=1, ce_weight=0.5)
+    real = torch.randn(2, 4, 40, 3, dtype=torch.float64)
+    syn = torch.randn(2, 3, 40, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([2, 0])
+    ce = torch.stack([torch.nn.functional.cross_entropy(backbone(syn[g]), labels[g].expand(3)) for g in range(2)])
+    expected = plain.match_classes(backbone, syn, real, labels) + 0.5 * ce
+    monkeypatch.setattr(backbone, 'forward', lambda *a: pytest.fail('a second pass over the points'))
+    monkeypatch.setattr(backbone, 'embed', lambda *a: pytest.fail('a second pass over the points'))
+    losses = weighted.match_classes(backbone, syn, real, labels)
+    torch.testing.assert_close(losses, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(losses.sum(), syn)
+    (plain_grad,) = torch.autograd.grad(plain.match_classes(backbone, syn, real, labels).sum(), syn)
+    assert not torch.allclose(grad, plain_grad)                                        # the term moves the points
+    assert weighted.backbone_methods() == ('point_features', 'classify')
+    assert plain.backbone_methods() == ('point_features',)
+
+
+def test_bad_cross_entropy_settings_are_clear_errors():
+    with pytest.raises(ValueError, match='ce_weight must be >= 0'):
+        M3D(queue_size=1, ce_weight=-1.0)
+    with pytest.raises(ValueError, match='needs queue_size > 0'):   # a random head's cross-entropy is noise
+        M3D(ce_weight=0.5)
+    with pytest.raises(ValueError, match='with layers: every'):
+        M3D(queue_size=1, ce_weight=0.5, layers='every')

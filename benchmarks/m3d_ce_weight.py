@@ -1,0 +1,82 @@
+"""How large M3D's cross-entropy term is against M3D itself, through networks trained as the queue trains them.
+
+    OMP_NUM_THREADS=1 python benchmarks/m3d_ce_weight.py \
+        --cfg cfgs/distill/modelnet40/m3d-ce-falling-mean-herding-cpc10-cpu30m.yaml \
+        --artifact runs/x48/start-s0/artifact.safetensors --steps 0 25 50 100 --classes 0 7 22 31
+
+`ce_weight` is a ratio of two gradients: the term should steer the points, not replace M3D's pull. For each number
+of training steps, a fresh network of the config's backbone (seeded) takes that many Adam steps of cross-entropy on
+`queue_batch` real clouds drawn as matching draws them, at `queue_lr` (what a slot of the queue has had when it
+embeds), then, for each class, against `batch_real` real clouds of the class: the norm of M3D's gradient with
+respect to the class's synthetic points, and that of the class's mean cross-entropy (the term at weight 1). Their
+ratio, M3D over the term, times the share wanted gives the weight.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
+from openpoints_dd.data.real_pool import RealPool  # noqa: E402
+from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
+from openpoints_dd.engine.distill import Distiller  # noqa: E402
+from openpoints_dd.registry import build_objective  # noqa: E402
+from openpoints_dd.settings import load_distill_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--cfg', required=True, help='an M3D distill YAML with a queue: its data, backbone, objective')
+    parser.add_argument('--artifact', required=True, help='a points artifact of that dataset (e.g. a start)')
+    parser.add_argument('--steps', type=int, nargs='+', default=[0, 25, 50, 100], help='training steps per network')
+    parser.add_argument('--classes', type=int, nargs='+', default=[0, 7, 22, 31])
+    args = parser.parse_args(argv)
+    cfg = load_distill_config(args.cfg)
+    d = cfg['distill']
+    settings = dict(d['objective'])
+    if settings['NAME'] != 'M3D' or not settings.get('queue_size'):
+        parser.error(f'{args.cfg}: distill.objective must be M3D with a queue (queue_size > 0)')
+    pool = RealPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=int(d['num_points']))
+    synthetic = SyntheticSet(args.artifact, expect_dataset=pool.name, expect_num_classes=pool.num_classes)
+    # the run's own backbone and batches, built as a run builds them; the Distiller writes nothing until it runs
+    distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))
+    m3d = build_objective({**settings, 'queue_size': 0, 'ce_weight': 0.0})
+    term = build_objective({**settings, 'ce_weight': 1.0})
+    generator = torch.Generator().manual_seed(0)
+    for steps in args.steps:
+        torch.manual_seed(steps)
+        backbone = distiller.build_backbone()
+        optimizer = torch.optim.Adam(backbone.parameters(), lr=float(settings.get('queue_lr', 1e-3)))
+        loss = float('nan')
+        for _ in range(steps):
+            clouds, labels = distiller.real_batch(int(settings.get('queue_batch', 64)), int(d['num_points']), generator)
+            optimizer.zero_grad(set_to_none=True)
+            training = F.cross_entropy(backbone(clouds), labels)
+            training.backward()
+            optimizer.step()
+            loss = training.item()
+        backbone.requires_grad_(False)
+        ratios = []
+        for c in args.classes:
+            real = pool.sample(c, int(d['batch_real']), int(d['num_points']), torch.Generator().manual_seed(c))
+            points = synthetic.pos[synthetic.labels == c].clone().requires_grad_(True)
+            label = torch.tensor([c])
+            m3d_gradient, = torch.autograd.grad(m3d.match_classes(backbone, points[None], real[None], label).sum(), points)
+            ce = term.cross_entropy_term(backbone, backbone.embed(points)[None], label).sum()
+            ce_gradient, = torch.autograd.grad(ce, points)
+            ratios.append(m3d_gradient.norm().item() / ce_gradient.norm().item())
+            print(f'  {steps} steps, class {c}: M3D gradient norm {m3d_gradient.norm().item():.4g}, cross-entropy '
+                  f'{ce.item():.3f} with gradient norm {ce_gradient.norm().item():.4g}')
+        print(f'{steps} steps (last training loss {loss:.3f}): M3D / cross-entropy gradient norms, median over '
+              f'the classes {statistics.median(ratios):.4g} (range {min(ratios):.4g}-{max(ratios):.4g})')
+
+
+if __name__ == '__main__':
+    main()
