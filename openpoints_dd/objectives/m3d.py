@@ -66,15 +66,17 @@ def point_map(backbone: nn.Module, clouds: Tensor, every_layer: bool = False) ->
     return backbone.point_features(clouds, channels_first=True, **keywords)
 
 
-def sorted_abs(feature_map: Tensor) -> Tensor:
-    """(B, C·N) the per-channel sorted absolute values of a (B, C, N) map, flattened channel-major (the MMD does not
-    depend on the order of the dimensions; sorting contiguous rows is faster)."""
-    return sort_descending(feature_map.abs()).flatten(1)
+def sorted_abs(feature_map: Tensor, absolute: bool = True) -> Tensor:
+    """(B, C·N) the per-channel sorted absolute values of a (B, C, N) map (`absolute` False: the signed values, each
+    channel's whole quantile function), flattened channel-major (the MMD does not depend on the order of the
+    dimensions; sorting contiguous rows is faster)."""
+    return sort_descending(feature_map.abs() if absolute else feature_map).flatten(1)
 
 
-def sorted_abs_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False) -> Tensor:
+def sorted_abs_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False,
+                        absolute: bool = True) -> Tensor:
     """(B, C·N) M3D's descriptor of each cloud: `sorted_abs` of its `point_map`."""
-    return sorted_abs(point_map(backbone, clouds, every_layer))
+    return sorted_abs(point_map(backbone, clouds, every_layer), absolute)
 
 
 def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
@@ -126,6 +128,9 @@ class M3D(SemiTrainedNetworks, Objective):
             Default 'last'.
         queue_size, queue_lifetime, queue_batch, queue_lr: the semi-trained networks, as `DistributionMatching`'s
             (0: a fresh random network every iteration, as 3DDP).
+        absolute: True (3DDP) sorts each channel's absolute values; False its signed values, the channel's whole
+            distribution over the points: the absolute value makes a channel and its negation the same
+            description, and drops which side of its mean a cloud's extreme points lie on. Default True.
         ce_weight: IDM's cross-entropy term (`SemiTrainedNetworks`), as `DistributionMatching`'s: each class's mean
             cross-entropy of its synthetic clouds under the semi-trained network, their logits from the max-pool of
             the map the descriptor sorts (DistillPointNet's embedding), so no second pass. Needs the queue and
@@ -137,7 +142,8 @@ class M3D(SemiTrainedNetworks, Objective):
     def __init__(self, *, partitions: int = 4, points_per_partition: int = 255, weight: float = 0.8,
                  scale: float = 0.1, sharpness: float = 1000.0, neighbours: int = 16,
                  bandwidth_multipliers: list[float] | None = None, queue_size: int = 0, queue_lifetime: int = 200,
-                 queue_batch: int = 64, queue_lr: float = 1e-3, layers: str = 'last', ce_weight: float = 0.0):
+                 queue_batch: int = 64, queue_lr: float = 1e-3, layers: str = 'last', absolute: bool = True,
+                 ce_weight: float = 0.0):
         if int(partitions) < 1 or int(points_per_partition) < 2:
             raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
                              f'{points_per_partition}')
@@ -148,10 +154,12 @@ class M3D(SemiTrainedNetworks, Objective):
             raise ValueError(f'M3D: bandwidth_multipliers must be positive numbers, got {bandwidth_multipliers!r}')
         if layers not in ('last', 'every'):
             raise ValueError(f"M3D: layers must be 'last' or 'every', got {layers!r}")
+        if not isinstance(absolute, bool):
+            raise ValueError(f'M3D: absolute must be true or false, got {absolute!r}')
         if ce_weight and layers == 'every':
             raise ValueError("M3D: ce_weight takes the logits from the last point-wise map's max-pool; with layers: "
                              "every the map the descriptor sorts holds every layer's channels. Use layers: last")
-        self.every_layer = layers == 'every'
+        self.every_layer, self.absolute = layers == 'every', absolute
         self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
         self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
@@ -196,10 +204,10 @@ class M3D(SemiTrainedNetworks, Objective):
                 partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
             partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
             weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
-            real = sorted_abs_features(backbone, partitions.flatten(0, 2), self.every_layer)
+            real = sorted_abs_features(backbone, partitions.flatten(0, 2), self.every_layer, self.absolute)
             real = real.view(self.partitions, G, B, -1)
         syn_map = point_map(backbone, syn_pos.flatten(0, 1), self.every_layer)
-        syn = sorted_abs(syn_map).view(G, S, -1)
+        syn = sorted_abs(syn_map, self.absolute).view(G, S, -1)
         losses = self.scale * (weights * partition_mmds(real, syn, self.bandwidth_multipliers)).sum(dim=1)
         if self.ce_weight:   # the max over the points of the last map is the network's pooled embedding
             losses = losses + self.cross_entropy_term(backbone, syn_map.amax(dim=-1).view(G, S, -1), labels)

@@ -162,3 +162,36 @@ def test_bad_cross_entropy_settings_are_clear_errors():
         M3D(ce_weight=0.5)
     with pytest.raises(ValueError, match='with layers: every'):
         M3D(queue_size=1, ce_weight=0.5, layers='every')
+
+
+def test_signed_m3d_sorts_each_channel_values_with_their_sign():
+    """absolute: false describes a cloud by each channel's sorted signed values (written out with torch.sort here):
+    still zero on identical sets and blind to point order, and unlike the absolute values it tells a map from its
+    negation."""
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    objective = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False)
+    real = torch.randn(4, 40, 3, dtype=torch.float64)
+    syn = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
+
+    def described(clouds):
+        maps = backbone.point_features(clouds)                                              # (B, N, 32)
+        return torch.sort(maps, dim=1, descending=True).values.transpose(1, 2).flatten(1)
+
+    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
+                                                            objective.bandwidth_multipliers)
+    loss = objective(backbone, syn, real, 0)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss, syn)
+    (expected_grad,) = torch.autograd.grad(expected, syn)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
+    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
+    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
+    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+    from openpoints_dd.objectives.m3d import sorted_abs
+    feature_map = torch.randn(2, 5, 7, dtype=torch.float64)
+    assert torch.equal(sorted_abs(feature_map), sorted_abs(-feature_map))
+    assert not torch.equal(sorted_abs(feature_map, absolute=False), sorted_abs(-feature_map, absolute=False))
+    with pytest.raises(ValueError, match='absolute must be true or false'):
+        M3D(absolute='false')
