@@ -25,7 +25,7 @@ from openpoints_dd.data.real_pool import RealPool  # noqa: E402
 from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
 from openpoints_dd.registry import build_objective  # noqa: E402
-from openpoints_dd.objectives.m3d import sorted_abs_features  # noqa: E402
+from openpoints_dd.objectives.m3d import sorted_features  # noqa: E402
 from openpoints_dd.objectives.sadm import pairwise_squared_distances, rbf_bandwidth  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         real = pool.sample(c, int(d['batch_real']), int(d['num_points']), torch.Generator().manual_seed(c))
         syn = synthetic.pos[synthetic.labels == c]
         with torch.no_grad():
-            features = sorted_abs_features(backbone, torch.cat([real, syn]), distiller.objective.every_layer)
+            features = sorted_features(backbone, torch.cat([real, syn]), distiller.objective.every_layer,
+                                       distiller.objective.absolute)
         squared = pairwise_squared_distances(features.unsqueeze(0))
         ratio = (squared / rbf_bandwidth(squared))[0]    # in units of the bandwidth M3D's MMD uses
         n, b = ratio.shape[0], real.shape[0]

@@ -66,17 +66,16 @@ def point_map(backbone: nn.Module, clouds: Tensor, every_layer: bool = False) ->
     return backbone.point_features(clouds, channels_first=True, **keywords)
 
 
-def sorted_abs(feature_map: Tensor, absolute: bool = True) -> Tensor:
-    """(B, C·N) the per-channel sorted absolute values of a (B, C, N) map (`absolute` False: the signed values, each
-    channel's whole quantile function), flattened channel-major (the MMD does not depend on the order of the
-    dimensions; sorting contiguous rows is faster)."""
+def sorted_channels(feature_map: Tensor, absolute: bool = True) -> Tensor:
+    """(B, C·N) each channel of a (B, C, N) map sorted over the points: its absolute values (3DDP), or with
+    `absolute` False its signed values (the channel's whole quantile function); flattened channel-major (the MMD
+    does not depend on the order of the dimensions; sorting contiguous rows is faster)."""
     return sort_descending(feature_map.abs() if absolute else feature_map).flatten(1)
 
 
-def sorted_abs_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False,
-                        absolute: bool = True) -> Tensor:
-    """(B, C·N) M3D's descriptor of each cloud: `sorted_abs` of its `point_map`."""
-    return sorted_abs(point_map(backbone, clouds, every_layer), absolute)
+def sorted_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False, absolute: bool = True) -> Tensor:
+    """(B, C·N) M3D's descriptor of each cloud: `sorted_channels` of its `point_map`."""
+    return sorted_channels(point_map(backbone, clouds, every_layer), absolute)
 
 
 def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
@@ -204,10 +203,10 @@ class M3D(SemiTrainedNetworks, Objective):
                 partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
             partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
             weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
-            real = sorted_abs_features(backbone, partitions.flatten(0, 2), self.every_layer, self.absolute)
+            real = sorted_features(backbone, partitions.flatten(0, 2), self.every_layer, self.absolute)
             real = real.view(self.partitions, G, B, -1)
         syn_map = point_map(backbone, syn_pos.flatten(0, 1), self.every_layer)
-        syn = sorted_abs(syn_map, self.absolute).view(G, S, -1)
+        syn = sorted_channels(syn_map, self.absolute).view(G, S, -1)
         losses = self.scale * (weights * partition_mmds(real, syn, self.bandwidth_multipliers)).sum(dim=1)
         if self.ce_weight:   # the max over the points of the last map is the network's pooled embedding
             losses = losses + self.cross_entropy_term(backbone, syn_map.amax(dim=-1).view(G, S, -1), labels)

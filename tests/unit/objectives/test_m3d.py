@@ -52,14 +52,14 @@ def test_m3d_is_zero_for_identical_sets_and_invariant_to_point_order():
 def test_one_partition_of_every_point_is_the_whole_cloud_weighted_by_the_weight():
     """partitions 1 with points_per_partition = the real clouds' points skips the furthest point sampling and the
     uniformity: the loss is weight · MMD(real clouds, synthetic clouds) on sorted features, as written out here."""
-    from openpoints_dd.objectives.m3d import sorted_abs_features
+    from openpoints_dd.objectives.m3d import sorted_features
     from openpoints_dd.objectives.sadm import rbf_mmd
     torch.manual_seed(0)
     backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
     objective = M3D(partitions=1, points_per_partition=40, neighbours=8, weight=0.7)
     real = torch.randn(4, 40, 3, dtype=torch.float64)
     syn = torch.randn(2, 40, 3, dtype=torch.float64)
-    expected = objective.scale * 0.7 * rbf_mmd(sorted_abs_features(backbone, real), sorted_abs_features(backbone, syn),
+    expected = objective.scale * 0.7 * rbf_mmd(sorted_features(backbone, real), sorted_features(backbone, syn),
                                                objective.bandwidth_multipliers)
     torch.testing.assert_close(objective(backbone, syn, real, 0), expected, rtol=1e-10, atol=1e-12)
 
@@ -189,9 +189,9 @@ def test_signed_m3d_sorts_each_channel_values_with_their_sign():
     assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
     shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
     assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
-    from openpoints_dd.objectives.m3d import sorted_abs
+    from openpoints_dd.objectives.m3d import sorted_channels
     feature_map = torch.randn(2, 5, 7, dtype=torch.float64)
-    assert torch.equal(sorted_abs(feature_map), sorted_abs(-feature_map))
-    assert not torch.equal(sorted_abs(feature_map, absolute=False), sorted_abs(-feature_map, absolute=False))
+    assert torch.equal(sorted_channels(feature_map), sorted_channels(-feature_map))
+    assert not torch.equal(sorted_channels(feature_map, absolute=False), sorted_channels(-feature_map, absolute=False))
     with pytest.raises(ValueError, match='absolute must be true or false'):
         M3D(absolute='false')
