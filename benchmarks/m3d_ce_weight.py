@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints on this machine)
 from openpoints_dd.data.real_pool import RealPool  # noqa: E402
 from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
+from openpoints_dd.objectives.model_queue import SemiTrainedQueue  # noqa: E402
 from openpoints_dd.registry import build_objective  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 
@@ -52,17 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(0)
     for steps in args.steps:
         torch.manual_seed(steps)
-        backbone = distiller.build_backbone()
-        optimizer = torch.optim.Adam(backbone.parameters(), lr=float(settings.get('queue_lr', 1e-3)))
-        loss = float('nan')
-        for _ in range(steps):
-            clouds, labels = distiller.real_batch(int(settings.get('queue_batch', 64)), int(d['num_points']), generator)
-            optimizer.zero_grad(set_to_none=True)
-            training = F.cross_entropy(backbone(clouds), labels)
-            training.backward()
-            optimizer.step()
-            loss = training.item()
-        backbone.requires_grad_(False)
+        backbone = distiller.build_backbone().requires_grad_(False)
+        # one slot of the run's own queue, trained `steps` steps as the run trains it
+        queue = SemiTrainedQueue(size=1, lifetime=max(steps, 1), batch=int(settings.get('queue_batch', 64)),
+                                 lr=float(settings.get('queue_lr', 1e-3)))
+        for iteration in range(steps):
+            backbone = queue.next_model(backbone, iteration,
+                                        lambda size: distiller.real_batch(size, int(d['num_points']), generator))
+        loss = queue.last_loss[0]
         ratios = []
         for c in args.classes:
             real = pool.sample(c, int(d['batch_real']), int(d['num_points']), torch.Generator().manual_seed(c))
