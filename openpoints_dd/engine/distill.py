@@ -451,10 +451,12 @@ class Distiller:
                 'iterations_done': self.iteration, 'seconds': round(self.elapsed, 1), 'seed': self.seed}
 
     def export(self, path: str | os.PathLike | None = None) -> Path:
-        """The artifact (default `<run_dir>/artifact.safetensors`): generator weights or the point set.
+        """The run's final artifact (default `<run_dir>/artifact.safetensors`), written once `run` has ended:
+        generator weights or the point set.
 
         With `distill.tail_average` it holds the mean of the run's tail iterates, and its last iterate goes beside
-        it (`artifact-last.safetensors`) so the two can be evaluated side by side."""
+        it (`artifact-last.safetensors`) so the two can be evaluated side by side. A set taken mid-run is a
+        `snapshot`."""
         path = Path(path) if path else self.run_dir / ARTIFACT_NAME
         tail = self.tail_average
         if tail is None or tail.iterates == 0:
@@ -467,6 +469,11 @@ class Distiller:
         with tail.swapped_in():
             return self._write_artifact(path, {'tail_average': {**dict(self.d['tail_average']),
                                                                 'iterates': tail.iterates}})
+
+    def snapshot(self, path: str | os.PathLike) -> Path:
+        """The set as it stands mid-run (an evaluation's `snapshots/stepNNNNN.safetensors`): the live iterate,
+        whatever the tail mean holds so far; the mean and the last iterate beside it are the final `export`'s."""
+        return self._write_artifact(Path(path), {})
 
     def _write_artifact(self, path: Path, extra_metadata: Mapping[str, Any]) -> Path:
         """The synthesizer and rotator as they stand, with the run's metadata and `extra_metadata`."""

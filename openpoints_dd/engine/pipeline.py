@@ -37,7 +37,7 @@ def run_distillation(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 
     def evaluate_during(distiller: Distiller, iteration: int) -> dict:
         """Quick one-seed evaluation; the snapshot is kept so it can be evaluated fully later."""
-        path = distiller.export(run_dir / 'snapshots' / f'step{iteration:05d}.safetensors')
+        path = distiller.snapshot(run_dir / 'snapshots' / f'step{iteration:05d}.safetensors')
         sampler = task.set_sampler(SyntheticSet(path), eval_points, True, settings)
         result = evaluate_set(sampler, test, settings, [0], distiller.rotator, device, epochs=quick_epochs,
                               task=task)[0]

@@ -216,6 +216,32 @@ def test_a_tail_average_by_time_starts_at_its_share_of_the_budget(tmp_path, monk
         assert result.artifact_path.with_name('artifact-last.safetensors').is_file() == bool(iterates)
 
 
+def test_a_snapshot_is_the_live_iterate_and_the_final_export_alone_is_the_tail_mean(tmp_path, caplog):
+    """Mid-run snapshots (an evaluation's `snapshot`) before and inside the tail hold the set as it stands, with no
+    tail metadata, no last-iterate file beside them and no 'ended before its tail' warning; the run's own export
+    at the end is still the mean of the tail with its last iterate beside it."""
+    cfg = tiny_embedded_cfg(tmp_path, **_POINTS, tail_average={'start_fraction': 0.5}, eval_every=1)
+    live = {}
+
+    def snapshot(distiller, iteration):
+        live[iteration] = distiller.synthesizer.points.detach().clone()
+        return {'snapshot': str(distiller.snapshot(tmp_path / 'snapshots' / f'step{iteration:05d}.safetensors'))}
+
+    distiller = Distiller(cfg, _pool(cfg), cfg['run_dir'], evaluate_fn=snapshot)
+    with caplog.at_level('INFO'):
+        result = distiller.run()
+    assert sorted(live) == [1, 2, 3, 4] and 'ended before its tail' not in caplog.text
+    assert sorted(p.name for p in (tmp_path / 'snapshots').iterdir()) == [f'step{i:05d}.safetensors' for i in (1, 2, 3, 4)]
+    for iteration, points in live.items():
+        snapshot_set = SyntheticSet(tmp_path / 'snapshots' / f'step{iteration:05d}.safetensors')
+        assert torch.equal(snapshot_set.pos, normalize_to_unit_sphere(points)) and 'tail_average' not in snapshot_set.metadata
+        assert snapshot_set.metadata['iterations_done'] == iteration
+    exported = SyntheticSet(result.artifact_path)
+    torch.testing.assert_close(exported.pos, normalize_to_unit_sphere((live[3] + live[4]) / 2), rtol=0, atol=1e-6)
+    assert exported.metadata['tail_average']['iterates'] == 2
+    assert result.artifact_path.with_name('artifact-last.safetensors').is_file()
+
+
 def test_a_max_radius_keeps_every_matched_point_inside_it(tmp_path):
     """At a rate that throws points far out, the projection after every step holds them on the sphere."""
     def run(max_radius):
