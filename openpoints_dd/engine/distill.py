@@ -216,7 +216,8 @@ class Distiller:
             # The budget is a cap: an iteration starts only if it is expected to end within it (an iteration of a
             # generator at 10 clouds per class takes minutes; stopping after the budget would give that method more).
             expected_s = sum(iteration_seconds) / len(iteration_seconds) if iteration_seconds else 0.0
-            if distributed.decision_of_main(self.elapsed + expected_s > budget_s):   # rank 0's clock decides for all
+            # rank 0's clock decides for all
+            if distributed.decision_of_main(self.elapsed + expected_s > budget_s, self.device):
                 stopped_by_budget = True
                 break
             started = time.perf_counter()
@@ -224,7 +225,9 @@ class Distiller:
             self.loss_history.append(loss)
             self.iteration += 1
             iteration_seconds.append(time.perf_counter() - started)
-            self.elapsed += iteration_seconds[-1]
+            # every rank continues on rank 0's clock: the schedule and the tail below read it, and must fall at the
+            # same iteration on every rank, or the synthesizer's copies drift apart
+            self.elapsed = distributed.value_of_main(self.elapsed + iteration_seconds[-1], self.device)
             self.scheduler.step()   # after the clock: a schedule `by: time` reads it
             if self.tail_average is not None:
                 self.tail_average.update(self.run_fraction(self.iteration, self.d['tail_average']['by']))

@@ -93,6 +93,16 @@ def decision_of_main(flag: bool, device: torch.device | str = 'cpu') -> bool:
     return bool(t.item())
 
 
+def value_of_main(value: float, device: torch.device | str = 'cpu') -> float:
+    """Rank 0's number on every rank, to the bit (float64), e.g. the run's clock: a schedule or a tail average that
+    reads it then falls at the same iteration on every rank, which each process's own clock does not guarantee."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def object_of_main(obj):
     """Rank 0's small picklable object (e.g. the run directory's name) on every rank."""
     if world_size() == 1:

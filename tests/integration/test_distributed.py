@@ -37,3 +37,26 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert not (tmp_path / 'two' / 'log.txt.1').exists() and 'rank 1' not in log   # rank 0 alone writes the log
     state = torch.load(tmp_path / 'two' / 'checkpoint.pt', weights_only=True)
     assert all(int(s['step']) == 2 * 3 for s in state['optimizer']['state'].values())   # 2 iterations x 3 outer steps
+
+
+def _rank_values(rank: int, world: int, init_file: str, results) -> None:
+    """One gloo process: its own clock reading, and rank 0's as `value_of_main` gives it."""
+    import torch.distributed as dist
+    from openpoints_dd.utils import distributed
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        own = 100.0 + rank + 0.123456789   # the processes' clocks differ near a schedule's boundary
+        results[rank] = (own, distributed.value_of_main(own), distributed.decision_of_main(rank == 0))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_gloo_process_gets_rank_0s_value(tmp_path):
+    """`value_of_main` (the run's clock the schedule and the tail read) is rank 0's on every rank, to the bit."""
+    import torch.multiprocessing as mp
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank_values, args=(2, str(tmp_path / 'init'), results), nprocs=2)
+        results = dict(results)
+    assert results[1][0] != results[0][0]
+    assert results[0][1:] == results[1][1:] == (results[0][0], True)

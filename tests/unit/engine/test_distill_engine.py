@@ -216,6 +216,20 @@ def test_a_tail_average_by_time_starts_at_its_share_of_the_budget(tmp_path, monk
         assert result.artifact_path.with_name('artifact-last.safetensors').is_file() == bool(iterates)
 
 
+def test_every_process_reads_rank_0s_clock_for_its_schedule(tmp_path, monkeypatch):
+    """The scheduler and the tail read the run's clock as rank 0 keeps it (`distributed.value_of_main`), not this
+    process's: with 7 s iterations here and rank 0 one second slower per iteration (8 s each), a schedule by time
+    falls once rank 0 has spent half the 30 s budget (after the 2nd iteration, 16 s), not at 21 s here."""
+    from openpoints_dd.utils import distributed
+    seen = _seven_second_iterations(monkeypatch)
+    monkeypatch.setattr(distributed, 'value_of_main', lambda value, device='cpu': value + 1.0, raising=False)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.5,
+                            syn_scheduler={'step_fraction': 0.5, 'gamma': 0.1, 'by': 'time'})
+    _, result = _run(cfg)
+    # rank 0's 24 s after 3 iterations + the 7 s one is expected to take pass the budget
+    assert result.iterations_done == 3 and result.seconds == 24.0 and seen == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
 def test_a_snapshot_is_the_live_iterate_and_the_final_export_alone_is_the_tail_mean(tmp_path, caplog):
     """Mid-run snapshots (an evaluation's `snapshot`) before and inside the tail hold the set as it stands, with no
     tail metadata, no last-iterate file beside them and no 'ended before its tail' warning; the run's own export
