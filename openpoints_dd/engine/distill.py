@@ -170,9 +170,28 @@ class Distiller:
         report = self.synthesizer.initialize_from_real(clouds.to(self.device))
         if canonical:
             report['selection_frame'] = selection_pool.rotation['canonicaliser']['NAME']
+        report.update(self.selection_network_report())
         report['real_indices'] = index.tolist()
         logger.info('synthesizer initialised from real clouds: %s', {k: v for k, v in report.items() if k != 'real_indices'})
         return report
+
+    def selection_network_report(self) -> dict:
+        """The selection network the synthesizer's coreset rule used (none: {}), as the init report gives it:
+        `training_seconds` (measured here, or recorded in the `embed_cache` file it was loaded from), `from_cache`,
+        and `charged_seconds`, what `run` adds to the measured start: a loaded network's recorded training, so that a
+        run whose network another run trained spends the budget that training cost too, as the run that trained it
+        did (its training is inside that run's measured start)."""
+        selection = getattr(self.synthesizer, 'selection', None)
+        training = getattr(selection, 'network_training', None)
+        if training is None:
+            return {}
+        # a file without recorded seconds (written before they were) charges nothing: `embedding_net` warns of it
+        charged = training.seconds if training.loaded and training.seconds is not None else 0.0
+        if charged:
+            logger.info('the coreset selection network was loaded from embed_cache: its recorded training time, '
+                        '%.1f s, is charged to the run\'s clock (the budget)', charged)
+        return {'selection_network': {'training_seconds': training.seconds, 'from_cache': training.loaded,
+                                      'charged_seconds': charged}}
 
     def selection_pool(self) -> RealPool:
         """The pool a coreset rule picks from: under a fixed canonicaliser (a rotator without parameters, e.g. PCA +
@@ -202,7 +221,9 @@ class Distiller:
             self.init_report = self.initialize()
             if self.init_report and iterations > 0:   # a run of no iterations exports its start as the artifact
                 self._write_artifact(self.run_dir / START_NAME, {'start': True})
-            self.elapsed = time.perf_counter() - start_init
+            # a selection network loaded from embed_cache is charged the training it recorded (`selection_network_report`)
+            charged = (self.init_report.get('selection_network') or {}).get('charged_seconds', 0.0)
+            self.elapsed = time.perf_counter() - start_init + charged
         # the next timed evaluation, counted from the run's elapsed time (a resumed run's included)
         next_eval_s = eval_minutes * 60 * (1 + int(self.elapsed // (eval_minutes * 60))) if eval_minutes else math.inf
         distributed.broadcast_module(self.synthesizer)

@@ -5,13 +5,12 @@ spec §B.6); with `distill.iterations: 0` an ExplicitPoints selection is the dis
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +30,19 @@ EMBEDDING_VERSION = 1
 
 
 @dataclass(frozen=True)
+class NetworkTraining:
+    """The training of the selection network a selection used.
+
+    `seconds`: how long it took, measured in this process or, for a network `loaded` from `embed_cache`, recorded
+    in the cache file when it was trained (None: a file written before the seconds were recorded). `loaded`: its
+    training ran in another run, outside this process's clock, which a run's budget must then charge it.
+    """
+
+    seconds: float | None
+    loaded: bool
+
+
+@dataclass(frozen=True)
 class CoresetSelection:
     """Which real clouds of each class a synthesizer starts from.
 
@@ -41,7 +53,8 @@ class CoresetSelection:
     mean, as SADM) or 'random' (DeepCore). `facility_sigma`: the RBF width of facility location on unit-length
     embeddings (3D-Pruner: 0.5). `embed_cache`: a folder where the trained embedding network is kept, one file
     per (dataset, settings, seed): Herding, K-Center and facility location runs of one seed then select in the
-    same embedding, trained once (None: always train).
+    same embedding, trained once (None: always train). The file records the network's training seconds, which
+    `network_training` reports, so that a run that loads it can charge them to its budget (`Distiller.initialize`).
     """
 
     rule: str = 'random'
@@ -53,6 +66,13 @@ class CoresetSelection:
     embed_widths: tuple[int, ...] = (64, 128, 1024)
     facility_sigma: float = 0.5
     embed_cache: str | None = None
+    #: the network the last `select` (or `embedding_net`) used, under 'network'; not a setting (not compared)
+    _used: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def network_training(self) -> NetworkTraining | None:
+        """The training of the selection network the last selection used (None: none yet, or the 'random' rule)."""
+        return self._used.get('network')
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -84,7 +104,13 @@ class CoresetSelection:
         """The selection network for `pool` and `seed`: from `embed_cache` if it holds it, else trained (and kept)."""
         settings = {'steps': self.embed_steps, 'num_points': self.embed_points, 'batch_size': self.embed_batch,
                     'lr': self.embed_lr, 'widths': list(self.embed_widths), 'seed': seed}
-        train = functools.partial(train_embedding_net, pool, **settings, device=device)
+
+        def train():
+            start = time.perf_counter()
+            net = train_embedding_net(pool, **settings, device=device)
+            self._used['network'] = NetworkTraining(seconds=time.perf_counter() - start, loaded=False)
+            return net
+
         if self.embed_cache is None:
             return train()
         from ..data.artifact import read_tensor_file, save_tensor_file
@@ -103,11 +129,19 @@ class CoresetSelection:
             tensors, metadata = read_tensor_file(path, 'coreset embedding', 'a coreset selection (delete the file)')
             if metadata.get('kind') == 'coreset embedding' and metadata.get('identity') == identity:
                 net.load_state_dict(tensors)
-                logger.info('coreset embedding net: loaded %s', path)
+                seconds = metadata.get('training_seconds')
+                if seconds is None:
+                    logger.warning('coreset embedding net: %s was written before the cache recorded training times: '
+                                   'its training time cannot be charged to this run\'s budget (delete the file to '
+                                   'train the network again and record it)', path)
+                logger.info('coreset embedding net: loaded %s (trained in %s)', path,
+                            'an unrecorded time' if seconds is None else f'{float(seconds):.1f} s')
+                self._used['network'] = NetworkTraining(seconds=None if seconds is None else float(seconds), loaded=True)
                 return net.eval()
             logger.warning('coreset embedding net: %s is not this selection\'s network; training it again', path)
         net = train()
-        save_tensor_file(path, net.state_dict(), {'kind': 'coreset embedding', 'identity': identity})
+        save_tensor_file(path, net.state_dict(), {'kind': 'coreset embedding', 'identity': identity,
+                                                  'training_seconds': self._used['network'].seconds})
         return net
 
     def describe(self) -> str:

@@ -39,8 +39,8 @@ class ExplicitPoints(Synthesizer):
         embed_lr: its Adam learning rate. Default 1e-3.
         embed_widths: its per-point widths. Default [64, 128, 1024].
         facility_sigma: the RBF width of facility location. Default 0.5.
-        embed_cache: a folder keeping the selection network per (dataset, settings, seed), shared by the rules;
-            None: trained every run. Default None.
+        embed_cache: a folder keeping the selection network per (dataset, settings, seed), shared by the rules,
+            with its training seconds (a run that loads it is charged them); None: trained every run. Default None.
         max_radius: after every optimizer step, points farther than this from the origin are put back on the
             sphere of this radius (`project_into_ball_`; 1.0 keeps them in the unit ball real starts lie in).
             None: no projection. Default None.

@@ -27,7 +27,9 @@ def test_coreset_distillation_writes_an_artifact_datasets_read(tmp_path, init):
     assert _distill_main()(['--cfg', str(path)]) == 0
     run_dir = Path(cfg['run_dir'])
     metrics = json.loads((run_dir / 'metrics.json').read_text())
+    network = metrics['init'].pop('selection_network')   # trained here: its seconds are in the measured start
     assert metrics['iterations_done'] == 0 and metrics['init'] == {'init': init}
+    assert network['from_cache'] is False and network['training_seconds'] > 0 and network['charged_seconds'] == 0.0
     assert set(metrics['evaluation']) == {'synthetic (fixed set)', 'random (1 selections)'}
     synthetic = SyntheticSet(run_dir / 'artifact.safetensors')
     assert synthetic.kind == 'points' and synthetic.pos.shape == (10, 128, 3)

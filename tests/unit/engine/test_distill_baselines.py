@@ -60,6 +60,57 @@ def test_a_fixed_canonicaliser_makes_the_picks_in_its_frame_and_the_set_keeps_th
     assert aligned.selection_pool() is aligned.pool and 'selection_frame' not in aligned.initialize()
 
 
+def test_a_selection_network_from_the_embedding_cache_is_charged_its_recorded_training_time(tmp_path, monkeypatch,
+                                                                                            caplog):
+    """Two runs share an embed_cache. The first trains the Herding selection network (100 s on a fake clock, inside
+    its measured start) and records the seconds in the cache file; the second loads the network and is charged
+    those 100 s, so both start their budget at the same cost. A file written before the seconds were recorded
+    still loads, with a warning, and charges nothing."""
+    from openpoints_dd.data.artifact import read_tensor_file, save_tensor_file
+    from openpoints_dd.synthesizers import coresets
+    clock = [0.0]
+    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
+    train = coresets.train_embedding_net
+
+    def hundred_seconds(*args, **kwargs):
+        clock[0] += 100.0
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(coresets, 'train_embedding_net', hundred_seconds)
+    synthesizer = {'NAME': 'ExplicitPoints', 'num_points': 128, 'init': 'herding', **SMALL_EMBED,
+                   'embed_cache': str(tmp_path / 'cache')}
+
+    def run(name):
+        cfg = tiny_embedded_cfg(tmp_path / name, iterations=0, objective={'NAME': 'DistributionMatching'},
+                                synthesizer=synthesizer)
+        distiller = _distiller(cfg)
+        caplog.clear()
+        with caplog.at_level('INFO'):
+            return distiller, distiller.run()
+
+    first, trained = run('first')
+    assert trained.seconds == 100.0
+    assert first.init_report['selection_network'] == {'training_seconds': 100.0, 'from_cache': False,
+                                                      'charged_seconds': 0.0}
+    (cached,) = list((tmp_path / 'cache').iterdir())
+    second, loaded = run('second')
+    assert clock[0] == 100.0                                   # not trained again
+    assert loaded.seconds >= 100.0 and loaded.seconds == trained.seconds
+    assert second.init_report['selection_network'] == {'training_seconds': 100.0, 'from_cache': True,
+                                                       'charged_seconds': 100.0}
+    assert 'charged to the run' in caplog.text and second.init_report['real_indices'] == first.init_report['real_indices']
+    assert SyntheticSet(loaded.artifact_path).metadata['seconds'] == 100.0
+
+    tensors, metadata = read_tensor_file(cached, 'coreset embedding')
+    del metadata['training_seconds']
+    save_tensor_file(cached, tensors, metadata)                # a file of the cache as it was written before
+    third, old = run('third')
+    assert old.seconds == 0.0 and clock[0] == 100.0
+    assert third.init_report['selection_network'] == {'training_seconds': None, 'from_cache': True,
+                                                      'charged_seconds': 0.0}
+    assert 'cannot be charged' in caplog.text and third.init_report['real_indices'] == first.init_report['real_indices']
+
+
 @pytest.mark.parametrize('objective', [{'NAME': 'DistributionMatching'}, {'NAME': 'SADM', 'alpha_kernel': 'linear'}])
 def test_frozen_backbone_objectives_skip_the_inner_loop(tmp_path, monkeypatch, objective):
     def no_inner_loop(*args, **kwargs):

@@ -242,3 +242,28 @@ def test_the_embedding_cache_keeps_rotated_and_aligned_pools_apart(tmp_path, cap
     with caplog.at_level('INFO'):
         coresets.CoresetSelection('herding', **embedding).embedding_net(rotated, seed=3)
     assert 'coreset embedding net: loaded' in caplog.text and len(list((tmp_path / 'cache').iterdir())) == 2
+
+
+def test_the_embedding_cache_records_the_training_seconds_and_the_selection_says_which_network_it_used(tmp_path):
+    """The file keeps how long the network took to train; the selection reports the network it last used, trained
+    here (its measured seconds) or loaded (the recorded ones), so a run can charge a loaded network's training."""
+    from openpoints_dd.data.artifact import read_tensor_file
+    pool = _pool()
+    embedding = dict(embed_steps=4, embed_points=32, embed_batch=4, embed_widths=(8, 16, 32),
+                     embed_cache=str(tmp_path / 'cache'))
+    training = coresets.CoresetSelection('herding', **embedding)
+    assert training.network_training is None
+    training.select(pool, 1, torch.Generator().manual_seed(0))
+    (cached,) = list((tmp_path / 'cache').iterdir())
+    seconds = read_tensor_file(cached, 'coreset embedding')[1]['training_seconds']
+    assert seconds > 0 and training.network_training == coresets.NetworkTraining(seconds=seconds, loaded=False)
+    loading = coresets.CoresetSelection('kcenter', **embedding)
+    loading.select(pool, 1, torch.Generator().manual_seed(0))
+    assert loading.network_training == coresets.NetworkTraining(seconds=seconds, loaded=True)
+    assert loading == coresets.CoresetSelection('kcenter', **embedding)   # the record is not part of the settings
+    uncached = coresets.CoresetSelection('herding', **{**embedding, 'embed_cache': None})
+    uncached.select(pool, 1, torch.Generator().manual_seed(0))
+    assert uncached.network_training.loaded is False and uncached.network_training.seconds > 0
+    randomly = coresets.CoresetSelection('random')
+    randomly.select(pool, 1, torch.Generator().manual_seed(0))
+    assert randomly.network_training is None
