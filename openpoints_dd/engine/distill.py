@@ -104,6 +104,12 @@ class Distiller:
         self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())
         self.iteration = 0
         self.elapsed = 0.0   # seconds of the run, initialisation included (a resumed run's restored)
+        # the seconds of every iteration of the run so far (a resumed run's earlier ones from the checkpoint): the
+        # next one is expected to take their mean; and whether the budget stopped the run. Both are checkpointed, so
+        # that a resume makes the budget decisions an uninterrupted run makes, and a run its budget stopped stays
+        # stopped (resuming it exports the same artifact again).
+        self.iteration_seconds: list[float] = []
+        self.stopped_by_budget = False
         groups, rotator_schedules = _parameter_groups(self.synthesizer, self.rotator, d['rotator_optimizer'],
                                                       float(d['syn_optimizer'].get('lr', 1e-3)))
         self.optimizer = build_optimizer(d['syn_optimizer'], groups)
@@ -229,17 +235,19 @@ class Distiller:
         distributed.broadcast_module(self.synthesizer)
         distributed.broadcast_module(self.rotator)
         main = distributed.is_main()
-        stopped_by_budget = False
+        if self.stopped_by_budget:   # restored: the run ended at its budget, and resuming it only exports it again
+            logger.info('the run was stopped by its wall-clock budget after %d iterations; exporting it again',
+                        self.iteration)
         bar = tqdm(total=iterations, initial=self.iteration, disable=bar_disabled(d['progress'] and main),
                    desc='distill', dynamic_ncols=True)
-        iteration_seconds: list[float] = []   # this process's iterations: the next one is expected to take their mean
-        while self.iteration < iterations:
+        iteration_seconds = self.iteration_seconds   # the next iteration is expected to take their mean
+        while self.iteration < iterations and not self.stopped_by_budget:
             # The budget is a cap: an iteration starts only if it is expected to end within it (an iteration of a
             # generator at 10 clouds per class takes minutes; stopping after the budget would give that method more).
             expected_s = sum(iteration_seconds) / len(iteration_seconds) if iteration_seconds else 0.0
             # rank 0's clock decides for all
             if distributed.decision_of_main(self.elapsed + expected_s > budget_s, self.device):
-                stopped_by_budget = True
+                self.stopped_by_budget = True
                 break
             started = time.perf_counter()
             loss = self.run_iteration(self.iteration, outer, inner)
@@ -273,14 +281,14 @@ class Distiller:
             if checkpoint_every and self.iteration % checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
-        if stopped_by_budget:
+        if self.stopped_by_budget:
             logger.info('wall-clock budget of %.1f min: stopped after %d iterations (%.1f min), the next one would '
                         'pass it; exporting', budget_s / 60, self.iteration, self.elapsed / 60)
         self.save_checkpoint()
         artifact = self.export()
         start = self.run_dir / START_NAME
         start = start if self.init_report and self.iteration > 0 and start.is_file() else None
-        return DistillResult(artifact, self.iteration, self.elapsed, stopped_by_budget, self.loss_history,
+        return DistillResult(artifact, self.iteration, self.elapsed, self.stopped_by_budget, self.loss_history,
                              self.evaluations, start)
 
     def run_iteration(self, iteration: int, outer: int, inner: int) -> float:
@@ -425,6 +433,7 @@ class Distiller:
         return {'synthesizer': self.synthesizer.state_dict(), 'rotator': self.rotator.state_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
                 'iteration': self.iteration, 'elapsed': self.elapsed, 'loss_history': list(self.loss_history),
+                'iteration_seconds': list(self.iteration_seconds), 'stopped_by_budget': self.stopped_by_budget,
                 'evaluations': [dict(e) for e in self.evaluations], 'init_report': dict(self.init_report),
                 **self._objective_state(),
                 **({} if self.tail_average is None else {'tail_average': self.tail_average.state_dict()})}
@@ -459,6 +468,10 @@ class Distiller:
                                f'damaged; use a new run_dir or delete the checkpoint.') from e
         self.iteration, self.elapsed = int(state['iteration']), float(state['elapsed'])
         self.loss_history, self.evaluations = list(state['loss_history']), list(state['evaluations'])
+        # absent from a checkpoint written before they were kept: an empty record (the next iteration is expected to
+        # cost nothing) and no stop, as such a checkpoint resumed then
+        self.iteration_seconds = [float(s) for s in state.get('iteration_seconds', [])]
+        self.stopped_by_budget = bool(state.get('stopped_by_budget', False))
         self.init_report = dict(state.get('init_report') or {})   # what the start did, for metrics.json
         logger.info('resumed from %s at iteration %d (%.1f min done)', path, self.iteration, self.elapsed / 60)
         return True

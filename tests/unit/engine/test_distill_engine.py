@@ -216,6 +216,59 @@ def test_a_tail_average_by_time_starts_at_its_share_of_the_budget(tmp_path, monk
         assert result.artifact_path.with_name('artifact-last.safetensors').is_file() == bool(iterates)
 
 
+def _seven_second_real_iterations(monkeypatch) -> None:
+    """Real iterations that take 7 s each on a fake clock (the set moves, unlike `_seven_second_iterations`')."""
+    clock = [0.0]
+    monkeypatch.setattr('openpoints_dd.engine.distill.time.perf_counter', lambda: clock[0])
+    original = Distiller.run_iteration
+
+    def seven_seconds(self, iteration, outer, inner):
+        loss = original(self, iteration, outer, inner)
+        clock[0] += 7.0
+        return loss
+
+    monkeypatch.setattr(Distiller, 'run_iteration', seven_seconds)
+
+
+def test_a_run_its_budget_stopped_resumes_to_the_same_artifact(tmp_path, monkeypatch):
+    """7 s iterations against a 30 s budget stop after 4 (28 s: a 5th would end at 35 s), the tail mean (by time,
+    past half the budget) holding iterations 3 and 4. Running the same run_dir again restores the iterations' time
+    record and the stop with the checkpoint: no 5th iteration (a fresh record expected it to cost nothing), the
+    same tail mean, the same artifact and last iterate, tensor for tensor."""
+    from safetensors.torch import load_file
+    _seven_second_real_iterations(monkeypatch)
+    cfg = tiny_embedded_cfg(tmp_path, **_POINTS, iterations=1000, budget_minutes=0.5,
+                            tail_average={'start_fraction': 0.5, 'by': 'time'})
+    first, stopped = _run(cfg)
+    assert stopped.stopped_by_budget and stopped.iterations_done == 4 and first.tail_average.iterates == 2
+    names = ('artifact.safetensors', 'artifact-last.safetensors')
+    before = {name: load_file(stopped.artifact_path.with_name(name)) for name in names}
+    again, resumed = _run(cfg)
+    assert resumed.stopped_by_budget and resumed.iterations_done == 4 and resumed.seconds == stopped.seconds == 28.0
+    assert again.tail_average.iterates == 2 and resumed.loss_history == stopped.loss_history
+    for name in names:
+        after = load_file(resumed.artifact_path.with_name(name))
+        assert after.keys() == before[name].keys()
+        for key in after:
+            assert torch.equal(after[key], before[name][key]), (name, key)
+    assert SyntheticSet(resumed.artifact_path).metadata['iterations_done'] == 4
+
+
+def test_a_checkpoint_without_the_time_record_still_resumes(tmp_path, monkeypatch):
+    """A checkpoint written before the iterations' time record and the budget stop were kept resumes with an empty
+    record and no stop (as it did before): interrupted at 21 s of 45, it ends at 42 s."""
+    _seven_second_iterations(monkeypatch)
+    cfg = tiny_embedded_cfg(tmp_path, iterations=1000, budget_minutes=0.75)
+    run_until_crash(Distiller(cfg, _pool(cfg), cfg['run_dir']), crash_at=3)
+    path = tmp_path / 'run' / CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    assert state['iteration_seconds'] == [7.0] * 3 and state['stopped_by_budget'] is False
+    del state['iteration_seconds'], state['stopped_by_budget']
+    torch.save(state, path)
+    _, result = _run(cfg)
+    assert result.stopped_by_budget and result.iterations_done == 6 and result.seconds == 42.0
+
+
 def test_every_process_reads_rank_0s_clock_for_its_schedule(tmp_path, monkeypatch):
     """The scheduler and the tail read the run's clock as rank 0 keeps it (`distributed.value_of_main`), not this
     process's: with 7 s iterations here and rank 0 one second slower per iteration (8 s each), a schedule by time
