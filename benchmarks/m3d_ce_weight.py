@@ -26,7 +26,7 @@ import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints
 from openpoints_dd.data.real_pool import RealPool  # noqa: E402
 from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
-from openpoints_dd.objectives.model_queue import SemiTrainedQueue  # noqa: E402
+from openpoints_dd.objectives.model_queue import SemiTrainedQueue, without_queue  # noqa: E402
 from openpoints_dd.registry import build_objective  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     synthetic = SyntheticSet(args.artifact, expect_dataset=pool.name, expect_num_classes=pool.num_classes)
     # the run's own backbone and batches, built as a run builds them; the Distiller writes nothing until it runs
     distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))
-    m3d = build_objective({**settings, 'queue_size': 0, 'ce_weight': 0.0})
+    m3d = build_objective(without_queue(settings))   # the queue's keys would be refused without a queue
     term = build_objective({**settings, 'ce_weight': 1.0})
     generator = torch.Generator().manual_seed(0)
     for steps in args.steps:

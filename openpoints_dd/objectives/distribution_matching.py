@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..registry import OBJECTIVES
 from .base import Objective
-from .model_queue import SemiTrainedNetworks
+from .model_queue import QUEUE_DEFAULTS, SemiTrainedNetworks
 
 
 @OBJECTIVES.register_module()
@@ -29,17 +29,20 @@ class DistributionMatching(SemiTrainedNetworks, Objective):
 
     Args:
         queue_size: semi-trained networks kept (0: a fresh random network every iteration, DM as published).
-        queue_lifetime: training steps of the longest-lived network before it is replaced.
-        queue_batch: real clouds per training step of a network.
-        queue_lr: the networks' Adam learning rate.
-        ce_weight: weight of the cross-entropy term (per class: the mean over the class's synthetic clouds); needs
-            the queue.
+        queue_lifetime: training steps of the longest-lived network before it is replaced. Default 200.
+        queue_batch: real clouds per training step of a network. Default 64.
+        queue_lr: the networks' Adam learning rate. Default 1e-3.
+            The three have no effect without the queue: with queue_size 0 another value than the default is
+            refused (`QUEUE_DEFAULTS`).
+        ce_weight: weight of the cross-entropy term (per class: the mean over the class's synthetic clouds), a
+            finite number >= 0; needs the queue.
     """
 
     trains_backbone = False
 
-    def __init__(self, *, queue_size: int = 0, queue_lifetime: int = 200, queue_batch: int = 64,
-                 queue_lr: float = 1e-3, ce_weight: float = 0.0):
+    def __init__(self, *, queue_size: int = 0, queue_lifetime: int = QUEUE_DEFAULTS['queue_lifetime'],
+                 queue_batch: int = QUEUE_DEFAULTS['queue_batch'], queue_lr: float = QUEUE_DEFAULTS['queue_lr'],
+                 ce_weight: float = 0.0):
         self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr, ce_weight)
 
     def backbone_methods(self) -> tuple[str, ...]:

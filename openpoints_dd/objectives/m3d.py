@@ -9,6 +9,7 @@ MMDs are weighted by how close each partition's uniformity is to the whole cloud
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -18,7 +19,7 @@ from ..compat.point_ops import furthest_point_sample
 from ..registry import OBJECTIVES
 from ..utils.sorting import sort_descending
 from .base import Objective
-from .model_queue import SemiTrainedNetworks
+from .model_queue import QUEUE_DEFAULTS, SemiTrainedNetworks, checked_number
 from .sadm import mmd_of_distances, pairwise_squared_distances, rbf_mmd
 
 
@@ -116,17 +117,19 @@ class M3D(SemiTrainedNetworks, Objective):
     Args:
         partitions: S, the real sub-clouds per cloud. Default 4.
         points_per_partition: P; real clouds need at least S·P points (distill.num_points). Default 255.
-        weight: the weights' sum (3DDP: 0.8). Default 0.8.
-        scale: the loss factor (3DDP: 0.1). Default 0.1.
-        sharpness: of the uniformity weighting (3DDP: 1000). Default 1000.
+        weight: the weights' sum (3DDP: 0.8), a finite number > 0: it multiplies every partition's MMD, so 0 would
+            match nothing and a negative sum would maximise the MMD. Default 0.8.
+        scale: the loss factor (3DDP: 0.1), a finite number > 0 for the same reason. Default 0.1.
+        sharpness: of the uniformity weighting (3DDP: 1000), a finite number >= 0 (0: every partition weighted
+            alike; a negative one would favour the partitions least like the whole clouds). Default 1000.
         neighbours: of the uniformity score. Default 16.
-        bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2). Default [0.25, 0.5, 1, 2, 4].
+        bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2), finite and > 0. Default [0.25, 0.5, 1, 2, 4].
         layers: 'last' (3DDP: the last point-wise map) or 'every' (every point-wise map, concatenated: the
             hidden layers' sorted values add the distribution of the points along random directions and of
             low-order features, which the last map's 1024 composite features constrain only indirectly).
             Default 'last'.
         queue_size, queue_lifetime, queue_batch, queue_lr: the semi-trained networks, as `DistributionMatching`'s
-            (0: a fresh random network every iteration, as 3DDP).
+            (0: a fresh random network every iteration, as 3DDP; then the other three must keep their defaults).
         absolute: True (3DDP) sorts each channel's absolute values; False its signed values, the channel's whole
             distribution over the points: the absolute value makes a channel and its negation the same
             description, and drops which side of its mean a cloud's extreme points lie on. Default True.
@@ -140,17 +143,23 @@ class M3D(SemiTrainedNetworks, Objective):
 
     def __init__(self, *, partitions: int = 4, points_per_partition: int = 255, weight: float = 0.8,
                  scale: float = 0.1, sharpness: float = 1000.0, neighbours: int = 16,
-                 bandwidth_multipliers: list[float] | None = None, queue_size: int = 0, queue_lifetime: int = 200,
-                 queue_batch: int = 64, queue_lr: float = 1e-3, layers: str = 'last', absolute: bool = True,
-                 ce_weight: float = 0.0):
+                 bandwidth_multipliers: list[float] | None = None, queue_size: int = 0,
+                 queue_lifetime: int = QUEUE_DEFAULTS['queue_lifetime'],
+                 queue_batch: int = QUEUE_DEFAULTS['queue_batch'], queue_lr: float = QUEUE_DEFAULTS['queue_lr'],
+                 layers: str = 'last', absolute: bool = True, ce_weight: float = 0.0):
         if int(partitions) < 1 or int(points_per_partition) < 2:
             raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
                              f'{points_per_partition}')
         if int(neighbours) < 2 or int(neighbours) > int(points_per_partition):
             raise ValueError(f'M3D: neighbours must be in [2, points_per_partition], got {neighbours}')
         multipliers = [0.25, 0.5, 1.0, 2.0, 4.0] if bandwidth_multipliers is None else [float(m) for m in bandwidth_multipliers]
-        if not multipliers or min(multipliers) <= 0:
-            raise ValueError(f'M3D: bandwidth_multipliers must be positive numbers, got {bandwidth_multipliers!r}')
+        if not multipliers or not all(math.isfinite(m) and m > 0 for m in multipliers):
+            raise ValueError(f'M3D: bandwidth_multipliers must be finite positive numbers, '
+                             f'got {bandwidth_multipliers!r}')
+        # weight and scale multiply the loss: a sign flip would make the run maximise the MMD without an error
+        weight = checked_number('M3D', 'weight', weight, positive=True)
+        scale = checked_number('M3D', 'scale', scale, positive=True)
+        sharpness = checked_number('M3D', 'sharpness', sharpness, positive=False)
         if layers not in ('last', 'every'):
             raise ValueError(f"M3D: layers must be 'last' or 'every', got {layers!r}")
         if not isinstance(absolute, bool):
@@ -160,7 +169,7 @@ class M3D(SemiTrainedNetworks, Objective):
                              "every the map the descriptor sorts holds every layer's channels. Use layers: last")
         self.every_layer, self.absolute = layers == 'every', absolute
         self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
-        self.weight, self.scale, self.sharpness = float(weight), float(scale), float(sharpness)
+        self.weight, self.scale, self.sharpness = weight, scale, sharpness
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
         self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr, ce_weight)
 

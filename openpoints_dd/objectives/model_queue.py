@@ -11,6 +11,8 @@ all replaced at once. The training steps run inside the iteration, so the budget
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from typing import Any, Callable, Mapping
 
@@ -22,6 +24,42 @@ from ..utils.fit import fit_batches
 from .base import RealBatch
 
 logger = logging.getLogger(__name__)
+
+#: The queue's settings besides `queue_size`, and their defaults: the keyword defaults of the objectives that take
+#: the queue (DM, M3D). Without a queue they have no effect, so only these values are accepted then.
+QUEUE_DEFAULTS: dict[str, float] = {'queue_lifetime': 200, 'queue_batch': 64, 'queue_lr': 1e-3}
+#: Every key of an objective's settings that belongs to the semi-trained networks or the cross-entropy term.
+QUEUE_KEYS = ('queue_size', *QUEUE_DEFAULTS, 'ce_weight')
+
+
+def without_queue(settings: Mapping[str, Any]) -> dict:
+    """An objective's settings (a config's `distill.objective`) without the semi-trained networks and the
+    cross-entropy term: the same objective through the fresh random network it is given, as a benchmark that
+    measures the matching term alone needs it."""
+    return {key: value for key, value in settings.items() if key not in QUEUE_KEYS}
+
+
+def class_cross_entropy(backbone: nn.Module, embeddings: Tensor, labels: Tensor) -> Tensor:
+    """(G,) each class's mean cross-entropy of its synthetic clouds' embeddings (G, S, D) under the backbone's
+    head (`classify`), the classes labelled (G,): IDM's class-aware term at weight 1."""
+    logits = backbone.classify(embeddings)
+    targets = labels.to(logits.device).view(-1, 1).expand(logits.shape[:2])
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction='none').view(logits.shape[:2]).mean(1)
+
+
+def checked_count(owner: str, name: str, value: Any, minimum: int) -> int:
+    """`value` as an int, refused unless it is an integer (not a bool, a float or a string) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f'{owner}: {name} must be >= {minimum}, an integer; got {value!r}')
+    return int(value)
+
+
+def checked_number(owner: str, name: str, value: Any, *, positive: bool) -> float:
+    """`value` as a float, refused unless it is a finite number > 0 (`positive`) or >= 0 (NaN fails both)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not (value > 0 if positive else value >= 0):
+        raise ValueError(f"{owner}: {name} must be {'> 0' if positive else '>= 0'}, a finite number; got {value!r}")
+    return float(value)
 
 
 class SemiTrainedQueue:
@@ -111,18 +149,27 @@ class SemiTrainedNetworks:
 
     def _init_queue(self, queue_size: int, queue_lifetime: int, queue_batch: int, queue_lr: float,
                     ce_weight: float = 0.0) -> None:
-        if queue_size < 0:
-            raise ValueError(f'{type(self).__name__}: queue_size must be >= 0, got {queue_size!r}')
-        if ce_weight < 0:
-            raise ValueError(f'{type(self).__name__}: ce_weight must be >= 0, got {ce_weight!r}')
+        """Every value is checked whatever `queue_size` is; without a queue (`queue_size` 0) the other `queue_*`
+        settings must keep their defaults (`QUEUE_DEFAULTS`): another value would be silently ignored."""
+        owner = type(self).__name__
+        queue_size = checked_count(owner, 'queue_size', queue_size, 0)
+        settings = {'queue_lifetime': checked_count(owner, 'queue_lifetime', queue_lifetime, 1),
+                    'queue_batch': checked_count(owner, 'queue_batch', queue_batch, 1),
+                    'queue_lr': checked_number(owner, 'queue_lr', queue_lr, positive=True)}
+        ce_weight = checked_number(owner, 'ce_weight', ce_weight, positive=False)
+        if not queue_size:
+            ignored = [f'{name}: {value!r}' for name, value in settings.items() if value != QUEUE_DEFAULTS[name]]
+            if ignored:
+                raise ValueError(f"{owner}: {', '.join(ignored)} set without a queue (queue_size 0): the queue's "
+                                 f'settings have no effect without one. Set queue_size > 0 or remove them')
         if ce_weight and not queue_size:
-            raise ValueError(f'{type(self).__name__}: ce_weight needs queue_size > 0: the head of a fresh random '
+            raise ValueError(f'{owner}: ce_weight needs queue_size > 0: the head of a fresh random '
                              f'network says nothing of the classes, so its cross-entropy is noise')
-        self.queue_size, self.queue_lifetime = queue_size, queue_lifetime
-        self.queue_batch, self.queue_lr = queue_batch, queue_lr
-        self.ce_weight = float(ce_weight)
-        self._queue = SemiTrainedQueue(size=queue_size, lifetime=queue_lifetime, batch=queue_batch, lr=queue_lr) \
-            if queue_size else None
+        self.queue_size, self.queue_lifetime = queue_size, settings['queue_lifetime']
+        self.queue_batch, self.queue_lr = settings['queue_batch'], settings['queue_lr']
+        self.ce_weight = ce_weight
+        self._queue = SemiTrainedQueue(size=queue_size, lifetime=self.queue_lifetime, batch=self.queue_batch,
+                                       lr=self.queue_lr) if queue_size else None
         self._make_backbone: Callable[[], nn.Module] | None = None
 
     def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
@@ -132,11 +179,8 @@ class SemiTrainedNetworks:
 
     def cross_entropy_term(self, backbone: nn.Module, embeddings: Tensor, labels: Tensor) -> Tensor:
         """(G,) `ce_weight` times each class's mean cross-entropy of its synthetic clouds' embeddings (G, S, D)
-        under the backbone's head (`classify`), the classes labelled (G,)."""
-        logits = backbone.classify(embeddings)
-        targets = labels.to(logits.device).view(-1, 1).expand(logits.shape[:2])
-        return self.ce_weight * F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                                reduction='none').view(logits.shape[:2]).mean(1)
+        under the backbone's head (`classify`), the classes labelled (G,): `class_cross_entropy`."""
+        return self.ce_weight * class_cross_entropy(backbone, embeddings, labels)
 
     def iteration_backbone(self, backbone: nn.Module, iteration: int, real_batch: RealBatch) -> nn.Module:
         return backbone if self._queue is None else self._queue.next_model(backbone, iteration, real_batch)

@@ -195,3 +195,25 @@ def test_signed_m3d_sorts_each_channel_values_with_their_sign():
     assert not torch.equal(sorted_channels(feature_map, absolute=False), sorted_channels(-feature_map, absolute=False))
     with pytest.raises(ValueError, match='absolute must be true or false'):
         M3D(absolute='false')
+
+
+@pytest.mark.parametrize('settings, message', [
+    ({'weight': -0.8}, 'weight must be > 0, a finite number; got -0.8'),
+    ({'weight': 0.0}, 'weight must be > 0, a finite number; got 0.0'),
+    ({'weight': float('nan')}, 'weight must be > 0, a finite number; got nan'),
+    ({'scale': -0.1}, 'scale must be > 0, a finite number; got -0.1'),
+    ({'scale': float('inf')}, 'scale must be > 0, a finite number; got inf'),
+    ({'sharpness': -1000.0}, 'sharpness must be >= 0, a finite number; got -1000.0'),
+    ({'sharpness': float('nan')}, 'sharpness must be >= 0, a finite number; got nan'),
+    ({'bandwidth_multipliers': [1.0, float('inf')]}, 'bandwidth_multipliers must be finite positive numbers'),
+    ({'bandwidth_multipliers': [float('nan')]}, 'bandwidth_multipliers must be finite positive numbers'),
+], ids=['negative-weight', 'zero-weight', 'nan-weight', 'negative-scale', 'inf-scale', 'negative-sharpness',
+        'nan-sharpness', 'inf-bandwidth', 'nan-bandwidth'])
+def test_m3d_numbers_outside_their_ranges_are_refused(settings, message):
+    """weight and scale multiply the loss (a negative one would make the run maximise the MMD, without an error);
+    sharpness is the rate of the uniformity weighting exp(-sharpness · d²) (0: equal weights)."""
+    import re
+    with pytest.raises(ValueError, match='M3D: ' + re.escape(message)):
+        M3D(**settings)
+    M3D(sharpness=0.0)                                                   # every partition weighted alike
+

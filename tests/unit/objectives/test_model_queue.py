@@ -2,6 +2,8 @@
 SemiTrainedNetworks, the queue as the frozen-network objectives (DM, M3D) take it."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -79,3 +81,47 @@ def test_without_a_queue_the_engine_backbone_is_used_and_with_one_a_trained_netw
         queued.load_state_dict({})
     with pytest.raises(ValueError, match=f'{objective.__name__}: queue_size must be >= 0'):
         objective(queue_size=-1)
+
+
+@pytest.mark.parametrize('objective', [DistributionMatching, M3D])
+@pytest.mark.parametrize('settings, message', [
+    ({'queue_lr': -1.0}, 'queue_lr must be > 0, a finite number; got -1.0'),
+    ({'queue_lr': float('nan')}, 'queue_lr must be > 0, a finite number; got nan'),
+    ({'queue_lifetime': 0}, 'queue_lifetime must be >= 1, an integer; got 0'),
+    ({'queue_batch': 2.5}, 'queue_batch must be >= 1, an integer; got 2.5'),
+    ({'queue_size': 1.5}, 'queue_size must be >= 0, an integer; got 1.5'),
+    ({'queue_size': '2'}, "queue_size must be >= 0, an integer; got '2'"),
+    ({'queue_size': True}, 'queue_size must be >= 0, an integer; got True'),
+    ({'queue_size': 2, 'queue_lr': float('inf')}, 'queue_lr must be > 0, a finite number; got inf'),
+    ({'queue_size': 2, 'queue_batch': 0}, 'queue_batch must be >= 1, an integer; got 0'),
+    ({'queue_size': 1, 'ce_weight': float('nan')}, 'ce_weight must be >= 0, a finite number; got nan'),
+    ({'queue_size': 1, 'ce_weight': float('inf')}, 'ce_weight must be >= 0, a finite number; got inf'),
+], ids=['negative-lr', 'nan-lr', 'lifetime-0', 'fractional-batch', 'fractional-size', 'string-size', 'bool-size',
+        'inf-lr-queued', 'batch-0-queued', 'nan-ce', 'inf-ce'])
+def test_queue_settings_and_ce_weight_are_checked_whatever_the_queue_size(objective, settings, message):
+    """The queue's settings are checked by the objective itself, not only by `SemiTrainedQueue` (built only with
+    queue_size > 0): without a queue a negative rate was accepted and ignored; a NaN ce_weight passed `< 0`."""
+    with pytest.raises(ValueError, match=f'{objective.__name__}: {re.escape(message)}'):
+        objective(**settings)
+
+
+@pytest.mark.parametrize('objective', [DistributionMatching, M3D])
+def test_queue_settings_without_a_queue_are_refused_as_having_no_effect(objective):
+    with pytest.raises(ValueError, match=re.escape(f'{objective.__name__}: queue_lifetime: 100, queue_lr: 0.01 set '
+                                                   f'without a queue (queue_size 0): the queue\'s settings have no '
+                                                   f'effect without one')):
+        objective(queue_lifetime=100, queue_lr=1e-2)
+    objective(queue_lifetime=200, queue_batch=64, queue_lr=1.0e-3)                # the defaults, written out
+    queued = objective(queue_size=2, queue_lifetime=100, queue_batch=8, queue_lr=1e-2)
+    assert (queued.queue_size, queued.queue_lifetime, queued.queue_batch, queued.queue_lr) == (2, 100, 8, 1e-2)
+    assert (queued._queue.size, queued._queue.lifetime, queued._queue.batch, queued._queue.lr) == (2, 100, 8, 1e-2)
+
+
+def test_without_queue_keeps_the_objective_and_drops_the_queue_and_the_cross_entropy_term():
+    from openpoints_dd.objectives.model_queue import without_queue
+    from openpoints_dd.registry import build_objective
+    settings = {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64, 'absolute': False, 'queue_size': 2,
+                'queue_lifetime': 100, 'queue_batch': 8, 'queue_lr': 1e-2, 'ce_weight': 0.003}
+    assert without_queue(settings) == {'NAME': 'M3D', 'partitions': 1, 'points_per_partition': 64, 'absolute': False}
+    plain = build_objective(without_queue(settings))
+    assert plain._queue is None and plain.ce_weight == 0.0 and plain.absolute is False
