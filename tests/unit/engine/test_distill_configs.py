@@ -33,7 +33,9 @@ def test_config_loads_and_builds_its_parts(path, monkeypatch):
         assert d['synthesizer']['NAME'] in SYNTHESIZERS.module_dict
     else:
         assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots
-    build_objective(d['objective'])
+    objective = build_objective(d['objective'])
+    if hasattr(objective, 'check_sizes'):   # M3D: the sizes its prepare refuses when the Distiller is built
+        objective.check_sizes(d, num_classes)
     rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], num_slots))
     if getattr(rotator, 'per_slot', False):
         assert rotator.num_slots == num_slots

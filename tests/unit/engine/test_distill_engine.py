@@ -462,3 +462,16 @@ def test_an_objective_declaring_no_backbone_methods_runs_on_a_backbone_with_only
     assert OBJECTIVES.module_dict['GradientMatching']().backbone_methods() == ()
     cfg = tiny_embedded_cfg(tmp_path, backbone={'NAME': 'PCTClassifier'}, iterations=0)
     Distiller(cfg, _pool(cfg), cfg['run_dir'])   # no TypeError
+
+
+@pytest.mark.parametrize('num_points, points, message', [
+    (64, 32, 'need real clouds of at least 128 points; distill.num_points is 64'),
+    (128, 16, r'makes training clouds of 16 points, fewer than objective.points_per_partition \(32\)')])
+def test_m3d_sizes_it_cannot_match_are_refused_at_construction(tmp_path, num_points, points, message):
+    """Before any work: the Distiller is built (no selection network trained, no matching step) and refuses."""
+    cfg = tiny_embedded_cfg(tmp_path, num_points=num_points,
+                            synthesizer={'NAME': 'MorphedClouds', 'anchors': 2, 'morphs': 2, 'points': points,
+                                         'init': 'herding'},
+                            objective={'NAME': 'M3D', 'partitions': 4, 'points_per_partition': 32, 'neighbours': 8})
+    with pytest.raises(ValueError, match=message):
+        Distiller(cfg, _pool(cfg), cfg['run_dir'])
