@@ -9,7 +9,11 @@ of training steps, a fresh network of the config's backbone (seeded) takes that 
 `queue_batch` real clouds drawn as matching draws them, at `queue_lr` (what a slot of the queue has had when it
 embeds), then, for each class, against `batch_real` real clouds of the class: the norm of M3D's gradient with
 respect to the class's synthetic points, and that of the class's mean cross-entropy (the term at weight 1). Their
-ratio, M3D over the term, times the share wanted gives the weight.
+ratio, M3D over the term, times the share wanted gives the weight. `queue_batch` and `queue_lr` are read from the
+run's own objective (the Distiller's), so that a default the config leaves out is the one the run uses.
+
+The real and synthetic clouds are taken as stored: a config with a rotator (which matching applies to both) is
+refused.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import openpoints_dd  # noqa: E402,F401  (registers everything, fixes openpoints
 from openpoints_dd.data.real_pool import RealPool  # noqa: E402
 from openpoints_dd.data.synthetic_set import SyntheticSet  # noqa: E402
 from openpoints_dd.engine.distill import Distiller  # noqa: E402
-from openpoints_dd.objectives.model_queue import SemiTrainedQueue, without_queue  # noqa: E402
+from openpoints_dd.objectives.model_queue import SemiTrainedQueue, class_cross_entropy, without_queue  # noqa: E402
 from openpoints_dd.registry import build_objective  # noqa: E402
 from openpoints_dd.settings import load_distill_config  # noqa: E402
 
@@ -43,19 +47,22 @@ def main(argv: list[str] | None = None) -> None:
     settings = dict(d['objective'])
     if settings['NAME'] != 'M3D' or not settings.get('queue_size'):
         parser.error(f'{args.cfg}: distill.objective must be M3D with a queue (queue_size > 0)')
+    rotator = (d.get('rotator') or {}).get('NAME', 'IdentityRotator')
+    if rotator != 'IdentityRotator':
+        parser.error(f'{args.cfg}: distill.rotator is {rotator}; this benchmark takes the real and synthetic clouds '
+                     f'as stored, not as the rotator turns them for matching. Use a config without a rotator')
     pool = RealPool.from_dataset_cfg(cfg['dataset'], 'train', num_points=int(d['num_points']))
     synthetic = SyntheticSet(args.artifact, expect_dataset=pool.name, expect_num_classes=pool.num_classes)
     # the run's own backbone and batches, built as a run builds them; the Distiller writes nothing until it runs
     distiller = Distiller(cfg, pool, run_dir=Path('/nonexistent'))
-    m3d = build_objective(without_queue(settings))   # the queue's keys would be refused without a queue
-    term = build_objective({**settings, 'ce_weight': 1.0})
+    run = distiller.objective   # the run's M3D, every default resolved: its queue's batch and rate
+    m3d = build_objective(without_queue(settings))   # its matching term alone, through the network it is given
     generator = torch.Generator().manual_seed(0)
     for steps in args.steps:
         torch.manual_seed(steps)
         backbone = distiller.build_backbone().requires_grad_(False)
         # one slot of the run's own queue, trained `steps` steps as the run trains it
-        queue = SemiTrainedQueue(size=1, lifetime=max(steps, 1), batch=int(settings.get('queue_batch', 64)),
-                                 lr=float(settings.get('queue_lr', 1e-3)))
+        queue = SemiTrainedQueue(size=1, lifetime=max(steps, 1), batch=run.queue_batch, lr=run.queue_lr)
         for iteration in range(steps):
             backbone = queue.next_model(backbone, iteration,
                                         lambda size: distiller.real_batch(size, int(d['num_points']), generator))
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             points = synthetic.pos[synthetic.labels == c].clone().requires_grad_(True)
             label = torch.tensor([c])
             m3d_gradient, = torch.autograd.grad(m3d.match_classes(backbone, points[None], real[None], label).sum(), points)
-            ce = term.cross_entropy_term(backbone, backbone.embed(points)[None], label).sum()
+            ce = class_cross_entropy(backbone, backbone.embed(points)[None], label).sum()   # the term at weight 1
             ce_gradient, = torch.autograd.grad(ce, points)
             ratios.append(m3d_gradient.norm().item() / ce_gradient.norm().item())
             print(f'  {steps} steps, class {c}: M3D gradient norm {m3d_gradient.norm().item():.4g}, cross-entropy '

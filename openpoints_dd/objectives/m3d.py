@@ -1,11 +1,12 @@
-"""M3D, 3DDP's distribution matching: sorted absolute pre-pool features, multi-scale RBF MMD, FPS partitions.
+"""M3D, 3DDP's distribution matching: sorted pre-pool features, multi-scale RBF MMD, FPS partitions.
 
 3DDP (ICLR 2026; research/packing_and_soft_labels.md, document 1, §1.4) matches a class's synthetic clouds
 (P-point anchors and morphs, `MorphedClouds`) with its real 1024-point clouds cut into S sub-clouds of P points by
 furthest point sampling: the first partition is the most uniform, later ones less. Every cloud is described by
-phi(x) = the per-channel sorted |features| of a fresh frozen network's last point-wise map (point order then does
-not matter); partition s of the real batch is compared with all synthetic clouds by a multi-scale RBF MMD, and the
-MMDs are weighted by how close each partition's uniformity is to the whole clouds'.
+phi(x) = the per-channel sorted |features| of a fresh frozen network's last point-wise map (3DDP; with `absolute:
+false`, the sorted signed features), so point order does not matter; partition s of the real batch is compared with
+all synthetic clouds by a multi-scale RBF MMD, and the MMDs are weighted by how close each partition's uniformity is
+to the whole clouds'.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> T
 
 @OBJECTIVES.register_module()
 class M3D(SemiTrainedNetworks, Objective):
-    """3DDP's objective: Σ_s w_s · MMD²(real partition s, synthetic clouds) on sorted |pre-pool features|.
+    """3DDP's objective: Σ_s w_s · MMD²(real partition s, synthetic clouds) on sorted |pre-pool features| (3DDP) or,
+    with `absolute: false`, sorted signed ones.
 
     The backbone is frozen (`trains_backbone = False`) and fresh every iteration, or, with `queue_size` > 0, one of
     IDM's semi-trained networks (`SemiTrainedNetworks`, as distribution matching takes them): features that tell
