@@ -151,8 +151,11 @@ class DistillPointNet(nn.Module):
         `channels_first` returns it as (B, 1024, N), the layout in which M3D sorts each channel over the points,
         written so by the last matmul instead of transposed and copied (twice: forward and backward).
         `every_layer` returns every layer's normalised map (the hidden ones before their ReLU) concatenated over
-        the channels, (B, N, 64 + 128 + 1024): M3D's multi-layer descriptor, in which the first layer's sorted
-        values are the cloud's spread along random directions and later layers' ever more composite features.
+        the channels, (B, N, 64 + 128 + 1024): M3D's multi-layer descriptor. The first layer's channel o is the
+        points' projection on the random direction W[o], centred (the bias cancels) and divided by its own standard
+        deviation over the cloud (InstanceNorm, no affine): its sorted values are the standardised shape of the
+        points' distribution along that direction, the spread divided out. Later layers' are ever more composite
+        features.
         """
         *hidden, last = self.layers
         h, maps = points, []

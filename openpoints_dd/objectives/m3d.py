@@ -130,9 +130,9 @@ class M3D(SemiTrainedNetworks, Objective):
         neighbours: of the uniformity score. Default 16.
         bandwidth_multipliers: of the RBF MMD (3DDP: 2^-2 .. 2^2), finite and > 0. Default [0.25, 0.5, 1, 2, 4].
         layers: 'last' (3DDP: the last point-wise map) or 'every' (every point-wise map, concatenated: the
-            hidden layers' sorted values add the distribution of the points along random directions and of
-            low-order features, which the last map's 1024 composite features constrain only indirectly).
-            Default 'last'.
+            hidden layers' sorted values add the standardised distribution of the points along random directions
+            (InstanceNorm divides out each direction's spread) and of low-order features, which the last map's 1024
+            composite features constrain only indirectly). Default 'last'.
         queue_size, queue_lifetime, queue_batch, queue_lr: the semi-trained networks, as `DistributionMatching`'s
             (0: a fresh random network every iteration, as 3DDP; then the other three must keep their defaults).
         absolute: True (3DDP) sorts each channel's absolute values; False its signed values, the channel's whole

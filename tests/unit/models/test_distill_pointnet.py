@@ -159,3 +159,23 @@ def test_every_layer_point_features_are_each_layers_normalised_map_before_its_re
     torch.testing.assert_close(model.point_features(pos, channels_first=True, every_layer=True),
                                expected.transpose(1, 2), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ours[..., 24:], model.point_features(pos), rtol=1e-12, atol=1e-12)
+
+
+def test_the_first_map_is_each_random_direction_standardised_its_spread_divided_out():
+    """The first layer is InstanceNorm (no affine) of W x + b: channel o is the points' projection on W[o], centred
+    (the bias cancels) and divided by its own standard deviation over the cloud. Its sorted values are the
+    standardised shape of the points' distribution along that direction, not their spread: stretching the cloud 3x
+    along W[o] leaves channel o as it was (eps 0 here), while the other channels change."""
+    torch.manual_seed(0)
+    model = DistillPointNet(num_classes=5, widths=(8, 16, 32), eps=0.0).double()
+    pos = torch.randn(2, 50, 3, dtype=torch.float64) * torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
+    first = model.point_features(pos, every_layer=True)[..., :8]
+    torch.testing.assert_close(first.mean(dim=1), torch.zeros(2, 8, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(first.var(dim=1, unbiased=False), torch.ones(2, 8, dtype=torch.float64))
+    direction = F.normalize(model.layers[0].weight[0].detach(), dim=0)
+    stretched = pos + 2 * (pos @ direction).unsqueeze(-1) * direction                 # 3x along W[0]
+    assert (stretched @ direction).std(dim=1).div((pos @ direction).std(dim=1)).allclose(
+        torch.tensor(3.0, dtype=torch.float64))
+    after = model.point_features(stretched, every_layer=True)[..., :8]
+    torch.testing.assert_close(after[..., 0], first[..., 0], rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(after[..., 1:], first[..., 1:], atol=1e-3)
