@@ -99,6 +99,8 @@ class Distiller:
         self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=d['cpc']).to(self.device)
         self.objective = build_objective(d['objective'])
         check_backbone_methods(d['backbone'], self.objective)
+        # a synthesizer with a resolution of its own (MorphedClouds) makes clouds of that many points, any other num_points
+        self.objective.check_cloud_sizes(int(d['num_points']), self.synthesizer.resolution or int(d['num_points']))
         # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many
         self.rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], self.synthesizer.num_slots)).to(self.device)
         self.parameters = list(self.synthesizer.parameters()) + list(self.rotator.parameters())

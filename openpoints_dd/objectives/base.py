@@ -36,6 +36,11 @@ class ObjectiveBase(ABC):
         seconds, which the engine logs and does not count in the budget."""
         return 0.0
 
+    def check_cloud_sizes(self, real_points: int, synthetic_points: int) -> None:
+        """Refuse real clouds of `real_points` (`distill.num_points`) or synthetic training clouds of
+        `synthetic_points` that this objective cannot compare; the engine calls it at construction, before any
+        selection network or set-up. Any size by default."""
+
     def backbone_methods(self) -> tuple[str, ...]:
         """The methods of the backbone this objective calls besides its forward (`embed`, `classify`,
         `point_features`); the engine refuses a `distill.backbone` without them before any work."""

@@ -11,14 +11,13 @@ to the whole clouds'.
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..compat.point_ops import furthest_point_sample
-from ..registry import OBJECTIVES, build_synthesizer
+from ..registry import OBJECTIVES
 from ..utils.sorting import sort_descending
 from .base import Objective
 from .model_queue import QUEUE_DEFAULTS, SemiTrainedNetworks, checked_number
@@ -178,35 +177,19 @@ class M3D(SemiTrainedNetworks, Objective):
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
         self._init_queue(queue_size, queue_lifetime, queue_batch, queue_lr, ce_weight)
 
-    def prepare(self, pool, cfg: Mapping[str, Any], run_dir: str | os.PathLike, device: torch.device | str,
-                make_backbone: Callable[[], nn.Module]) -> float:
-        """Refuses sizes the matching cannot take (`check_sizes`) at construction, before the engine's set-up work:
-        otherwise a coreset start's selection network trains for minutes of the budget first."""
-        self.check_sizes(cfg['distill'], pool.num_classes)
-        return super().prepare(pool, cfg, run_dir, device, make_backbone)
-
-    def check_sizes(self, d: Mapping[str, Any], num_classes: int) -> None:
-        """Refuse a `distill` section whose clouds M3D cannot match: real clouds (`num_points`) of fewer than
-        partitions · points_per_partition points, or synthetic training clouds of fewer than points_per_partition.
-
-        A synthesizer with a resolution of its own (MorphedClouds: `points`) makes clouds of that many points;
-        any other makes `num_points` (then no fewer than points_per_partition when the first check passes). The
-        resolution is read from a copy of the synthesizer built from the section (the objective is not given the
-        engine's), with the random state kept, so the run draws what it would have drawn without the check.
-        """
-        num_points, needed = int(d['num_points']), self.partitions * self.points_per_partition
-        if num_points < needed:
+    def check_cloud_sizes(self, real_points: int, synthetic_points: int) -> None:
+        """Refuse real clouds (`distill.num_points`) of fewer than partitions · points_per_partition points and
+        synthetic training clouds of fewer than points_per_partition, naming the keys to change."""
+        needed = self.partitions * self.points_per_partition
+        if real_points < needed:
             raise ValueError(f'M3D: objective.partitions {self.partitions} x objective.points_per_partition '
                              f'{self.points_per_partition} need real clouds of at least {needed} points; '
-                             f'distill.num_points is {num_points}. Raise distill.num_points or lower those.')
-        with torch.random.fork_rng(devices=[]):
-            resolution = build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).resolution
-        if resolution is not None and resolution < self.points_per_partition:
-            raise ValueError(f"M3D: distill.synthesizer ({d['synthesizer']['NAME']}) makes training clouds of "
-                             f'{resolution} points, fewer than objective.points_per_partition '
-                             f'({self.points_per_partition}), the points of the real partitions they are compared '
-                             f"with. Raise the synthesizer's points per cloud (MorphedClouds: synthesizer.points) "
-                             f'or lower objective.points_per_partition.')
+                             f'distill.num_points is {real_points}. Raise distill.num_points or lower those.')
+        if synthetic_points < self.points_per_partition:
+            raise ValueError(f'M3D: distill.synthesizer makes training clouds of {synthetic_points} points, fewer '
+                             f'than objective.points_per_partition ({self.points_per_partition}), the points of the '
+                             f"real partitions they are compared with. Raise the synthesizer's points per cloud "
+                             f'(MorphedClouds: synthesizer.points) or lower objective.points_per_partition.')
 
     def backbone_methods(self) -> tuple[str, ...]:
         """`point_features`: the last point-wise map, before max-pooling; `classify`: the logits of its max-pool,

@@ -34,8 +34,9 @@ def test_config_loads_and_builds_its_parts(path, monkeypatch):
     else:
         assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots
     objective = build_objective(d['objective'])
-    if hasattr(objective, 'check_sizes'):   # M3D: the sizes its prepare refuses when the Distiller is built
-        objective.check_sizes(d, num_classes)
+    if cfg.get('task') != 'segmentation':   # the sizes the Distiller refuses at construction (M3D's partitions)
+        resolution = build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).resolution
+        objective.check_cloud_sizes(int(d['num_points']), resolution or int(d['num_points']))
     rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], num_slots))
     if getattr(rotator, 'per_slot', False):
         assert rotator.num_slots == num_slots

@@ -218,26 +218,16 @@ def test_m3d_numbers_outside_their_ranges_are_refused(settings, message):
     M3D(sharpness=0.0)                                                   # every partition weighted alike
 
 
-def _distill(num_points, synthesizer):
-    return {'distill': {'num_points': num_points, 'cpc': 2, 'synthesizer': synthesizer}}
-
-
-def test_prepare_refuses_clouds_too_small_for_the_partitions_naming_the_keys(tmp_path):
+def test_clouds_too_small_for_the_partitions_are_refused_naming_the_keys():
     """The sizes were refused only at the first matching step (the real ones inside `fps_partitions`, after a
     coreset start's selection network had trained; synthetic clouds of fewer than P points as a size mismatch in
-    torch.cat): `prepare`, which the engine calls at construction, refuses them with the keys to change."""
-    from types import SimpleNamespace
-    pool = SimpleNamespace(num_classes=3)
-    explicit = {'NAME': 'ExplicitPoints', 'num_points': 1024}
+    torch.cat): `check_cloud_sizes`, which the engine calls at construction, refuses them with the keys to change."""
     with pytest.raises(ValueError, match='objective.partitions 4 x objective.points_per_partition 255 need real '
                                          'clouds of at least 1020 points; distill.num_points is 512'):
-        M3D().prepare(pool, _distill(512, explicit), tmp_path, 'cpu', lambda: None)
-    morphs = {'NAME': 'MorphedClouds', 'anchors': 2, 'morphs': 2, 'points': 16}
+        M3D().check_cloud_sizes(512, 512)
     objective = M3D(partitions=2, points_per_partition=32, neighbours=8)
-    with pytest.raises(ValueError, match=r'distill.synthesizer \(MorphedClouds\) makes training clouds of 16 points, '
-                                         r'fewer than objective.points_per_partition \(32\)'):
-        objective.prepare(pool, _distill(64, morphs), tmp_path, 'cpu', lambda: None)
-    state = torch.get_rng_state()
-    assert objective.prepare(pool, _distill(64, {**morphs, 'points': 32}), tmp_path, 'cpu', lambda: None) == 0.0
-    assert objective.prepare(pool, _distill(64, explicit), tmp_path, 'cpu', lambda: None) == 0.0
-    assert torch.equal(torch.get_rng_state(), state)   # the probe synthesizer leaves the run's random draws alone
+    with pytest.raises(ValueError, match=r'distill.synthesizer makes training clouds of 16 points, fewer than '
+                                         r'objective.points_per_partition \(32\)'):
+        objective.check_cloud_sizes(64, 16)
+    objective.check_cloud_sizes(64, 32)
+    objective.check_cloud_sizes(64, 64)
