@@ -116,7 +116,7 @@ class M3D(SemiTrainedNetworks, Objective):
 
     Synthetic clouds of more than P points (a generator's) are reduced to their first P in furthest-point order.
     Sizes the matching cannot take (real clouds of fewer than S·P points, synthetic ones of fewer than P) are refused
-    by `prepare`, before the engine's set-up work (a coreset start's selection network).
+    by `check_cloud_sizes` when the engine is built, before a coreset start's selection network trains.
 
     Args:
         partitions: S, the real sub-clouds per cloud. Default 4.
