@@ -99,6 +99,11 @@ class Distiller:
         self.synthesizer = build_synthesizer(d['synthesizer'], num_classes=self.num_classes, cpc=d['cpc']).to(self.device)
         self.objective = build_objective(d['objective'])
         check_backbone_methods(d['backbone'], self.objective)
+        stored = self.synthesizer.max_points
+        if stored is not None and int(d['num_points']) > stored:   # else refused at the first matching step
+            raise ValueError(f"distill.num_points is {d['num_points']}, but distill.synthesizer "
+                             f"({d['synthesizer']['NAME']}) stores {stored} points per cloud: raise "
+                             f"distill.synthesizer.num_points or lower distill.num_points")
         # a synthesizer with a resolution of its own (MorphedClouds) makes clouds of that many points, any other num_points
         self.objective.check_cloud_sizes(int(d['num_points']), self.synthesizer.resolution or int(d['num_points']))
         # a per-slot rotator (EulerRotator) holds parameters for every synthetic cloud: it is told how many

@@ -29,6 +29,8 @@ class Synthesizer(nn.Module, ABC):
     clouds_per_slot: int = 1
     #: The points of every cloud when the synthesizer fixes them (MorphedClouds); None: as many as asked for.
     resolution: int | None = None
+    #: The most points a cloud can be asked for when the synthesizer stores its points (ExplicitPoints); None: any.
+    max_points: int | None = None
 
     def __init__(self, *, num_classes: int, cpc: int):
         super().__init__()

@@ -64,6 +64,7 @@ class ExplicitPoints(Synthesizer):
             embed_cache=embed_cache)
         self.selection = None if self.init == 'noise' else selection   # built for 'noise' too: bad keys fail alike
         self.num_points = int(num_points)
+        self.max_points = self.num_points   # matching subsamples the stored points; it cannot add any
         self.points = nn.Parameter(_uniform_in_ball(self.num_slots, self.num_points))
 
     def synthesize(self, slots: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:

@@ -35,8 +35,10 @@ def test_config_loads_and_builds_its_parts(path, monkeypatch):
         assert build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).num_slots == num_slots
     objective = build_objective(d['objective'])
     if cfg.get('task') != 'segmentation':   # the sizes the Distiller refuses at construction (M3D's partitions)
-        resolution = build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc'])).resolution
-        objective.check_cloud_sizes(int(d['num_points']), resolution or int(d['num_points']))
+        synthesizer = build_synthesizer(d['synthesizer'], num_classes=num_classes, cpc=int(d['cpc']))
+        objective.check_cloud_sizes(int(d['num_points']), synthesizer.resolution or int(d['num_points']))
+        # the points matching asks of a store (ExplicitPoints), refused by the Distiller at construction
+        assert synthesizer.max_points is None or int(d['num_points']) <= synthesizer.max_points
     rotator = build_rotator(d['rotator'], **_rotator_args(d['rotator'], num_slots))
     if getattr(rotator, 'per_slot', False):
         assert rotator.num_slots == num_slots

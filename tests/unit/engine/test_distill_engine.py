@@ -475,3 +475,16 @@ def test_m3d_sizes_it_cannot_match_are_refused_at_construction(tmp_path, num_poi
                             objective={'NAME': 'M3D', 'partitions': 4, 'points_per_partition': 32, 'neighbours': 8})
     with pytest.raises(ValueError, match=message):
         Distiller(cfg, _pool(cfg), cfg['run_dir'])
+
+
+def test_matching_more_points_than_explicit_clouds_store_is_refused_at_construction(tmp_path):
+    """ExplicitPoints refused it only when matching first asked for the clouds, after a coreset start's selection
+    network had trained: the Distiller refuses it when built, naming both keys."""
+    cfg = tiny_embedded_cfg(tmp_path, num_points=64,
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 32, 'init': 'herding'})
+    with pytest.raises(ValueError, match=r'distill.num_points is 64, but distill.synthesizer \(ExplicitPoints\) '
+                                         r'stores 32 points per cloud'):
+        Distiller(cfg, _pool(cfg), cfg['run_dir'])
+    cfg = tiny_embedded_cfg(tmp_path, num_points=32,
+                            synthesizer={'NAME': 'ExplicitPoints', 'num_points': 32, 'init': 'herding'})
+    Distiller(cfg, _pool(cfg), cfg['run_dir'])   # as many points as stored: accepted
