@@ -529,7 +529,7 @@ class Distiller:
             # learned per-cloud poses are baked into the exported points; real clouds need no rotation after
             with torch.no_grad():
                 slots = torch.arange(self.synthesizer.num_slots)
-                num_points = min(num_points, getattr(self.synthesizer, 'num_points', num_points))
+                num_points = min(num_points, self.synthesizer.max_points or num_points)
                 pos = self.synthetic_clouds(slots, num_points, torch.Generator().manual_seed(self.seed))
             tensors, kind = {'pos': pos.cpu().contiguous(), 'y': self.synthesizer.cloud_labels.cpu().clone()}, 'points'
             metadata.update(rotator={'NAME': 'IdentityRotator'}, baked_rotator=metadata['rotator'])
