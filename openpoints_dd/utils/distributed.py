@@ -84,15 +84,6 @@ def sum_scalar(value: float, device: torch.device | str = 'cpu') -> float:
     return float(t.item())
 
 
-def decision_of_main(flag: bool, device: torch.device | str = 'cpu') -> bool:
-    """Rank 0's flag on every rank (e.g. 'the budget is spent'): processes never disagree about stopping."""
-    if world_size() == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def value_of_main(value: float, device: torch.device | str = 'cpu') -> float:
     """Rank 0's number on every rank, to the bit (float64), e.g. the run's clock: a schedule or a tail average that
     reads it then falls at the same iteration on every rank, which each process's own clock does not guarantee."""
@@ -101,6 +92,11 @@ def value_of_main(value: float, device: torch.device | str = 'cpu') -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return float(t.item())
+
+
+def decision_of_main(flag: bool, device: torch.device | str = 'cpu') -> bool:
+    """Rank 0's flag on every rank (e.g. 'the budget is spent'): processes never disagree about stopping."""
+    return flag if world_size() == 1 else bool(value_of_main(float(flag), device))
 
 
 def object_of_main(obj):
