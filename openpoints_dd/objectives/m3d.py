@@ -68,16 +68,18 @@ def point_map(backbone: nn.Module, clouds: Tensor, every_layer: bool = False) ->
     return backbone.point_features(clouds, channels_first=True, **keywords)
 
 
-def sorted_channels(feature_map: Tensor, absolute: bool = True) -> Tensor:
+def sorted_channels(feature_map: Tensor, absolute: bool = True, largest: int | None = None) -> Tensor:
     """(B, C·N) each channel of a (B, C, N) map sorted over the points: its absolute values (3DDP), or with
     `absolute` False its signed values (the channel's whole quantile function); flattened channel-major (the MMD
-    does not depend on the order of the dimensions; sorting contiguous rows is faster)."""
-    return sort_descending(feature_map.abs() if absolute else feature_map).flatten(1)
+    does not depend on the order of the dimensions; sorting contiguous rows is faster). With `largest` = K, only
+    each channel's K largest values: (B, C·K)."""
+    return sort_descending(feature_map.abs() if absolute else feature_map, largest).flatten(1)
 
 
-def sorted_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False, absolute: bool = True) -> Tensor:
-    """(B, C·N) M3D's descriptor of each cloud: `sorted_channels` of its `point_map`."""
-    return sorted_channels(point_map(backbone, clouds, every_layer), absolute)
+def sorted_features(backbone: nn.Module, clouds: Tensor, every_layer: bool = False, absolute: bool = True,
+                    largest: int | None = None) -> Tensor:
+    """(B, C·N) M3D's descriptor of each cloud (C·K with `largest` = K): `sorted_channels` of its `point_map`."""
+    return sorted_channels(point_map(backbone, clouds, every_layer), absolute, largest)
 
 
 def partition_mmds(real: Tensor, syn: Tensor, multipliers: Sequence[float]) -> Tensor:
@@ -137,6 +139,11 @@ class M3D(SemiTrainedNetworks, Objective):
         absolute: True (3DDP) sorts each channel's absolute values; False its signed values, the channel's whole
             distribution over the points: the absolute value makes a channel and its negation the same
             description, and drops which side of its mean a cloud's extreme points lie on. Default True.
+        top_points: K, or null (3DDP): describe each channel by its K largest values only, the upper tail of its
+            sorted values. A PointNet classifier reads each channel of its last map through the max over the
+            points, so what it sees of a cloud is that tail; over all N values the bulk of each channel, which the
+            max-pool never reads, makes up nearly all of the MMD's distances. At most points_per_partition.
+            Default null (every value).
         ce_weight: IDM's cross-entropy term (`SemiTrainedNetworks`), as `DistributionMatching`'s: each class's mean
             cross-entropy of its synthetic clouds under the semi-trained network, their logits from the max-pool of
             the map the descriptor sorts (DistillPointNet's embedding), so no second pass. Needs the queue and
@@ -150,7 +157,7 @@ class M3D(SemiTrainedNetworks, Objective):
                  bandwidth_multipliers: list[float] | None = None, queue_size: int = 0,
                  queue_lifetime: int = QUEUE_DEFAULTS['queue_lifetime'],
                  queue_batch: int = QUEUE_DEFAULTS['queue_batch'], queue_lr: float = QUEUE_DEFAULTS['queue_lr'],
-                 layers: str = 'last', absolute: bool = True, ce_weight: float = 0.0):
+                 layers: str = 'last', absolute: bool = True, ce_weight: float = 0.0, top_points: int | None = None):
         if int(partitions) < 1 or int(points_per_partition) < 2:
             raise ValueError(f'M3D: partitions must be >= 1 and points_per_partition >= 2, got {partitions}, '
                              f'{points_per_partition}')
@@ -168,10 +175,14 @@ class M3D(SemiTrainedNetworks, Objective):
             raise ValueError(f"M3D: layers must be 'last' or 'every', got {layers!r}")
         if not isinstance(absolute, bool):
             raise ValueError(f'M3D: absolute must be true or false, got {absolute!r}')
+        if top_points is not None and (isinstance(top_points, bool) or not isinstance(top_points, int)
+                                       or not 1 <= top_points <= int(points_per_partition)):
+            raise ValueError(f'M3D: top_points must be null or a whole number in [1, points_per_partition = '
+                             f'{points_per_partition}], got {top_points!r}')
         if ce_weight and layers == 'every':
             raise ValueError("M3D: ce_weight takes the logits from the last point-wise map's max-pool; with layers: "
                              "every the map the descriptor sorts holds every layer's channels. Use layers: last")
-        self.every_layer, self.absolute = layers == 'every', absolute
+        self.every_layer, self.absolute, self.top_points = layers == 'every', absolute, top_points
         self.partitions, self.points_per_partition = int(partitions), int(points_per_partition)
         self.weight, self.scale, self.sharpness = weight, scale, sharpness
         self.neighbours, self.bandwidth_multipliers = int(neighbours), multipliers
@@ -230,10 +241,11 @@ class M3D(SemiTrainedNetworks, Objective):
                 partitions = fps_partitions(real_pos.flatten(0, 1), self.partitions, self.points_per_partition)
             partitions = partitions.view(self.partitions, G, B, self.points_per_partition, 3)
             weights = torch.stack([self.partition_weights(real_pos[g], partitions[:, g]) for g in range(G)])  # (G, S)
-            real = sorted_features(backbone, partitions.flatten(0, 2), self.every_layer, self.absolute)
+            real = sorted_features(backbone, partitions.flatten(0, 2), self.every_layer, self.absolute,
+                                   self.top_points)
             real = real.view(self.partitions, G, B, -1)
         syn_map = point_map(backbone, syn_pos.flatten(0, 1), self.every_layer)
-        syn = sorted_channels(syn_map, self.absolute).view(G, S, -1)
+        syn = sorted_channels(syn_map, self.absolute, self.top_points).view(G, S, -1)
         losses = self.scale * (weights * partition_mmds(real, syn, self.bandwidth_multipliers)).sum(dim=1)
         if self.ce_weight:   # the max over the points of the last map is the network's pooled embedding
             losses = losses + self.cross_entropy_term(backbone, syn_map.amax(dim=-1).view(G, S, -1), labels)

@@ -17,16 +17,19 @@ from torch import Tensor
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
-def sort_descending(values: Tensor) -> Tensor:
-    """`torch.sort(values, dim=-1, descending=True).values`, differentiable, faster on CPU.
+def sort_descending(values: Tensor, largest: int | None = None) -> Tensor:
+    """`torch.sort(values, dim=-1, descending=True).values`, differentiable, faster on CPU; with `largest`, only
+    the first `largest` of each row (`torch.topk(values, largest).values`).
 
     Without gradient, numpy sorts the values themselves; with gradient, numpy's argsort gives the permutation and
-    `torch.gather` applies it, so the backward scatters the gradient along it as `torch.sort`'s does.
+    `torch.gather` applies its first `largest` entries, so the backward scatters the gradient along it as
+    `torch.sort`'s does (and only to the values kept).
     """
     if values.device.type != 'cpu' or values.dtype not in _NUMPY_DTYPES or values.dim() == 0:
-        return torch.sort(values, dim=-1, descending=True).values
+        ordered = torch.sort(values, dim=-1, descending=True).values
+        return ordered if largest is None else ordered[..., :largest]
     negated = np.negative(values.detach().numpy())        # ascending order of -x is descending order of x
     if not values.requires_grad:
-        return torch.from_numpy(np.negative(np.sort(negated, axis=-1)))
-    order = torch.from_numpy(np.argsort(negated, axis=-1))
+        return torch.from_numpy(np.negative(np.sort(negated, axis=-1)[..., :largest]))
+    order = torch.from_numpy(np.argsort(negated, axis=-1)[..., :largest])
     return torch.gather(values, -1, order)
