@@ -4,9 +4,9 @@
 (P-point anchors and morphs, `MorphedClouds`) with its real 1024-point clouds cut into S sub-clouds of P points by
 furthest point sampling: the first partition is the most uniform, later ones less. Every cloud is described by
 phi(x) = the per-channel sorted |features| of a fresh frozen network's last point-wise map (3DDP; with `absolute:
-false`, the sorted signed features), so point order does not matter; partition s of the real batch is compared with
-all synthetic clouds by a multi-scale RBF MMD, and the MMDs are weighted by how close each partition's uniformity is
-to the whole clouds'.
+false`, the sorted signed features; with `top_points`, only each channel's largest), so point order does not matter;
+partition s of the real batch is compared with all synthetic clouds by a multi-scale RBF MMD, and the MMDs are
+weighted by how close each partition's uniformity is to the whole clouds'.
 """
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ class M3D(SemiTrainedNetworks, Objective):
             description, and drops which side of its mean a cloud's extreme points lie on. Default True.
         top_points: K, or null (3DDP): describe each channel by its K largest values only, the upper tail of its
             sorted values. A PointNet classifier reads each channel of its last map through the max over the
-            points, so what it sees of a cloud is that tail; over all N values the bulk of each channel, which the
-            max-pool never reads, makes up nearly all of the MMD's distances. At most points_per_partition.
+            points, so what it sees of a cloud is that tail; over all N values the MMD weighs each of the N ranks
+            alike, the bulk that the max-pool never reads with the top. At most points_per_partition.
             Default null (every value).
         ce_weight: IDM's cross-entropy term (`SemiTrainedNetworks`), as `DistributionMatching`'s: each class's mean
             cross-entropy of its synthetic clouds under the semi-trained network, their logits from the max-pool of

@@ -197,6 +197,42 @@ def test_signed_m3d_sorts_each_channel_values_with_their_sign():
         M3D(absolute='false')
 
 
+def test_top_points_describes_each_channel_by_its_largest_values():
+    """top_points: K keeps each channel's K largest sorted values (written out with torch.topk here): the same MMD
+    on (B, C·K) descriptors, zero on identical sets, blind to point order; it ignores what lies below them."""
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    torch.manual_seed(0)
+    backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
+    objective = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False, top_points=5)
+    real = torch.randn(4, 40, 3, dtype=torch.float64)
+    syn = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
+
+    def described(clouds):
+        maps = backbone.point_features(clouds, channels_first=True)                         # (B, 32, N)
+        return torch.topk(maps, 5, dim=-1).values.flatten(1)
+
+    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
+                                                            objective.bandwidth_multipliers)
+    loss = objective(backbone, syn, real, 0)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss, syn)
+    (expected_grad,) = torch.autograd.grad(expected, syn)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
+    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
+    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
+    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+    every = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False)
+    assert loss.item() != pytest.approx(every(backbone, syn, real, 0).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize('top_points', [0, 41, 2.5, True, '8'])
+def test_top_points_outside_one_to_the_partition_points_are_refused(top_points):
+    with pytest.raises(ValueError, match=r'M3D: top_points must be null or a whole number in \[1, '
+                                         r'points_per_partition = 40\]'):
+        M3D(partitions=1, points_per_partition=40, neighbours=8, top_points=top_points)
+    M3D(partitions=1, points_per_partition=40, neighbours=8, top_points=40)
+
+
 @pytest.mark.parametrize('settings, message', [
     ({'weight': -0.8}, 'weight must be > 0, a finite number; got -0.8'),
     ({'weight': 0.0}, 'weight must be > 0, a finite number; got 0.0'),

@@ -36,3 +36,18 @@ def test_the_same_gradient_as_torch_sort():
 def test_other_dtypes_go_through_torch_sort():
     values = torch.randn(2, 33).to(torch.bfloat16)
     assert torch.equal(sort_descending(values), torch.sort(values, dim=-1, descending=True).values)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_largest_keeps_the_first_values_and_their_gradient_as_topk(dtype):
+    """`largest` = K gives torch.topk's K values, largest first, and its backward reaches only the values kept."""
+    torch.manual_seed(2)
+    values = torch.randn(3, 4, 50, dtype=torch.float64).to(dtype).requires_grad_()
+    weights = torch.randn(3, 4, 7, dtype=torch.float64).to(dtype)
+    kept = sort_descending(values, largest=7)
+    expected = torch.topk(values, 7, dim=-1).values
+    assert kept.shape == (3, 4, 7) and torch.equal(kept, expected)
+    assert torch.equal(sort_descending(values.detach(), largest=7), expected.detach())
+    (grad,) = torch.autograd.grad((kept * weights).sum(), values)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), values)
+    assert torch.equal(grad, expected_grad) and (grad != 0).sum() == 3 * 4 * 7
