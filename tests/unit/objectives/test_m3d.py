@@ -164,11 +164,28 @@ def test_bad_cross_entropy_settings_are_clear_errors():
         M3D(queue_size=1, ce_weight=0.5, layers='every')
 
 
+def assert_m3d_is_the_written_out_mmd(objective, backbone, described, real, syn):
+    """The loss and its gradient equal weight · scale · rbf_mmd of the descriptors `described` gives (float64);
+    zero on identical sets, blind to point order. Returns the loss."""
+    from openpoints_dd.objectives.sadm import rbf_mmd
+    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
+                                                            objective.bandwidth_multipliers)
+    loss = objective(backbone, syn, real, 0)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss, syn)
+    (expected_grad,) = torch.autograd.grad(expected, syn)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
+    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
+    points = real.shape[1]
+    shuffled = objective(backbone, syn[:, torch.randperm(points)], real[:, torch.randperm(points)], 0)
+    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+    return loss
+
+
 def test_signed_m3d_sorts_each_channel_values_with_their_sign():
     """absolute: false describes a cloud by each channel's sorted signed values (written out with torch.sort here):
     still zero on identical sets and blind to point order, and unlike the absolute values it tells a map from its
     negation."""
-    from openpoints_dd.objectives.sadm import rbf_mmd
     torch.manual_seed(0)
     backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
     objective = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False)
@@ -179,16 +196,7 @@ def test_signed_m3d_sorts_each_channel_values_with_their_sign():
         maps = backbone.point_features(clouds)                                              # (B, N, 32)
         return torch.sort(maps, dim=1, descending=True).values.transpose(1, 2).flatten(1)
 
-    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
-                                                            objective.bandwidth_multipliers)
-    loss = objective(backbone, syn, real, 0)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-    (grad,) = torch.autograd.grad(loss, syn)
-    (expected_grad,) = torch.autograd.grad(expected, syn)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
-    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
-    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
-    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+    assert_m3d_is_the_written_out_mmd(objective, backbone, described, real, syn)
     from openpoints_dd.objectives.m3d import sorted_channels
     feature_map = torch.randn(2, 5, 7, dtype=torch.float64)
     assert torch.equal(sorted_channels(feature_map), sorted_channels(-feature_map))
@@ -200,7 +208,6 @@ def test_signed_m3d_sorts_each_channel_values_with_their_sign():
 def test_top_points_describes_each_channel_by_its_largest_values():
     """top_points: K keeps each channel's K largest sorted values (written out with torch.topk here): the same MMD
     on (B, C·K) descriptors, zero on identical sets, blind to point order; it ignores what lies below them."""
-    from openpoints_dd.objectives.sadm import rbf_mmd
     torch.manual_seed(0)
     backbone = DistillPointNet(num_classes=3, widths=(8, 16, 32)).double().requires_grad_(False)
     objective = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False, top_points=5)
@@ -211,16 +218,7 @@ def test_top_points_describes_each_channel_by_its_largest_values():
         maps = backbone.point_features(clouds, channels_first=True)                         # (B, 32, N)
         return torch.topk(maps, 5, dim=-1).values.flatten(1)
 
-    expected = objective.scale * objective.weight * rbf_mmd(described(real), described(syn),
-                                                            objective.bandwidth_multipliers)
-    loss = objective(backbone, syn, real, 0)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-    (grad,) = torch.autograd.grad(loss, syn)
-    (expected_grad,) = torch.autograd.grad(expected, syn)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
-    assert objective(backbone, real.clone(), real, 0).item() == pytest.approx(0.0, abs=1e-10)
-    shuffled = objective(backbone, syn[:, torch.randperm(40)], real[:, torch.randperm(40)], 0)
-    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-9)
+    loss = assert_m3d_is_the_written_out_mmd(objective, backbone, described, real, syn)
     every = M3D(partitions=1, points_per_partition=40, neighbours=8, absolute=False)
     assert loss.item() != pytest.approx(every(backbone, syn, real, 0).item(), rel=1e-3)
 
