@@ -20,7 +20,7 @@ from ..compat.point_ops import furthest_point_sample
 from ..registry import OBJECTIVES
 from ..utils.sorting import sort_descending
 from .base import Objective
-from .model_queue import QUEUE_DEFAULTS, SemiTrainedNetworks, checked_number
+from .model_queue import QUEUE_DEFAULTS, SemiTrainedNetworks, checked_count, checked_number
 from .sadm import mmd_of_distances, pairwise_squared_distances, rbf_mmd
 
 
@@ -175,10 +175,11 @@ class M3D(SemiTrainedNetworks, Objective):
             raise ValueError(f"M3D: layers must be 'last' or 'every', got {layers!r}")
         if not isinstance(absolute, bool):
             raise ValueError(f'M3D: absolute must be true or false, got {absolute!r}')
-        if top_points is not None and (isinstance(top_points, bool) or not isinstance(top_points, int)
-                                       or not 1 <= top_points <= int(points_per_partition)):
-            raise ValueError(f'M3D: top_points must be null or a whole number in [1, points_per_partition = '
-                             f'{points_per_partition}], got {top_points!r}')
+        if top_points is not None:
+            top_points = checked_count('M3D', 'top_points', top_points, 1)
+            if top_points > int(points_per_partition):
+                raise ValueError(f'M3D: top_points must be at most points_per_partition ({points_per_partition}), '
+                                 f'the values each channel has; got {top_points}')
         if ce_weight and layers == 'every':
             raise ValueError("M3D: ce_weight takes the logits from the last point-wise map's max-pool; with layers: "
                              "every the map the descriptor sorts holds every layer's channels. Use layers: last")

@@ -223,10 +223,15 @@ def test_top_points_describes_each_channel_by_its_largest_values():
     assert loss.item() != pytest.approx(every(backbone, syn, real, 0).item(), rel=1e-3)
 
 
-@pytest.mark.parametrize('top_points', [0, 41, 2.5, True, '8'])
-def test_top_points_outside_one_to_the_partition_points_are_refused(top_points):
-    with pytest.raises(ValueError, match=r'M3D: top_points must be null or a whole number in \[1, '
-                                         r'points_per_partition = 40\]'):
+@pytest.mark.parametrize('top_points, message', [
+    (0, r'M3D: top_points must be >= 1, an integer; got 0'),
+    (2.5, r'M3D: top_points must be >= 1, an integer; got 2.5'),
+    (True, r'M3D: top_points must be >= 1, an integer; got True'),
+    ('8', r"M3D: top_points must be >= 1, an integer; got '8'"),
+    (41, r'M3D: top_points must be at most points_per_partition \(40\), the values each channel has; got 41'),
+])
+def test_top_points_outside_one_to_the_partition_points_are_refused(top_points, message):
+    with pytest.raises(ValueError, match=message):
         M3D(partitions=1, points_per_partition=40, neighbours=8, top_points=top_points)
     M3D(partitions=1, points_per_partition=40, neighbours=8, top_points=40)
 
